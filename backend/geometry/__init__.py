@@ -1,0 +1,1 @@
+"""Cameras and conventions, mesh extraction, UV unwrap, texture bake, file formats."""

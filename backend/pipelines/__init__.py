@@ -1,0 +1,44 @@
+"""Pipelines, registered by name. ``get(name)`` and ``names()`` import the method modules on first use."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import NotFound
+from .base import JobRequest, Options, Pipeline, RunContext, seed_everything
+
+#: modules that define methods; each calls :func:`register` at import time
+METHOD_MODULES: list[str] = []
+
+_REGISTRY: dict[str, type[Pipeline]] = {}
+_loaded = False
+
+
+def register(cls: type[Pipeline]) -> type[Pipeline]:
+    """Class decorator: make a pipeline available to the CLI and the server under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        for mod in METHOD_MODULES:
+            importlib.import_module(mod)
+        _loaded = True
+
+
+def names() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Pipeline:
+    _load()
+    if name not in _REGISTRY:
+        raise NotFound(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}",
+                       {"field": "method", "value": name})
+    return _REGISTRY[name]()
+
+
+__all__ = ["JobRequest", "Options", "Pipeline", "RunContext", "get", "names", "register", "seed_everything"]

@@ -1,0 +1,4 @@
+"""Differentiable rasterizers as plain tensor functions (torch everywhere, gsplat / nvdiffrast on CUDA).
+
+``kernels`` knows nothing of ``backend``.
+"""
