@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 from ..errors import NotFound
 from .base import JobRequest, Options, Pipeline, RunContext, seed_everything
 
-#: modules that define methods; each calls :func:`register` at import time
+#: modules that define methods; each calls :func:`register` at import time (``GEN3D_EXTRA_METHODS``, a
+#: comma-separated list of modules, adds more: test pipelines, plug-ins)
 METHOD_MODULES: list[str] = []
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
@@ -23,7 +25,7 @@ def register(cls: type[Pipeline]) -> type[Pipeline]:
 def _load() -> None:
     global _loaded
     if not _loaded:
-        for mod in METHOD_MODULES:
+        for mod in METHOD_MODULES + [m for m in os.environ.get("GEN3D_EXTRA_METHODS", "").split(",") if m]:
             importlib.import_module(mod)
         _loaded = True
 
