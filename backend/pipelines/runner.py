@@ -6,6 +6,7 @@ with a ``meta.json`` is a finished result.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import platform
 import time
@@ -26,11 +27,10 @@ log = logging.getLogger(__name__)
 def versions() -> dict[str, str]:
     """Versions of the backend and the libraries that shape its results."""
     out = {"gen3d": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("diffusers", "transformers", "gsplat", "nvdiffrast", "bpy"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", None) or str(getattr(getattr(m, "app", None), "version_string", "?"))
-        except Exception:
+    for dist in ("diffusers", "transformers", "gsplat", "nvdiffrast", "bpy"):
+        try:  # package metadata, not an import: importing bpy or diffusers costs seconds per process
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return out
 
