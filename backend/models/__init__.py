@@ -1,0 +1,1 @@
+"""Networks that diffusers/transformers do not provide, and their checkpoint loaders."""
