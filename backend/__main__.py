@@ -14,7 +14,7 @@ import sys
 
 from .errors import Gen3DError
 
-COMMANDS = ["info", "run", "methods"]
+COMMANDS = ["info", "run", "methods", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
