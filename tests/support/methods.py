@@ -1,0 +1,87 @@
+"""Small real pipelines for the service tests, loaded into the server and its worker with
+``GEN3D_EXTRA_METHODS=tests.support.methods``.
+
+- ``sleepy``: ``steps`` steps of ``step_s`` seconds with progress, a cancellation check and optional previews;
+  writes ``result.json`` (what it received: prompt, seed, the size and SHA-256 of each input file) and keeps a
+  fake model in ``ctx.cache`` so loaded models and unloading can be observed.
+- ``crashy``: reports one step, then kills its own process (``signal``: 9 or 11) or calls ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from backend.files import write_json
+from backend.pipelines import Options, Pipeline, register
+from backend.pipelines.base import JobRequest, RunContext
+
+
+def file_digest(path: Path) -> dict:
+    if path.is_dir():
+        return {"dir": sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())}
+    data = path.read_bytes()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "name": path.name}
+
+
+class SleepyOptions(Options):
+    steps: int = Field(5, ge=1, le=100_000, description="number of steps")
+    step_s: float = Field(0.02, ge=0.0, le=10.0, description="seconds per step")
+    preview: bool = Field(False, description="send a preview image every step")
+    fail_at: int | None = Field(None, ge=1, description="raise a NumericalError at this step")
+    presets = {"fast": {"steps": 2}, "high": {"steps": 20}}
+
+
+@register
+class Sleepy(Pipeline):
+    name = "sleepy"
+    title = "Sleepy (test)"
+    description = "sleeps in steps, reporting progress"
+    inputs = {"prompt": "any text", "image": "optional image", "mesh": "optional mesh", "views": "optional views"}
+    required_inputs = ("prompt",)
+    Options = SleepyOptions
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        from backend.errors import NumericalError
+
+        opts = SleepyOptions(**request.options)
+        ctx.cache.setdefault("sleepy-model", object())
+        with ctx.stage("sleep"):
+            for i in range(opts.steps):
+                ctx.check_cancelled()
+                time.sleep(opts.step_s)
+                if opts.fail_at == i + 1:
+                    raise NumericalError(f"diverged at step {i + 1}", {"step": i + 1})
+                preview = np.full((8, 8, 3), (i * 7) % 256, np.uint8) if opts.preview else None
+                ctx.progress("sleep", i + 1, opts.steps, preview)
+        result = {"prompt": request.prompt, "seed": request.seed, "steps": opts.steps,
+                  "files": {role: file_digest(Path(p)) for role, p in request.files.items()}}
+        return {"result.json": write_json(ctx.out_dir / "result.json", result)}
+
+
+class CrashyOptions(Options):
+    signal: int = Field(9, description="signal to send to itself; 0 means os._exit(3)")
+
+
+@register
+class Crashy(Pipeline):
+    name = "crashy"
+    title = "Crashy (test)"
+    description = "kills its worker process"
+    inputs = {"prompt": "ignored"}
+    Options = CrashyOptions
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        ctx.progress("crash", 1, 2)
+        time.sleep(0.2)
+        sig = CrashyOptions(**request.options).signal
+        if sig == 0:
+            os._exit(3)
+        os.kill(os.getpid(), sig)
+        time.sleep(10)
+        return {}
