@@ -104,6 +104,13 @@ def test_ply_round_trip_with_vertex_colours(tmp_path):
     assert load_mesh(save_ply(mesh, tmp_path / "plain.ply")).vertex_colors is None
 
 
+def test_sample_texture_is_bilinear_with_v_up():
+    texture = torch.tensor([[[0.0, 0, 0], [1, 1, 1]], [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]])  # 2x2, top row black/white
+    uvs = torch.tensor([[0.25, 0.75], [0.75, 0.75], [0.5, 0.75], [0.25, 0.25], [0.5, 0.5], [0.0, 1.0]])
+    mesh = TexturedMesh(torch.zeros(6, 3), [[0, 1, 2]], uvs=uvs, texture=texture)
+    torch.testing.assert_close(mesh.sample_texture()[:, 0], torch.tensor([0.0, 1, 0.5, 0.5, 0.5, 0]))
+
+
 def test_mesh_without_texture_round_trips(tmp_path):
     box = trimesh.creation.box()
     mesh = TexturedMesh(box.vertices, box.faces).with_vertex_normals()

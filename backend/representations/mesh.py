@@ -88,9 +88,10 @@ class TexturedMesh:
         if self.texture is None:
             raise ValueError("mesh has no texture")
         H, W = self.texture.shape[:2]
-        x = (self.uvs[:, 0].clamp(0, 1) * W - 0.5).clamp(0, W - 1)
-        y = ((1 - self.uvs[:, 1].clamp(0, 1)) * H - 0.5).clamp(0, H - 1)
-        x0, y0 = x.floor().long().clamp(max=W - 2 if W > 1 else 0), y.floor().long().clamp(max=H - 2 if H > 1 else 0)
+        # continuous texel coordinates, texel centres at integers; v = 1 is row 0
+        x = (self.uvs[:, 0] * W - 0.5).clamp(0, W - 1)
+        y = ((1 - self.uvs[:, 1]) * H - 0.5).clamp(0, H - 1)
+        x0, y0 = x.floor().long(), y.floor().long()
         x1, y1 = (x0 + 1).clamp(max=W - 1), (y0 + 1).clamp(max=H - 1)
         wx, wy = (x - x0)[:, None], (y - y0)[:, None]
         t = self.texture
