@@ -41,7 +41,8 @@ class TexturedMesh:
 
     ``vertices [V,3] float32``; ``faces [F,3] int64`` (counter-clockwise seen from outside);
     ``normals [V,3] float32`` unit vertex normals or None; ``uvs [V,2] float32`` (``v`` up) or None;
-    ``texture [H,W,3] float32 in [0,1]`` base colour, row 0 = top = ``v = 1``, or None;
+    ``texture [H,W,3] float32 in [0,1]`` base colour (sRGB-encoded values, as in an 8-bit PNG), row 0 = top =
+    ``v = 1``, or None (a glTF ``baseColorFactor`` is not applied on reading);
     ``vertex_colors [V,3] float32 in [0,1]`` or None.
     """
 
