@@ -285,9 +285,9 @@ class Client:
             on_update(job)
         if use_events and job.get("state") not in TERMINAL_STATES:
             try:
-                for _name, data in self.events(job_id):
+                for name, data in self.events(job_id):
                     if isinstance(data, dict):
-                        job = merge_event(job, data)
+                        job = merge_event(job, data, name)
                         if on_update:
                             on_update(job)
                         if job.get("state") in TERMINAL_STATES:
@@ -310,10 +310,14 @@ class Client:
             time.sleep(poll_interval)
 
 
-def merge_event(job: dict, data: dict) -> dict:
-    """Fold one event's data into the last job snapshot (events may carry a full job or just changed fields)."""
+def merge_event(job: dict, data: dict, name: str = "message") -> dict:
+    """Fold one event into the last job snapshot: ``job`` events carry the whole job, ``progress`` events the
+    changed fields, ``preview`` events the new preview's ``url``."""
     inner = data.get("job") if isinstance(data.get("job"), dict) else data
-    return {**job, **{k: v for k, v in inner.items() if k != "id" or v == job.get("id")}}
+    merged = {**job, **{k: v for k, v in inner.items() if k != "id" or v == job.get("id")}}
+    if name == "preview" and isinstance(inner.get("url"), str):
+        merged["preview_url"] = inner["url"]
+    return merged
 
 
 def parse_sse(lines) -> Iterator[tuple[str, Any]]:

@@ -1,0 +1,550 @@
+"""Operators: backend lifecycle, Generate, Reconstruct from cameras, Refine texture, Cancel, import.
+
+Job operators prepare their inputs on the main thread (renders, GLB export), then either follow the job on a
+worker thread (UI: results come in through the timer pump, ESC in the modal cancels it on the server) or, in
+background mode and with bpy as a module where timers never fire, run it synchronously to the end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+import time
+import urllib.parse
+import uuid
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+
+from . import reimport, scene_io, views
+from .backend_process import BackendProcess, backend_argv
+from .client import TERMINAL_STATES, BackendError, Client
+from .jobs import JobRecord, manager, method_kind, method_weights
+from .preferences import get_prefs, make_client, output_dir, user_dir
+from .properties import option_overrides
+
+LOG_TEXT = "Gen3D backend log"
+_process: list[BackendProcess] = []  # the one BackendProcess of this session, created on first use
+
+
+def backend_process() -> BackendProcess:
+    if not _process:
+        _process.append(BackendProcess(user_dir("backend")))
+    return _process[0]
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_for(context) -> Client:
+    """A client for the configured backend; a remote one needs Blender's online access to be allowed."""
+    client = make_client(get_prefs(context))
+    if not is_loopback(client.base) and not bpy.app.online_access:
+        raise BackendError("offline", f"{client.base} is not on this computer and Blender's online access is off "
+                           "(Preferences > System > Network)")
+    return client
+
+
+def window_override() -> dict:
+    """Context members that give a timer callback a window (operators such as the glTF importer want one)."""
+    ctx = bpy.context
+    wm = ctx.window_manager
+    if ctx.window is None and wm is not None and wm.windows:
+        return {"window": wm.windows[0]}
+    return {}
+
+
+def import_record(rec: JobRecord) -> list[str]:
+    """``manager.importer``: import a downloaded result through the undoable import operator."""
+    with bpy.context.temp_override(**window_override()):
+        try:
+            bpy.ops.gen3d.import_result(key=rec.key)
+        except RuntimeError:
+            pass  # the operator has put the error on the record
+    return rec.objects
+
+
+def sync_mode(mode: str) -> bool:
+    return mode == "SYNC" or (mode == "AUTO" and bpy.app.background)
+
+
+MODE_PROP = EnumProperty(name="Mode", options={"HIDDEN", "SKIP_SAVE"}, default="AUTO", items=[
+    ("AUTO", "Auto", "Synchronous in background mode, else on a worker thread"),
+    ("SYNC", "Synchronous", "Wait for the job to finish"),
+    ("ASYNC", "Asynchronous", "Follow the job on a worker thread; results come in through the timer pump")])
+
+
+# -- backend lifecycle --------------------------------------------------------------------------------------------
+
+
+class GEN3D_OT_refresh(bpy.types.Operator):
+    bl_idname = "gen3d.refresh"
+    bl_label = "Refresh"
+    bl_description = "Check the backend (health, version) and reload its method list"
+
+    mode: MODE_PROP
+
+    def execute(self, context):
+        try:
+            client = client_for(context)
+        except BackendError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        manager.refresh_status(client, sync=sync_mode(self.mode))
+        if sync_mode(self.mode) and not manager.status.online:
+            self.report({"ERROR"}, manager.status.error)
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class GEN3D_OT_launch_backend(bpy.types.Operator):
+    bl_idname = "gen3d.launch_backend"
+    bl_label = "Launch Backend"
+    bl_description = "Start a local backend on 127.0.0.1 (or attach to the one already running) and connect to it"
+
+    mode: MODE_PROP
+
+    def execute(self, context):
+        prefs = get_prefs(context)
+        try:
+            argv = backend_argv(prefs.python_path if prefs.launch_mode == "PYTHON" else "",
+                                prefs.launch_command if prefs.launch_mode == "COMMAND" else "")
+        except BackendError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        data_dir = bpy.path.abspath(prefs.data_dir) if prefs.data_dir else user_dir("data")
+        cwd = bpy.path.abspath(prefs.working_dir) if prefs.working_dir else None
+        token = prefs.token or None
+        proc = backend_process()
+        proc.stop_at_exit = prefs.stop_on_exit
+
+        def launch():
+            url = proc.launch(argv, data_dir, prefs.port, token=token, cwd=cwd)
+            return url
+
+        def connected(url):
+            prefs.backend_url = url
+            manager.refresh_status(make_client(prefs), sync=True)
+
+        if sync_mode(self.mode):
+            try:
+                connected(launch())
+            except BackendError as e:
+                self.report({"ERROR"}, str(e))
+                return {"CANCELLED"}
+            self.report({"INFO"}, f"Gen3D backend running at {prefs.backend_url}")
+            return {"FINISHED"}
+
+        def worker():
+            try:
+                url = launch()
+                manager.queue.put(("call", None, lambda: connected(url)))
+            except BackendError as e:
+                status, message = manager.status, str(e)
+                manager.queue.put(("call", None, lambda: setattr(status, "error", message)))
+
+        manager.status.error = "starting the backend..."
+        threading.Thread(target=worker, name="gen3d-launch", daemon=True).start()
+        return {"FINISHED"}
+
+
+class GEN3D_OT_stop_backend(bpy.types.Operator):
+    bl_idname = "gen3d.stop_backend"
+    bl_label = "Stop Backend"
+    bl_description = "Stop the backend that Gen3D started"
+
+    def execute(self, context):
+        if backend_process().stop(include_recorded=True):
+            manager.status.online = False
+            manager.status.error = "stopped"
+            self.report({"INFO"}, "Gen3D backend stopped")
+        else:
+            self.report({"WARNING"}, "no backend started by Gen3D is running")
+        return {"FINISHED"}
+
+
+class GEN3D_OT_show_log(bpy.types.Operator):
+    bl_idname = "gen3d.show_log"
+    bl_label = "Show Log"
+    bl_description = f"Copy the backend's log into the text block '{LOG_TEXT}' (open it in a Text Editor)"
+
+    def execute(self, context):
+        text = bpy.data.texts.get(LOG_TEXT) or bpy.data.texts.new(LOG_TEXT)
+        text.from_string(backend_process().log_tail(200_000) or "(the backend log is empty)")
+        for area in getattr(context.screen, "areas", ()):
+            if area.type == "TEXT_EDITOR":
+                area.spaces.active.text = text
+                break
+        else:
+            self.report({"INFO"}, f"backend log is in the text block '{LOG_TEXT}'")
+        return {"FINISHED"}
+
+
+class GEN3D_OT_unload(bpy.types.Operator):
+    bl_idname = "gen3d.unload"
+    bl_label = "Free Memory"
+    bl_description = "Ask the backend to unload its models (frees GPU memory)"
+
+    def execute(self, context):
+        try:
+            client_for(context).unload()
+        except BackendError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class GEN3D_OT_copy_command(bpy.types.Operator):
+    bl_idname = "gen3d.copy_command"
+    bl_label = "Copy Command"
+    bl_description = "Copy the command that downloads the missing weights"
+    bl_options = {"INTERNAL"}
+
+    command: StringProperty()
+
+    def execute(self, context):
+        context.window_manager.clipboard = self.command
+        self.report({"INFO"}, f"copied: {self.command}")
+        return {"FINISHED"}
+
+
+# -- jobs ---------------------------------------------------------------------------------------------------------
+
+
+class _JobOperator:
+    """Shared by the operators that submit a job: preparation, submission, sync/async/modal follow-up."""
+
+    mode: MODE_PROP
+    options_json: StringProperty(name="Options", options={"HIDDEN", "SKIP_SAVE"}, default="",
+                                 description="JSON object of option overrides on top of the panel's")
+
+    _rec: JobRecord | None = None
+    _timer = None
+
+    def find_method(self, context, kind: str, preferred: str = "") -> dict:
+        """The backend's method of ``kind`` (``preferred`` first), refreshing the status when needed."""
+        status = manager.status
+        client = client_for(context)
+        if not status.online or status.url != client.base or sync_mode(self.mode):
+            manager.refresh_status(client, sync=True)
+            status = manager.status
+            if not status.online:
+                raise BackendError("unreachable", status.error or f"the backend at {client.base} does not answer")
+        cands = [m for m in status.methods if method_kind(m) == kind]
+        method = next((m for m in cands if m["name"] == preferred), cands[0] if cands else None)
+        if method is None:
+            raise BackendError("no_method", f"the backend has no {kind} method (it offers: "
+                               f"{', '.join(m['name'] for m in status.methods) or 'none'})")
+        ready, reason, command = method_weights(method)
+        if not ready:
+            raise BackendError("missing_weights", f"method {method['name']!r}: {reason}",
+                               {"command": command} if command else {})
+        return method
+
+    def request(self, context, method: str, **extra) -> dict:
+        settings = context.scene.gen3d
+        options = option_overrides(settings, method)
+        if self.options_json:
+            options.update(json.loads(self.options_json))
+        req = {"method": method, "seed": settings.seed, "preset": settings.preset, "options": options}
+        for key in ("prompt", "negative_prompt"):
+            if getattr(settings, key):
+                req[key] = getattr(settings, key)
+        req.update(extra)
+        return req
+
+    def new_out_dir(self, context, kind: str) -> str:
+        path = os.path.join(output_dir(get_prefs(context)), f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-"
+                                                            f"{uuid.uuid4().hex[:6]}")
+        os.makedirs(os.path.join(path, "inputs"), exist_ok=True)
+        return path
+
+    def launch(self, context, **record) -> set[str]:
+        """Create the job record and follow it (synchronously or on a worker thread)."""
+        prefs = get_prefs(context)
+        client = client_for(context)
+        rec = manager.new(cursor=tuple(context.scene.cursor.location), backend_version=manager.status.version,
+                          **record)
+        self._rec = rec
+        if not sync_mode(self.mode):
+            manager.start(rec, client)
+            self.report({"INFO"}, f"Gen3D: {rec.method} job started")
+            return {"FINISHED"}
+        manager.run_sync(rec, client, prefs.job_timeout)
+        if rec.state == "failed":
+            self.report({"ERROR"}, f"Gen3D {rec.method}: {rec.error}" + (
+                f" (run: {rec.error_hint})" if rec.error_hint else ""))
+            return {"CANCELLED"}
+        if rec.state == "cancelled":
+            self.report({"WARNING"}, f"Gen3D {rec.method}: cancelled")
+            return {"CANCELLED"}
+        if rec.state not in TERMINAL_STATES:
+            self.report({"ERROR"}, f"Gen3D {rec.method}: the job ended in state {rec.state!r}")
+            return {"CANCELLED"}
+        try:
+            bpy.ops.ed.undo_push(message=f"Gen3D: import {rec.method} result")
+        except RuntimeError:
+            pass  # no undo stack (bpy as a module)
+        self.report({"INFO"}, f"Gen3D {rec.method}: imported {', '.join(rec.objects)}")
+        return {"FINISHED"}
+
+    def run(self, context, prepare) -> set[str]:
+        """``prepare(context) -> record kwargs``; readable errors instead of tracebacks."""
+        try:
+            return self.launch(context, **prepare(context))
+        except BackendError as e:
+            self.report({"ERROR"}, f"Gen3D: {e}")
+        except (ValueError, OSError, RuntimeError) as e:
+            self.report({"ERROR"}, f"Gen3D: {e}")
+        return {"CANCELLED"}
+
+    # -- UI: a modal that watches the job so ESC cancels it on the server ---------------------------------------
+
+    def invoke(self, context, event):
+        result = self.execute(context)
+        if "FINISHED" not in result or self._rec is None or not self._rec.active or sync_mode(self.mode):
+            return result
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.25, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        rec = self._rec
+        if rec is None or rec.key not in manager.records or not rec.active:
+            context.window_manager.event_timer_remove(self._timer)
+            return {"FINISHED"}
+        if event.type == "ESC" and event.value == "PRESS":
+            manager.cancel(rec)
+            self.report({"WARNING"}, f"Gen3D: cancelling {rec.method} job")
+        return {"PASS_THROUGH"}
+
+
+def _reference_image(context, folder: str) -> dict[str, str]:
+    """The panel's reference image as ``{"image": path}`` (a datablock is saved as PNG), or ``{}``."""
+    s = context.scene.gen3d
+    if s.image_source == "FILE" and s.image_path:
+        path = bpy.path.abspath(s.image_path)
+        if not os.path.isfile(path):
+            raise ValueError(f"the reference image {path} does not exist")
+        return {"image": path}
+    if s.image_source == "IMAGE" and s.image is not None:
+        return {"image": scene_io.save_image_png(s.image, os.path.join(folder, "reference.png"))}
+    return {}
+
+
+class GEN3D_OT_generate(_JobOperator, bpy.types.Operator):
+    bl_idname = "gen3d.generate"
+    bl_label = "Generate"
+    bl_description = "Generate a textured mesh from the prompt and/or reference image; it appears at the 3D cursor"
+
+    @classmethod
+    def poll(cls, context):
+        m = manager.status.method(context.scene.gen3d.method)
+        if m is None:
+            cls.poll_message_set("choose a method (refresh the backend status first)")
+            return False
+        ready, reason, _ = method_weights(m)
+        if not ready:
+            cls.poll_message_set(reason)
+        return ready
+
+    def execute(self, context):
+        def prepare(context):
+            s = context.scene.gen3d
+            method = self.find_method(context, "generate", s.method)
+            out = self.new_out_dir(context, "generate")
+            files = _reference_image(context, os.path.join(out, "inputs"))
+            inputs = set(method.get("required_inputs") or ())
+            if "image" in inputs and "image" not in files:
+                raise ValueError(f"method {method['name']!r} needs a reference image")
+            if "prompt" in inputs and not s.prompt:
+                raise ValueError(f"method {method['name']!r} needs a prompt")
+            return dict(kind="generate", method=method["name"], request=self.request(context, method["name"]),
+                        files=files, out_dir=out, placement="cursor")
+
+        return self.run(context, prepare)
+
+
+class GEN3D_OT_reconstruct(_JobOperator, bpy.types.Operator):
+    bl_idname = "gen3d.reconstruct"
+    bl_label = "Reconstruct from Cameras"
+    bl_description = ("Reconstruct a textured mesh from the selected cameras (all cameras when none is selected): "
+                      "renders of the scene or the cameras' own images; the result lands in place")
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene is None or not any(o.type == "CAMERA" for o in context.scene.objects):
+            cls.poll_message_set("the scene has no cameras")
+            return False
+        return True
+
+    def execute(self, context):
+        def prepare(context):
+            scene, s = context.scene, context.scene.gen3d
+            method = self.find_method(context, "reconstruct", "reconstruct")
+            cams = [o for o in context.selected_objects if o.type == "CAMERA"] or sorted(
+                (o for o in scene.objects if o.type == "CAMERA"), key=lambda o: o.name)
+            if len(cams) < 2:
+                raise ValueError(f"reconstruction needs at least 2 cameras, found {len(cams)}")
+            out = self.new_out_dir(context, "reconstruct")
+            folder = os.path.join(out, "inputs", "views")
+            if s.views_source == "RENDER":
+                hidden = [c for c in (bpy.data.collections.get(reimport.COLLECTION),) if c is not None]
+                paths = views.render_views(scene, cams, folder, hide_collections=hidden)
+            else:
+                paths = views.camera_images(cams, folder)
+            wires = [scene_io.camera_to_wire(c, scene) for c in cams]
+            zip_path = views.write_views_zip(folder, wires, paths, os.path.join(out, "inputs", "views.zip"))
+            return dict(kind="reconstruct", method=method["name"], request=self.request(context, method["name"]),
+                        files={"views": zip_path}, out_dir=out, placement="in_place")
+
+        return self.run(context, prepare)
+
+
+class GEN3D_OT_refine_texture(_JobOperator, bpy.types.Operator):
+    bl_idname = "gen3d.refine_texture"
+    bl_label = "Refine Texture"
+    bl_description = ("Send the selected mesh (modifiers applied, world space) with the prompt or reference image "
+                      "and import the re-textured mesh in place")
+
+    @classmethod
+    def poll(cls, context):
+        if not any(method_kind(m) == "texture" for m in manager.status.methods):
+            cls.poll_message_set("the backend has no texture method (needs the 'texture' method)")
+            return False
+        obj = context.active_object
+        if obj is None or obj.type != "MESH":
+            cls.poll_message_set("select a mesh")
+            return False
+        return True
+
+    def execute(self, context):
+        def prepare(context):
+            s, obj = context.scene.gen3d, context.active_object
+            if obj is None or obj.type != "MESH":
+                raise ValueError("select a mesh object to refine")
+            method = self.find_method(context, "texture", "texture")
+            out = self.new_out_dir(context, "refine")
+            mesh_path = os.path.join(out, "inputs", "mesh.glb")
+            scene_io.export_evaluated_mesh_glb(obj, context.evaluated_depsgraph_get(), mesh_path)
+            files = {"mesh": mesh_path, **_reference_image(context, os.path.join(out, "inputs"))}
+            return dict(kind="refine", method=method["name"], request=self.request(context, method["name"]),
+                        files=files, out_dir=out, placement="in_place", source_object=obj.name,
+                        hide_source=s.hide_source)
+
+        return self.run(context, prepare)
+
+
+class GEN3D_OT_render_dataset(bpy.types.Operator):
+    bl_idname = "gen3d.render_dataset"
+    bl_label = "Render Edge-Map Dataset"
+    bl_description = "Render a geometry-controlled (Canny edge map) training dataset from the selected objects"
+
+    @classmethod
+    def poll(cls, context):
+        if manager.status.method("dataset") is None:
+            cls.poll_message_set("needs the dataset method (not in this backend yet)")
+        else:
+            cls.poll_message_set("needs the dataset method; this add-on version does not drive it yet")
+        return False
+
+    def execute(self, context):
+        return {"CANCELLED"}
+
+
+class GEN3D_OT_cancel(bpy.types.Operator):
+    bl_idname = "gen3d.cancel"
+    bl_label = "Cancel"
+    bl_description = "Cancel the job on the backend (0: every running job)"
+
+    key: IntProperty(default=0, options={"SKIP_SAVE"})
+    mode: MODE_PROP
+
+    def execute(self, context):
+        recs = [manager.records[self.key]] if self.key in manager.records else (
+            [r for r in manager.records.values() if r.active] if self.key == 0 else [])
+        if not recs:
+            self.report({"WARNING"}, "no such running job")
+            return {"CANCELLED"}
+        for rec in recs:
+            manager.cancel(rec, sync=sync_mode(self.mode))
+        return {"FINISHED"}
+
+
+class GEN3D_OT_remove_job(bpy.types.Operator):
+    bl_idname = "gen3d.remove_job"
+    bl_label = "Remove Job"
+    bl_description = "Remove the job from the list (and delete it and its files on the backend)"
+    bl_options = {"INTERNAL"}
+
+    key: IntProperty()
+    delete_remote: BoolProperty(default=True)
+
+    def execute(self, context):
+        rec = manager.records.get(self.key)
+        if rec is None:
+            return {"CANCELLED"}
+        if rec.active:
+            self.report({"WARNING"}, "cancel the job first")
+            return {"CANCELLED"}
+        if self.delete_remote and rec.job_id:
+            try:
+                client_for(context).delete(rec.job_id)
+            except BackendError as e:
+                self.report({"WARNING"}, f"could not delete the job on the backend: {e}")
+        manager.remove(rec)
+        return {"FINISHED"}
+
+
+class GEN3D_OT_import_result(bpy.types.Operator):
+    """Import a finished job's GLB: one undo step."""
+
+    bl_idname = "gen3d.import_result"
+    bl_label = "Import Gen3D Result"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    key: IntProperty()
+
+    def execute(self, context):
+        rec = manager.records.get(self.key)
+        if rec is None or not rec.result_path:
+            self.report({"ERROR"}, "no downloaded result for this job")
+            return {"CANCELLED"}
+        provenance = {"gen3d_job_id": rec.job_id, "gen3d_method": rec.method,
+                      "gen3d_prompt": rec.request.get("prompt") or "", "gen3d_seed": int(rec.request.get("seed", 0)),
+                      "gen3d_backend_version": rec.backend_version, "gen3d_kind": rec.kind}
+        try:
+            objs = reimport.import_glb(context, rec.result_path, placement=rec.placement, cursor=rec.cursor,
+                                       provenance=provenance, hide=rec.source_object if rec.hide_source else "")
+        except (RuntimeError, OSError) as e:
+            rec.state, rec.error, rec.error_code = "failed", f"import failed: {e}", "import_failed"
+            self.report({"ERROR"}, rec.error)
+            return {"CANCELLED"}
+        rec.objects = [o.name for o in objs]
+        return {"FINISHED"}
+
+
+CLASSES = (GEN3D_OT_refresh, GEN3D_OT_launch_backend, GEN3D_OT_stop_backend, GEN3D_OT_show_log, GEN3D_OT_unload,
+           GEN3D_OT_copy_command, GEN3D_OT_generate, GEN3D_OT_reconstruct, GEN3D_OT_refine_texture,
+           GEN3D_OT_render_dataset, GEN3D_OT_cancel, GEN3D_OT_remove_job, GEN3D_OT_import_result)
+
+
+def register() -> None:
+    manager.importer = import_record
+
+
+def unregister() -> None:
+    manager.importer = None
+    if _process:
+        _process[0].close()
+        _process.clear()

@@ -1,0 +1,80 @@
+"""Bring a finished job's GLB into the scene (main thread only).
+
+The glTF importer converts glTF's Y-up back to Blender's Z-up, so a backend result written in the scene's world
+frame lands in place. New objects go to the "Gen3D" collection; generated objects are moved to the 3D cursor,
+reconstructions and refinements stay where they are. Images are packed into the .blend and provenance is stored
+as custom properties.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+COLLECTION = "Gen3D"
+PROVENANCE = ("gen3d_job_id", "gen3d_method", "gen3d_prompt", "gen3d_seed", "gen3d_backend_version", "gen3d_kind")
+
+
+def gen3d_collection(scene: bpy.types.Scene) -> bpy.types.Collection:
+    """The scene's "Gen3D" collection, created and linked on first use."""
+    coll = bpy.data.collections.get(COLLECTION)
+    if coll is None:
+        coll = bpy.data.collections.new(COLLECTION)
+    if scene.collection.children.get(coll.name) is None and coll not in scene.collection.children_recursive:
+        scene.collection.children.link(coll)
+    return coll
+
+
+def import_glb(context, path: str, *, placement: str = "in_place", cursor=(0.0, 0.0, 0.0),
+               provenance: dict | None = None, hide: str = "") -> list[bpy.types.Object]:
+    """Import ``path`` into the Gen3D collection; returns the new objects.
+
+    ``placement``: ``"cursor"`` moves the imported roots by ``cursor``; ``"in_place"`` keeps world coordinates.
+    ``provenance``: custom properties set on every new object. ``hide``: name of an object to hide (refinements).
+    """
+    scene = context.scene
+    coll = gen3d_collection(scene)
+    layer_coll = _find_layer_collection(context.view_layer.layer_collection, coll)
+    if layer_coll is not None:
+        layer_coll.exclude = False
+        context.view_layer.active_layer_collection = layer_coll
+    before_objects = set(bpy.data.objects)
+    before_images = set(bpy.data.images)
+    result = bpy.ops.import_scene.gltf(filepath=path)
+    if "FINISHED" not in result:
+        raise RuntimeError(f"the glTF importer could not read {path}")
+    new = [o for o in bpy.data.objects if o not in before_objects]
+    for obj in new:
+        for c in list(obj.users_collection):
+            if c is not coll:
+                c.objects.unlink(obj)
+        if obj.name not in coll.objects:
+            coll.objects.link(obj)
+        if placement == "cursor" and obj.parent is None:
+            obj.location = tuple(a + b for a, b in zip(obj.location, cursor))
+        for k, v in (provenance or {}).items():
+            obj[k] = v
+    for img in bpy.data.images:
+        if img not in before_images and img.packed_file is None and img.has_data:
+            img.pack()
+    if hide and (src := bpy.data.objects.get(hide)) is not None:
+        src.hide_set(True)
+        src.hide_render = True
+    for obj in context.selected_objects:
+        obj.select_set(False)
+    for obj in new:
+        if obj.name in context.view_layer.objects:
+            obj.select_set(True)
+    meshes = [o for o in new if o.type == "MESH"]
+    if meshes and meshes[0].name in context.view_layer.objects:
+        context.view_layer.objects.active = meshes[0]
+    return new
+
+
+def _find_layer_collection(layer_coll, coll):
+    if layer_coll.collection == coll:
+        return layer_coll
+    for child in layer_coll.children:
+        found = _find_layer_collection(child, coll)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,347 @@
+"""The installed add-on driving a real backend on loopback, in real bpy (module mode: no timers, so the
+operators run synchronously, and the asynchronous path is driven by pumping the job queue by hand).
+
+One bpy subprocess (HOME in a temporary folder) runs the whole story once, because starting bpy and the backend
+dominates the time: the add-on launches the backend itself (taken preferred port -> fallback port, pid file,
+attach), runs jobs through the operators (options from /v1/methods, errors, cancel on the asynchronous path),
+reconstructs a small bpy-rendered scene when the backend has the ``reconstruct`` method, stops the backend
+(readable error afterwards) and unregisters. Each test below checks one part of the story.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+pytest.importorskip("bpy")
+
+from test_addon_install import ADDON_MODULE, addon_zip, run_scenario  # noqa: E402,F401
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def story(addon_zip, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    return run_scenario(Path(__file__), "scenario_story", str(addon_zip), str(tmp), home=tmp / "home", timeout=600,
+                        env={"GEN3D_EXTRA_METHODS": "tests.support.methods", "PYTHONPATH": str(REPO)})
+
+
+def test_launch_picks_a_free_port_and_attaches(story):
+    s = story["launch"]
+    assert s["online"] and s["url"].startswith("http://127.0.0.1:")
+    assert s["port"] != s["taken_port"]
+    assert s["pid_file"]["url"] == s["url"]
+    assert s["attached_url"] == s["url"] and s["attached_same_process"]
+    assert "serve" in s["log_text"]
+
+
+def test_methods_and_options_from_the_backend(story):
+    s = story["methods"]
+    assert "sleepy" in s["methods"]
+    assert s["options"]["steps"] == {"kind": "INT", "value": 5}
+    assert s["options"]["preview"]["kind"] == "BOOL"
+    assert s["options_fast"]["steps"]["value"] == 2  # the preset's value
+    assert s["overrides"] == {"steps": 3}
+
+
+def test_job_errors_are_readable(story):
+    s = story["errors"]
+    assert "has no GLB artifact" in s["no_glb"] and s["server_options"]["steps"] == 3
+    assert "diverged at step 1" in s["numerical"]
+    for msg in s.values():
+        if isinstance(msg, str):
+            assert "Traceback" not in msg
+
+
+def test_cancel_on_the_asynchronous_path(story):
+    s = story["cancel"]
+    assert s["seen_running"]
+    assert s["state"] == "cancelled" and s["server_state"] == "cancelled"
+    assert s["steps_done"] < s["steps_total"]
+
+
+def test_reconstruct_from_cameras(story):
+    s = story["reconstruct"]
+    if s.get("skipped"):
+        pytest.skip(s["skipped"])
+    assert s["error"] == ""
+    assert s["collection"] == "Gen3D" and s["type"] == "MESH"
+    assert s["uv_layers"] >= 1 and s["image_nodes"] >= 1 and s["images_packed"]
+    p = s["provenance"]
+    assert p["gen3d_method"] == "reconstruct" and p["gen3d_job_id"] and p["gen3d_backend_version"]
+    src_min, src_max = s["source_bbox"]
+    size = max(b - a for a, b in zip(src_min, src_max))
+    for got, want in zip(s["result_bbox"][0] + s["result_bbox"][1], src_min + src_max):
+        assert abs(got - want) <= 0.02 * size, (s["result_bbox"], s["source_bbox"])
+
+
+def test_views_upload_matches_blenders_projection(story):
+    s = story["views"]
+    assert s["n_frames"] == 12 and s["size"] == [128, 128]
+    assert "transforms.json" in s["names"] and "images/000.png" in s["names"]
+    assert s["max_px_error"] < 0.05  # the cameras in transforms.json project like Blender's own cameras
+    assert s["alpha_centre_min"] == 255 and s["alpha_corner_max"] == 0  # RGBA with a transparent film
+    assert s["film_restored"]
+
+
+def test_refine_needs_the_texture_method(story):
+    assert "needs the 'texture' method" in story["refine_poll"]
+
+
+def test_stopped_backend_gives_a_readable_error(story):
+    s = story["stopped"]
+    assert s["stopped"] and not s["health_after"]
+    assert "cannot reach the Gen3D backend" in s["error"] and "Traceback" not in s["error"]
+
+
+def test_unregister_after_use_leaves_nothing(story):
+    s = story["unregister"]
+    assert s["classes"] == [] and not s["scene_prop"] and not s["timer_registered"]
+    assert s["threads"] == []
+
+
+# -- the story (runs in a subprocess: python tests/test_addon_e2e.py scenario_story ZIP TMP) ------------------------
+
+
+def _error_of(op, **kw) -> str:
+    """Run an operator that should fail; returns the error Blender reports ('' when it succeeded)."""
+    try:
+        op(**kw)
+    except RuntimeError as e:
+        return str(e)
+    return ""
+
+
+def _pump_until(manager, cond, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        manager.pump()
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _build_scene(bpy):
+    """A box with a procedural colour texture off the origin, 12 cameras on two rings looking at it."""
+    from mathutils import Vector
+
+    for o in list(bpy.data.objects):  # (reading the factory settings would disable the add-on too)
+        bpy.data.objects.remove(o)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 4
+    scene.cycles.use_denoising = False
+    scene.render.resolution_x = scene.render.resolution_y = 128
+    scene.render.resolution_percentage = 100
+    world = bpy.data.worlds.new("World")
+    world.color = (1.0, 1.0, 1.0)
+    scene.world = world
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.3, -0.2, 0.4))
+    obj = bpy.context.active_object
+    obj.scale = (1.0, 0.8, 0.6)
+    mat = bpy.data.materials.new("Checker")
+    if not mat.use_nodes:  # 4.x; always on (and deprecated) in 5.x
+        mat.use_nodes = True
+    nodes = mat.node_tree.nodes
+    checker = nodes.new("ShaderNodeTexChecker")
+    checker.inputs["Color1"].default_value = (0.9, 0.2, 0.1, 1.0)
+    checker.inputs["Color2"].default_value = (0.1, 0.3, 0.9, 1.0)
+    checker.inputs["Scale"].default_value = 3.0
+    mat.node_tree.links.new(checker.outputs["Color"], nodes["Principled BSDF"].inputs["Base Color"])
+    obj.data.materials.append(mat)
+    target = Vector(obj.location)
+    for i in range(12):
+        import math
+
+        el = math.radians(20 if i < 6 else 55)
+        az = 2 * math.pi * (i % 6) / 6 + (0.5 if i >= 6 else 0.0)
+        pos = target + 3.0 * Vector((math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)))
+        cam_data = bpy.data.cameras.new(f"Cam{i:02d}")
+        cam_data.lens = 50
+        cam = bpy.data.objects.new(f"Cam{i:02d}", cam_data)
+        scene.collection.objects.link(cam)
+        cam.location = pos
+        cam.rotation_euler = (target - pos).to_track_quat("-Z", "Y").to_euler()
+    bpy.context.view_layer.update()
+    return obj
+
+
+def _check_views(bpy, obj, folder: str) -> dict:
+    """Render the cameras and write the views zip as the Reconstruct operator does; project the object's corners
+    with the written transforms.json and with ``world_to_camera_view``; sample the alpha of the renders."""
+    import zipfile
+
+    import numpy as np
+    from bpy_extras.object_utils import world_to_camera_view
+    from PIL import Image
+
+    views = sys.modules[ADDON_MODULE + ".views"]
+    scene_io = sys.modules[ADDON_MODULE + ".scene_io"]
+    scene = bpy.context.scene
+    cams = sorted((o for o in scene.objects if o.type == "CAMERA"), key=lambda o: o.name)
+    paths = views.render_views(scene, cams, folder)
+    zip_path = views.write_views_zip(folder, [scene_io.camera_to_wire(c, scene) for c in cams], paths,
+                                     os.path.join(folder, "..", "views.zip"))
+    with zipfile.ZipFile(zip_path) as z:
+        names = sorted(z.namelist())
+        frames = json.loads(z.read("transforms.json"))["frames"]
+        alphas = [np.asarray(Image.open(z.open(f["file_path"])))[..., 3] for f in frames]
+    corners = [obj.matrix_world @ v.co for v in obj.data.vertices]
+    W, H = scene.render.resolution_x, scene.render.resolution_y
+    err, inside, outside = 0.0, [], []
+    for cam, f, alpha in zip(cams, frames, alphas):
+        c2w = np.array(f["transform_matrix"])  # OpenGL: camera looks down -z, y up
+        w2c = np.linalg.inv(c2w)
+        for p in corners:
+            x, y, z = (w2c @ np.array([*p, 1.0]))[:3]
+            u, v = f["cx"] + f["fl_x"] * x / -z, f["cy"] - f["fl_y"] * y / -z
+            ref = world_to_camera_view(scene, cam, p)
+            err = max(err, abs(u - ref.x * W), abs(v - (1 - ref.y) * H))
+        centre = obj.matrix_world.translation
+        ref = world_to_camera_view(scene, cam, centre)
+        inside.append(int(alpha[int((1 - ref.y) * H), int(ref.x * W)]))
+        outside.append(int(max(alpha[0, 0], alpha[0, -1], alpha[-1, 0], alpha[-1, -1])))
+    return {"names": names, "n_frames": len(frames), "max_px_error": err, "alpha_centre_min": min(inside),
+            "alpha_corner_max": max(outside), "size": [frames[0]["w"], frames[0]["h"]],
+            "film_restored": not scene.render.film_transparent}
+
+
+def _world_bbox(obj):
+    pts = [obj.matrix_world @ v.co for v in obj.data.vertices]
+    return [[min(p[i] for p in pts) for i in range(3)], [max(p[i] for p in pts) for i in range(3)]]
+
+
+def scenario_story(zip_path: str, tmp: str) -> dict:
+    import addon_utils
+    import bpy
+
+    out: dict = {}
+    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+    jobs = sys.modules[ADDON_MODULE + ".jobs"]
+    ops_mod = sys.modules[ADDON_MODULE + ".operators"]
+    manager = jobs.manager
+    prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    prefs.python_path = sys.executable
+    prefs.working_dir = str(REPO)
+    prefs.data_dir = os.path.join(tmp, "data")
+    prefs.output_dir = os.path.join(tmp, "results")
+    prefs.timeout = 30.0
+
+    # -- launch on a taken port: the add-on falls back to a free one, writes a pid file, then attaches ---------
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        prefs.port = taken.getsockname()[1]
+        bpy.ops.gen3d.launch_backend(mode="SYNC")
+        proc = ops_mod.backend_process()
+        url, pid = proc.url, proc.proc.pid
+        pid_file = proc.read_pid_file()
+        # a second session (new BackendProcess on the same folder) attaches instead of launching
+        other = type(proc)(proc.state_dir)
+        attached = other.launch(["false"], prefs.data_dir, prefs.port)
+        bpy.ops.gen3d.show_log()
+        out["launch"] = {"online": manager.status.online, "url": url, "port": int(url.rsplit(":", 1)[1]),
+                         "taken_port": taken.getsockname()[1], "pid_file": pid_file, "attached_url": attached,
+                         "attached_same_process": other.proc is None and proc.proc.pid == pid,
+                         "log_text": bpy.data.texts[ops_mod.LOG_TEXT].as_string()[-2000:]}
+    prefs.backend_url = url.removeprefix("http://")  # URLs work without the scheme too
+
+    # -- methods and their options ----------------------------------------------------------------------------
+    bpy.ops.gen3d.refresh(mode="SYNC")
+    settings = bpy.context.scene.gen3d
+    settings.method = "sleepy"
+    settings.prompt = "a test prompt"
+
+    def options():
+        return {o.name: {"kind": o.kind, "value": o.value} for o in settings.options if o.method == "sleepy"}
+
+    out["methods"] = {"methods": [m["name"] for m in manager.status.methods], "options": options()}
+    settings.preset = "fast"
+    out["methods"]["options_fast"] = options()
+    settings.preset = "standard"
+    next(o for o in settings.options if o.method == "sleepy" and o.name == "steps").int_value = 3
+    props = sys.modules[ADDON_MODULE + ".properties"]
+    out["methods"]["overrides"] = props.option_overrides(settings, "sleepy")
+
+    # -- errors: a job without a mesh, a job that fails ---------------------------------------------------------
+    errors = {"no_glb": _error_of(bpy.ops.gen3d.generate, mode="SYNC")}
+    rec = list(manager.records.values())[-1]
+    errors["server_options"] = ops_mod.client_for(bpy.context).job(rec.job_id)["request"]["options"]
+    errors["numerical"] = _error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps({"fail_at": 1}))
+    out["errors"] = errors
+
+    # -- cancel on the asynchronous path (worker thread + pump, as the UI does) ---------------------------------
+    steps = 400
+    bpy.ops.gen3d.generate(mode="ASYNC", options_json=json.dumps({"steps": steps, "step_s": 0.05}))
+    rec = list(manager.records.values())[-1]
+    seen_running = _pump_until(manager, lambda: rec.state == "running" and rec.step >= 1)
+    bpy.ops.gen3d.cancel(key=rec.key)
+    _pump_until(manager, lambda: not rec.active)
+    out["cancel"] = {"seen_running": seen_running, "state": rec.state, "steps_done": rec.step, "steps_total": steps,
+                     "server_state": ops_mod.client_for(bpy.context).job(rec.job_id)["state"]}
+
+    # -- the views upload: renders + transforms.json, checked against Blender's own projection -------------------
+    src = _build_scene(bpy)
+    out["views"] = _check_views(bpy, src, os.path.join(tmp, "views"))
+    out["refine_poll"] = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")
+
+    # -- reconstruct from cameras ---------------------------------------------------------------------------------
+    if manager.status.method("reconstruct") is None:
+        out["reconstruct"] = {"skipped": "the backend has no reconstruct method"}
+    else:
+        bpy.ops.gen3d.refresh(mode="SYNC")
+        error = _error_of(bpy.ops.gen3d.reconstruct, mode="SYNC", options_json=os.environ.get(
+            "GEN3D_TEST_RECONSTRUCT_OPTIONS", "{}"))
+        coll = bpy.data.collections.get("Gen3D")
+        meshes = [o for o in (coll.objects if coll else ()) if o.type == "MESH"]
+        r = {"error": error, "collection": coll.name if coll else None}
+        if meshes:
+            obj = meshes[0]
+            imgs = [n.image for m in obj.data.materials if m and m.node_tree for n in m.node_tree.nodes
+                    if n.type == "TEX_IMAGE" and n.image is not None]
+            r.update(type=obj.type, uv_layers=len(obj.data.uv_layers), image_nodes=len(imgs),
+                     images_packed=bool(imgs) and all(i.packed_file is not None for i in imgs),
+                     provenance={k: obj.get(k) for k in ("gen3d_job_id", "gen3d_method", "gen3d_prompt",
+                                                         "gen3d_seed", "gen3d_backend_version")},
+                     source_bbox=_world_bbox(src), result_bbox=_world_bbox(obj))
+        out["reconstruct"] = r
+
+    # -- stop: then a readable error ------------------------------------------------------------------------------
+    bpy.ops.gen3d.stop_backend()
+    stopped = proc.proc is None and not os.path.exists(proc.pid_path)
+    try:
+        ops_mod.client_for(bpy.context).health()
+        health_after = True
+    except Exception:
+        health_after = False
+    out["stopped"] = {"stopped": stopped, "health_after": health_after,
+                      "error": _error_of(bpy.ops.gen3d.generate, mode="SYNC")}
+
+    # -- unregister -----------------------------------------------------------------------------------------------
+    timer = jobs._timer
+    addon_utils.disable(ADDON_MODULE, default_set=True)
+    import threading
+
+    time.sleep(0.2)
+    out["unregister"] = {"classes": sorted(n for n in dir(bpy.types) if n.upper().startswith("GEN3D")),
+                         "scene_prop": "gen3d" in bpy.types.Scene.bl_rna.properties,
+                         "timer_registered": bpy.app.timers.is_registered(timer),
+                         "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("gen3d"))}
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])))
