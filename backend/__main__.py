@@ -14,7 +14,7 @@ import sys
 
 from .errors import Gen3DError
 
-COMMANDS = ["info", "run", "methods", "serve"]
+COMMANDS = ["info", "run", "methods", "dataset", "serve", "weights"]
 
 
 def build_parser() -> argparse.ArgumentParser:
