@@ -19,3 +19,16 @@ DATA = Path(__file__).resolve().parent / "data"
 def data_dir() -> Path:
     """``tests/data``: small real assets copied into the project (Spot, checkpoint key lists)."""
     return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Every registry entry's tiny model, written once per session by ``python -m backend weights tiny --dir``.
+
+    Use it as ``monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(tiny_weights))`` or pass ``tiny_weights / NAME`` paths.
+    """
+    from backend.__main__ import main
+
+    root = tmp_path_factory.mktemp("tiny_weights")
+    assert main(["weights", "tiny", "--dir", str(root)]) == 0
+    return root
