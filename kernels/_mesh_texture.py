@@ -1,0 +1,157 @@
+"""Torch implementation of nvdiffrast's ``texture`` (public API in :mod:`kernels.mesh`).
+
+Conventions follow nvdiffrast: ``uv = (0, 0)`` is the outer corner of texel ``[0, 0]`` (row 0 of ``tex``, no
+vertical flip), texel centres sit at ``(i + 0.5) / size``; 'wrap' takes the fractional part of ``uv``, 'clamp'
+clamps to the centres of the border texels, 'zero' reads zeros outside. Mip levels halve each extent (a 1-wide
+extent stays 1) by 2x2 box filtering; the level is ``0.5 * log2`` of the squared major axis of the pixel footprint
+in texels (``uv_da`` scaled by the texture size), plus ``mip_level_bias``, clamped to the stack.
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate
+
+import torch
+
+FILTER_MODES = ("auto", "nearest", "linear", "linear-mipmap-nearest", "linear-mipmap-linear")
+BOUNDARY_MODES = ("wrap", "clamp", "zero")
+
+
+def construct_mip(tex: torch.Tensor, max_mip_level: int | None = None) -> list[torch.Tensor]:
+    """Mip levels 1.. of ``tex [B, H, W, C]`` (differentiable; the base level is not included)."""
+    levels, cur = [], tex
+    limit = -1 if max_mip_level is None else int(max_mip_level)
+    while (cur.shape[1] > 1 or cur.shape[2] > 1) and len(levels) != limit:
+        h, w = cur.shape[1], cur.shape[2]
+        if (h > 1 and h % 2) or (w > 1 and w % 2):
+            raise ValueError(
+                f"texture: cannot build mip level {len(levels) + 1} from an odd extent {h}x{w} (base "
+                f"{tex.shape[1]}x{tex.shape[2]}); use power-of-two texture sizes or limit max_mip_level")
+        B, C = cur.shape[0], cur.shape[3]
+        cur = cur.reshape(B, max(h // 2, 1), 2 if h > 1 else 1, max(w // 2, 1), 2 if w > 1 else 1, C).mean((2, 4))
+        levels.append(cur)
+    return levels
+
+
+def _mip_level(tex_hw, uv_da, bias, max_level: int):
+    """Continuous mip level per pixel ``[B, H, W]`` clamped to ``[0, max_level]``."""
+    level = None
+    if uv_da is not None:
+        th, tw = tex_hw
+        dsdx, dsdy = uv_da[..., 0] * tw, uv_da[..., 1] * tw
+        dtdx, dtdy = uv_da[..., 2] * th, uv_da[..., 3] * th
+        A = dsdx * dsdx + dtdx * dtdx
+        Bq = dsdy * dsdy + dtdy * dtdy
+        Cq = dsdx * dsdy + dtdx * dtdy
+        l2b = 0.5 * (A + Bq)
+        l2n = 0.25 * (A - Bq) ** 2 + Cq * Cq
+        major = l2b + torch.sqrt(l2n.clamp_min(1e-30))
+        level = 0.5 * torch.log2(major.clamp_min(1e-30))
+    if bias is not None:
+        level = bias if level is None else level + bias
+    return level.clamp(0, max_level)
+
+
+def _clip(i: torch.Tensor, n) -> torch.Tensor:
+    """``i`` clamped to ``[0, n - 1]``; ``n`` an int or a tensor broadcasting with ``i``."""
+    return torch.minimum(i.clamp_min(0), torch.as_tensor(n - 1, dtype=i.dtype, device=i.device))
+
+
+def _bilinear(flat, bidx, u, v, w: int, h: int, offset, boundary: str):
+    """Bilinear lookup in one level stored in ``flat [Bt * total, C]``; ``u, v`` in [0,1] units.
+
+    ``w, h`` and ``offset`` (start of the level per texture batch, ``bidx``-indexed) may be tensors (per-pixel
+    levels) or ints.
+    """
+    if boundary == "wrap":
+        u, v = u - torch.floor(u), v - torch.floor(v)
+    x, y = u * w - 0.5, v * h - 0.5
+    if boundary == "clamp":
+        x, y = _clip(x, w), _clip(y, h)
+    x0f, y0f = torch.floor(x), torch.floor(y)
+    fx, fy = (x - x0f)[..., None], (y - y0f)[..., None]
+    x0, y0 = x0f.long(), y0f.long()
+    x1, y1 = x0 + 1, y0 + 1
+    ok = None
+    if boundary == "wrap":
+        x0, x1, y0, y1 = x0 % w, x1 % w, y0 % h, y1 % h
+    else:  # clamp (x0, y0 are already inside) or zero
+        if boundary == "zero":
+            ok = [((xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)) for yy in (y0, y1) for xx in (x0, x1)]
+        x0, x1, y0, y1 = _clip(x0, w), _clip(x1, w), _clip(y0, h), _clip(y1, h)
+    base = bidx + offset
+    taps = [flat[(base + yy * w + xx).reshape(-1)].view(*u.shape, -1) for yy in (y0, y1) for xx in (x0, x1)]
+    if ok is not None:
+        taps = [t * m[..., None] for t, m in zip(taps, ok)]
+    t00, t10, t01, t11 = taps
+    top = t00 + fx * (t10 - t00)
+    bot = t01 + fx * (t11 - t01)
+    return top + fy * (bot - top)
+
+
+def _nearest(flat, bidx, u, v, w: int, h: int, boundary: str):
+    if boundary == "wrap":
+        u, v = u - torch.floor(u), v - torch.floor(v)
+    x, y = torch.floor(u * w).long(), torch.floor(v * h).long()
+    ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
+    out = flat[(bidx + y * w + x).reshape(-1)].view(*u.shape, -1)
+    return out * ok[..., None] if boundary == "zero" else out
+
+
+def texture(tex, uv, uv_da=None, mip_level_bias=None, mip=None, filter_mode="auto", boundary_mode="wrap",
+            max_mip_level=None):
+    """Torch texture sampling; see :func:`kernels.mesh.texture`."""
+    if filter_mode not in FILTER_MODES:
+        raise ValueError(f"texture: filter_mode {filter_mode!r} not in {FILTER_MODES}")
+    if boundary_mode not in BOUNDARY_MODES:
+        raise ValueError(f"texture: boundary_mode {boundary_mode!r} not supported by the torch backend "
+                         f"(one of {BOUNDARY_MODES}; cube maps need nvdiffrast)")
+    if tex.ndim != 4 or uv.ndim != 4 or uv.shape[-1] != 2:
+        raise ValueError(f"texture: expected tex [B, H, W, C] and uv [B, H, W, 2], got {tuple(tex.shape)} "
+                         f"and {tuple(uv.shape)}")
+    if filter_mode == "auto":
+        filter_mode = "linear-mipmap-linear" if (uv_da is not None or mip_level_bias is not None) else "linear"
+    if "mipmap" in filter_mode and uv_da is None and mip_level_bias is None:
+        raise ValueError(f"texture: filter_mode {filter_mode!r} needs uv_da or mip_level_bias")
+    if max_mip_level == 0 and "mipmap" in filter_mode:
+        filter_mode = "linear"
+
+    B, Bt, C = uv.shape[0], tex.shape[0], tex.shape[-1]
+    if Bt not in (1, B):
+        raise ValueError(f"texture: tex minibatch {Bt} does not match uv minibatch {B}")
+    th, tw = tex.shape[1], tex.shape[2]
+    u, v = uv[..., 0], uv[..., 1]
+
+    if filter_mode in ("nearest", "linear"):
+        flat = tex.reshape(-1, C)
+        bidx = (torch.arange(B, device=uv.device) * (th * tw)).view(B, 1, 1) if Bt > 1 else 0
+        if filter_mode == "nearest":
+            return _nearest(flat, bidx, u, v, tw, th, boundary_mode)
+        return _bilinear(flat, bidx, u, v, tw, th, 0, boundary_mode)
+
+    levels = [tex] + (list(mip) if mip is not None else construct_mip(tex, max_mip_level))
+    if max_mip_level is not None:
+        levels = levels[:int(max_mip_level) + 1]
+    sizes = [(lv.shape[1], lv.shape[2]) for lv in levels]
+    counts = [h * w for h, w in sizes]
+    total = sum(counts)
+    flat = torch.cat([lv.reshape(Bt, -1, C) for lv in levels], 1).reshape(-1, C)
+    dev = uv.device
+    offs = torch.tensor([0] + list(accumulate(counts))[:-1], device=dev)
+    hs = torch.tensor([s[0] for s in sizes], device=dev)
+    ws = torch.tensor([s[1] for s in sizes], device=dev)
+    bidx = (torch.arange(B, device=dev) * total).view(B, 1, 1) if Bt > 1 else 0
+
+    flevel = _mip_level((th, tw), uv_da, mip_level_bias, len(levels) - 1)
+    level0 = torch.floor(flevel).long().detach()
+
+    def sample(lv):
+        return _bilinear(flat, bidx, u, v, ws[lv], hs[lv], offs[lv], boundary_mode)
+
+    if filter_mode == "linear-mipmap-nearest":
+        return sample(level0)
+    frac = (flevel - level0)[..., None]
+    level1 = (level0 + 1).clamp_max(len(levels) - 1)
+    a = sample(level0)
+    return a + frac * (sample(level1) - a)
