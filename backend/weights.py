@@ -69,6 +69,7 @@ def _hf(repo: str) -> str:
 
 
 _GUIDANCE_TINY = "backend.guidance.tiny"
+_LRM_TINY = "backend.models.lrm.tiny:write_tiny"
 
 ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
     WeightsEntry("sd21-base", "stabilityai/stable-diffusion-2-1-base",
@@ -118,15 +119,18 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  tiny_factory=f"{_GUIDANCE_TINY}:write_controlnet_sdxl"),
     WeightsEntry("openlrm-small", "zxhezexin/openlrm-mix-small-1.1", "OpenLRM mix small 1.1 (446 MB)",
                  "CC BY-NC 4.0 (non-commercial use only)", 0.45, ("lrm",), restrictive=True,
-                 files=("config.json", "model.safetensors"), license_url=_hf("zxhezexin/openlrm-mix-small-1.1")),
+                 files=("config.json", "model.safetensors"), license_url=_hf("zxhezexin/openlrm-mix-small-1.1"),
+                 tiny_factory=_LRM_TINY),
     WeightsEntry("openlrm-base", "zxhezexin/openlrm-mix-base-1.1", "OpenLRM mix base 1.1 (1.04 GB)",
                  "CC BY-NC 4.0 (non-commercial use only)", 1.04, ("lrm",), restrictive=True,
-                 files=("config.json", "model.safetensors"), license_url=_hf("zxhezexin/openlrm-mix-base-1.1")),
+                 files=("config.json", "model.safetensors"), license_url=_hf("zxhezexin/openlrm-mix-base-1.1"),
+                 tiny_factory=_LRM_TINY),
     WeightsEntry("openlrm-large", "zxhezexin/openlrm-mix-large-1.1", "OpenLRM mix large 1.1 (1.81 GB)",
                  "CC BY-NC 4.0 (non-commercial use only)", 1.81, ("lrm",), restrictive=True,
-                 files=("config.json", "model.safetensors"), license_url=_hf("zxhezexin/openlrm-mix-large-1.1")),
+                 files=("config.json", "model.safetensors"), license_url=_hf("zxhezexin/openlrm-mix-large-1.1"),
+                 tiny_factory=_LRM_TINY),
     WeightsEntry("triposr", "stabilityai/TripoSR", "TripoSR (config.yaml + model.ckpt, 1.7 GB)", "MIT", 1.68,
-                 ("triposr",), files=("config.yaml", "model.ckpt")),
+                 ("lrm",), files=("config.yaml", "model.ckpt"), tiny_factory=_LRM_TINY),
 ]}
 
 
