@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -181,8 +182,8 @@ class TimestepEmbedSequential(nn.ModuleList):
         return x
 
 
-class MultiViewUNetModel(ModelMixin, ConfigMixin):
-    """The MVDream UNet; config keys are those of the port's ``unet/config.json``."""
+class MultiViewUNetModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """The MVDream UNet; config keys are those of the port's ``unet/config.json``; peft adapters attach (VSD)."""
 
     @register_to_config
     def __init__(self, image_size: int = 32, in_channels: int = 4, out_channels: int = 4, model_channels: int = 320,

@@ -1,0 +1,81 @@
+"""MVDream 4-view text prior (diffusers port ``ashawkey/mvdream-sd2.1-diffusers``, our SDPA multi-view UNet).
+
+Batches are groups of ``num_frames`` (4) consecutive views of one object sharing the timestep. Default CFG 50 and
+the :class:`~backend.guidance.distillation.X0Reconstruction` loss (MVDream-threestudio); view-dependent prompts off.
+
+Camera convention (:func:`mvdream_cameras`): MVDream's ``get_camera`` builds a Y-up OpenGL camera-to-world at
+(cos el sin az, sin el, cos el cos az) and left-multiplies the Y-up -> Z-up flip, then normalises the translation.
+That is exactly our orbit convention (Z up, az 0 on -Y, az 90 on +X, elevation positive above) with OpenGL camera
+axes, so our cameras convert by ``opencv_to_opengl`` plus translation normalisation, flattened row-major.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ... import weights
+from ...geometry.cameras import Cameras, opencv_to_opengl
+from ...models.mvdream_unet import MultiViewUNetModel
+from .base import Condition, DiffusionPrior, default_dtype
+from .sd import load_unet_vae_scheduler
+from .text import TextEncoder, text_branches
+
+
+def mvdream_cameras(c2w: torch.Tensor, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """Our OpenCV camera-to-world ``[N,4,4]`` (Z-up world) -> MVDream's camera input ``[N,16]``."""
+    gl = opencv_to_opengl(c2w.float()).clone()
+    pos = gl[:, :3, 3] - torch.as_tensor(target, dtype=gl.dtype, device=gl.device)
+    gl[:, :3, 3] = pos / (pos.norm(dim=-1, keepdim=True) + 1e-8)
+    return gl.reshape(-1, 16)
+
+
+class MVDreamPrior(DiffusionPrior):
+    """Multi-view prior; ``condition(prompt, negative_prompt, cameras)`` with a multiple of 4 cameras."""
+
+    guidance_scale = 50.0
+    num_frames = 4
+
+    def __init__(self, folder: str | os.PathLike, device=None, dtype=None, guidance_scale: float | None = None):
+        folder = Path(folder)
+        device = torch.device(device or "cpu")
+        dtype = dtype or default_dtype(device)
+        vae, unet, scheduler = load_unet_vae_scheduler(folder, dtype, unet_class=MultiViewUNetModel)
+        super().__init__(vae, unet, scheduler, device, dtype)
+        self.text = TextEncoder(folder, self.device, self.dtype)
+        if guidance_scale is not None:
+            self.guidance_scale = guidance_scale
+
+    @classmethod
+    def from_registry(cls, name: str = "mvdream", path: str | os.PathLike | None = None, **kw) -> "MVDreamPrior":
+        return cls(weights.resolve(name, path), **kw)
+
+    @property
+    def time_embedding(self) -> torch.nn.Module:
+        return self.unet.time_embed
+
+    def condition(self, prompt: str, negative_prompt: str = "", cameras: Cameras | torch.Tensor | None = None,
+                  target=(0.0, 0.0, 0.0)) -> Condition:
+        """``cameras``: :class:`Cameras` or OpenCV c2w ``[B,4,4]``, B a multiple of 4 (views of one object
+        consecutive). Branches ``cond``, ``negative``, ``null``, each with ``context`` and ``camera``."""
+        c2w = cameras.c2w if isinstance(cameras, Cameras) else cameras
+        if c2w is None or c2w.shape[0] % self.num_frames:
+            raise ValueError(f"MVDream needs a multiple of {self.num_frames} cameras")
+        cam = mvdream_cameras(c2w, target).to(self.device)
+        branches = text_branches(self.text, prompt, negative_prompt, cam.shape[0], "context", view_dependent=False)
+        return Condition({name: {**b, "camera": cam} for name, b in branches.items()})
+
+    def _eps(self, x, t, context, camera):
+        return self.unet(x, t, context=context.to(self.dtype), camera=camera.to(self.dtype),
+                         num_frames=self.num_frames)
+
+    def __call__(self, images, cond, t, distillation=None, progress: float = 0.0, **kw):
+        """As the base, with ``t`` either per view ``[B]`` or per group ``[B/4]`` (repeated over its views)."""
+        from ..distillation import X0Reconstruction
+
+        t = t.reshape(-1)
+        if t.numel() * self.num_frames == images.shape[0]:
+            t = t.repeat_interleave(self.num_frames)
+        return super().__call__(images, cond, t, distillation or X0Reconstruction(), progress, **kw)

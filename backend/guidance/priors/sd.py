@@ -1,0 +1,59 @@
+"""Stable Diffusion text prior (SD 1.5 and 2.1-base diffusers folders) for SDS, CSD, VSD/BSD and SDEdit refinement."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ... import weights
+from .base import Condition, DiffusionPrior, fp16_variant
+from .text import TextEncoder, text_branches
+
+
+def load_unet_vae_scheduler(folder: Path, dtype: torch.dtype, unet_class=None):
+    """``(vae, unet, DDIM scheduler)`` of a diffusers folder, through ``from_pretrained``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    unet_class = unet_class or UNet2DConditionModel
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, variant=fp16_variant(folder / "vae"))
+    unet = unet_class.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, variant=fp16_variant(folder / "unet"))
+    return vae, unet, DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+
+
+class StableDiffusionPrior(DiffusionPrior):
+    """SD text prior. ``condition(prompt, negative_prompt, elevation, azimuth)`` gives view-dependent prompts.
+
+    Default CFG 100 (DreamFusion/DreamGaussian SDS); use 7.5 for VSD. Works at ``image_size`` (512 for SD;
+    renders are resized bilinearly).
+    """
+
+    guidance_scale = 100.0
+
+    def __init__(self, folder: str | os.PathLike, device=None, dtype=None, guidance_scale: float | None = None):
+        folder = Path(folder)
+        device = torch.device(device or "cpu")
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        vae, unet, scheduler = load_unet_vae_scheduler(folder, dtype)
+        super().__init__(vae, unet, scheduler, device, dtype)
+        self.text = TextEncoder(folder, self.device, self.dtype)
+        if guidance_scale is not None:
+            self.guidance_scale = guidance_scale
+
+    @classmethod
+    def from_registry(cls, name: str = "sd21-base", path: str | os.PathLike | None = None, **kw) -> "StableDiffusionPrior":
+        """Load registry entry ``name`` (``sd21-base`` or ``sd15``); raises MissingWeights when absent."""
+        return cls(weights.resolve(name, path), **kw)
+
+    def condition(self, prompt: str, negative_prompt: str = "", batch_size: int = 1, elevation=None, azimuth=None,
+                  view_dependent: bool = True) -> Condition:
+        """Branches ``cond`` (with ", front/side/back/overhead view" when angles in degrees are given, our orbit
+        convention), ``plain``, ``negative`` and ``null``; each ``{"encoder_hidden_states": [B, 77, D]}``."""
+        if elevation is not None:
+            batch_size = max(batch_size, torch.as_tensor(elevation).numel())
+        return Condition(text_branches(self.text, prompt, negative_prompt, batch_size, "encoder_hidden_states",
+                                       elevation, azimuth, view_dependent))
+
+    def _eps(self, x, t, encoder_hidden_states):
+        return self.unet(x, t, encoder_hidden_states=encoder_hidden_states.to(self.dtype)).sample

@@ -1,0 +1,93 @@
+"""Zero123 image prior (Zero123-XL, Zero123 in the kxhit layout, Stable Zero123).
+
+Conditioning (diffusers ports): the reference image's CLIP ``image_embeds`` concatenated with the relative pose
+(:func:`backend.models.zero123.relative_pose`) and projected to one cross-attention token; plus the reference's VAE
+latent (``latent_dist.mode()``, **not** multiplied by the scaling factor) concatenated channel-wise with the noisy
+latent (UNet ``in_channels = 8``). The unconditional branch is zeros for both. Default CFG 5 (DreamGaussian).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ... import weights
+from ...models.zero123 import load_projection, relative_pose
+from .base import Condition, DiffusionPrior, default_dtype, fp16_variant
+from .sd import load_unet_vae_scheduler
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Zero123Prior(DiffusionPrior):
+    """Novel-view prior. Call :meth:`set_reference` once, then :meth:`condition` per step with the render angles."""
+
+    guidance_scale = 5.0
+
+    def __init__(self, folder: str | os.PathLike, stable: bool = False, device=None, dtype=None,
+                 guidance_scale: float | None = None):
+        from transformers import CLIPVisionModelWithProjection
+
+        folder = Path(folder)
+        device = torch.device(device or "cpu")
+        dtype = dtype or default_dtype(device)
+        vae, unet, scheduler = load_unet_vae_scheduler(folder, dtype)
+        super().__init__(vae, unet, scheduler, device, dtype)
+        self.stable = stable
+        self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+            folder, subfolder="image_encoder", torch_dtype=dtype, variant=fp16_variant(folder / "image_encoder"))
+        self.image_encoder.to(self.device).eval().requires_grad_(False)
+        self.projection = load_projection(folder).to(self.device, self.dtype).eval().requires_grad_(False)
+        self._clip = self._clip_preprocessing(folder / "feature_extractor" / "preprocessor_config.json")
+        self.reference: dict | None = None
+        if guidance_scale is not None:
+            self.guidance_scale = guidance_scale
+
+    @classmethod
+    def from_registry(cls, name: str = "zero123-xl", path: str | os.PathLike | None = None, **kw) -> "Zero123Prior":
+        """``zero123-xl``, ``zero123-105000`` or ``stable-zero123`` (the latter sets ``stable``)."""
+        stable = kw.pop("stable", weights.get_entry(name).extra.get("stable", False))
+        return cls(weights.resolve(name, path), stable=stable, **kw)
+
+    @staticmethod
+    def _clip_preprocessing(config_path: Path) -> dict:
+        cfg_ = json.loads(config_path.read_text()) if config_path.exists() else {}
+        crop = cfg_.get("crop_size", 224)
+        size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
+        return {"size": size, "mean": torch.tensor(cfg_.get("image_mean", _CLIP_MEAN)).view(1, 3, 1, 1),
+                "std": torch.tensor(cfg_.get("image_std", _CLIP_STD)).view(1, 3, 1, 1)}
+
+    @torch.no_grad()
+    def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float = 0.0, radius: float = 0.0) -> None:
+        """Reference view ``[1,3,H,W]`` in [0,1] (object on white, square) and its angles (degrees, our convention)."""
+        c = self._clip
+        x = F.interpolate(image.float(), (c["size"], c["size"]), mode="bicubic", align_corners=False, antialias=True)
+        x = ((x.clamp(0, 1) - c["mean"].to(x)) / c["std"].to(x)).to(self.device, self.dtype)
+        clip = self.image_encoder(x).image_embeds.float()
+        ref = self.resize(image.float()).to(self.device, self.dtype) * 2 - 1
+        latent = self.vae.encode(ref).latent_dist.mode().float()  # no scaling factor (both hub pipelines)
+        self.reference = {"clip": clip, "latent": latent, "elevation": float(elevation), "azimuth": float(azimuth),
+                          "radius": float(radius)}
+
+    def condition(self, elevation, azimuth, radius=0.0) -> Condition:
+        """Branches ``cond`` and ``negative`` = ``null`` (zeros) for target views at the given angles (degrees)."""
+        if self.reference is None:
+            raise RuntimeError("call set_reference(image, elevation, azimuth, radius) before condition()")
+        ref = self.reference
+        pose = relative_pose(elevation, azimuth, radius, ref["elevation"], ref["azimuth"], ref["radius"],
+                             self.stable).to(self.device)
+        b = pose.shape[0]
+        tokens = self.projection(torch.cat([ref["clip"].expand(b, -1), pose], -1).to(self.dtype))[:, None].float()
+        latent = ref["latent"].expand(b, -1, -1, -1)
+        zero = {"encoder_hidden_states": torch.zeros_like(tokens), "concat": torch.zeros_like(latent)}
+        return Condition({"cond": {"encoder_hidden_states": tokens, "concat": latent}, "negative": zero, "null": zero},
+                         extra={"pose": pose})
+
+    def _eps(self, x, t, encoder_hidden_states, concat):
+        x = torch.cat([x, concat.to(x.dtype)], dim=1)
+        return self.unet(x, t, encoder_hidden_states=encoder_hidden_states.to(self.dtype)).sample
