@@ -506,6 +506,14 @@ class GEN3D_OT_remove_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def result_name(rec: JobRecord) -> str:
+    """``"Suzanne (refined)"``, ``"Gen3D reconstruct"``, ``"Gen3D a red chair"``."""
+    if rec.kind == "refine" and rec.source_object:
+        return f"{rec.source_object} (refined)"
+    prompt = (rec.request.get("prompt") or "").strip() if rec.kind == "generate" else ""
+    return f"Gen3D {prompt[:40] if prompt else rec.method}"
+
+
 class GEN3D_OT_import_result(bpy.types.Operator):
     """Import a finished job's GLB: one undo step."""
 
@@ -524,8 +532,9 @@ class GEN3D_OT_import_result(bpy.types.Operator):
                       "gen3d_prompt": rec.request.get("prompt") or "", "gen3d_seed": int(rec.request.get("seed", 0)),
                       "gen3d_backend_version": rec.backend_version, "gen3d_kind": rec.kind}
         try:
-            objs = reimport.import_glb(context, rec.result_path, placement=rec.placement, cursor=rec.cursor,
-                                       provenance=provenance, hide=rec.source_object if rec.hide_source else "")
+            objs = reimport.import_glb(context, rec.result_path, name=result_name(rec), placement=rec.placement,
+                                       cursor=rec.cursor, provenance=provenance,
+                                       hide=rec.source_object if rec.hide_source else "")
         except (RuntimeError, OSError) as e:
             rec.state, rec.error, rec.error_code = "failed", f"import failed: {e}", "import_failed"
             self.report({"ERROR"}, rec.error)

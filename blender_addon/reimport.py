@@ -24,10 +24,11 @@ def gen3d_collection(scene: bpy.types.Scene) -> bpy.types.Collection:
     return coll
 
 
-def import_glb(context, path: str, *, placement: str = "in_place", cursor=(0.0, 0.0, 0.0),
+def import_glb(context, path: str, *, name: str = "Gen3D", placement: str = "in_place", cursor=(0.0, 0.0, 0.0),
                provenance: dict | None = None, hide: str = "") -> list[bpy.types.Object]:
     """Import ``path`` into the Gen3D collection; returns the new objects.
 
+    ``name``: name for the new objects (the glTF node names mean nothing to the user).
     ``placement``: ``"cursor"`` moves the imported roots by ``cursor``; ``"in_place"`` keeps world coordinates.
     ``provenance``: custom properties set on every new object. ``hide``: name of an object to hide (refinements).
     """
@@ -43,7 +44,8 @@ def import_glb(context, path: str, *, placement: str = "in_place", cursor=(0.0, 
     if "FINISHED" not in result:
         raise RuntimeError(f"the glTF importer could not read {path}")
     new = [o for o in bpy.data.objects if o not in before_objects]
-    for obj in new:
+    for i, obj in enumerate(new):
+        obj.name = name if len(new) == 1 else f"{name}.{i:02d}"
         for c in list(obj.users_collection):
             if c is not coll:
                 c.objects.unlink(obj)

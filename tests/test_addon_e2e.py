@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 def story(addon_zip, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     return run_scenario(Path(__file__), "scenario_story", str(addon_zip), str(tmp), home=tmp / "home", timeout=600,
-                        env={"GEN3D_EXTRA_METHODS": "tests.support.methods", "PYTHONPATH": str(REPO)})
+                        env={"GEN3D_EXTRA_METHODS": "tests.support.methods,tests.test_addon_methods",
+                             "PYTHONPATH": str(REPO)})
 
 
 def test_launch_picks_a_free_port_and_attaches(story):
@@ -71,19 +72,43 @@ def test_cancel_on_the_asynchronous_path(story):
     assert s["steps_done"] < s["steps_total"]
 
 
+def assert_imported(s: dict, method: str, kind: str) -> None:
+    assert s["error"] == ""
+    assert s["collection"] == ["Gen3D"] and s["type"] == "MESH"
+    assert s["uv_layers"] >= 1 and s["image_nodes"] >= 1 and s["images_packed"]
+    p = s["provenance"]
+    assert p["gen3d_method"] == method and p["gen3d_kind"] == kind
+    assert p["gen3d_job_id"] and p["gen3d_backend_version"] == "0.1.0"
+
+
+def assert_bbox(got, want, tol):
+    for g, w in zip(got[0] + got[1], want[0] + want[1]):
+        assert abs(g - w) <= tol, (got, want)
+
+
+def test_generate_imports_at_the_cursor(story):
+    s = story["generate"]
+    assert_imported(s, "box_glb", "generate")
+    assert s["provenance"]["gen3d_prompt"] == "a test prompt" and s["provenance"]["gen3d_seed"] == 7
+    assert_bbox(s["result_bbox"], [[0.75, 1.75, 2.75], [1.25, 2.25, 3.25]], 1e-5)
+
+
 def test_reconstruct_from_cameras(story):
     s = story["reconstruct"]
     if s.get("skipped"):
         pytest.skip(s["skipped"])
-    assert s["error"] == ""
-    assert s["collection"] == "Gen3D" and s["type"] == "MESH"
-    assert s["uv_layers"] >= 1 and s["image_nodes"] >= 1 and s["images_packed"]
-    p = s["provenance"]
-    assert p["gen3d_method"] == "reconstruct" and p["gen3d_job_id"] and p["gen3d_backend_version"]
+    assert_imported(s, "reconstruct", "reconstruct")
     src_min, src_max = s["source_bbox"]
     size = max(b - a for a, b in zip(src_min, src_max))
-    for got, want in zip(s["result_bbox"][0] + s["result_bbox"][1], src_min + src_max):
-        assert abs(got - want) <= 0.02 * size, (s["result_bbox"], s["source_bbox"])
+    assert_bbox(s["result_bbox"], s["source_bbox"], 0.02 * size)
+
+
+def test_refine_round_trips_the_evaluated_mesh_in_place(story):
+    s = story["refine"]
+    assert_imported(s, "mesh_echo", "refine")
+    # the source box (1 x 0.8 x 0.6 at (0.3, -0.2, 0.4)) with a 2x Array modifier, in world space
+    assert_bbox(s["result_bbox"], [[-0.2, -0.6, 0.1], [1.8, 0.2, 0.7]], 1e-4)
+    assert s["source_hidden"]
 
 
 def test_views_upload_matches_blenders_projection(story):
@@ -97,6 +122,12 @@ def test_views_upload_matches_blenders_projection(story):
 
 def test_refine_needs_the_texture_method(story):
     assert "needs the 'texture' method" in story["refine_poll"]
+
+
+def test_panels_draw(story):
+    s = story["draw"]
+    assert s["errors"] == []
+    assert {"progress", "operator", "prop", "label"} <= set(s["calls"])
 
 
 def test_stopped_backend_gives_a_readable_error(story):
@@ -134,7 +165,7 @@ def _pump_until(manager, cond, timeout=60.0):
 
 
 def _build_scene(bpy):
-    """A box with a procedural colour texture off the origin, 12 cameras on two rings looking at it."""
+    """A box with an image texture off the origin, 12 cameras on two rings looking at it."""
     from mathutils import Vector
 
     for o in list(bpy.data.objects):  # (reading the factory settings would disable the add-on too)
@@ -156,11 +187,14 @@ def _build_scene(bpy):
     if not mat.use_nodes:  # 4.x; always on (and deprecated) in 5.x
         mat.use_nodes = True
     nodes = mat.node_tree.nodes
-    checker = nodes.new("ShaderNodeTexChecker")
-    checker.inputs["Color1"].default_value = (0.9, 0.2, 0.1, 1.0)
-    checker.inputs["Color2"].default_value = (0.1, 0.3, 0.9, 1.0)
-    checker.inputs["Scale"].default_value = 3.0
-    mat.node_tree.links.new(checker.outputs["Color"], nodes["Principled BSDF"].inputs["Base Color"])
+    img = bpy.data.images.new("Checker", 8, 8)  # a red/blue checker image, packed so it travels in GLBs
+    img.pixels[:] = [c for i in range(64) for c in ((0.9, 0.2, 0.1, 1.0) if (i % 8 + i // 8) % 2 else
+                                                    (0.1, 0.3, 0.9, 1.0))]
+    img.pack()
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = img
+    tex.interpolation = "Closest"
+    mat.node_tree.links.new(tex.outputs["Color"], nodes["Principled BSDF"].inputs["Base Color"])
     obj.data.materials.append(mat)
     target = Vector(obj.location)
     for i in range(12):
@@ -219,6 +253,74 @@ def _check_views(bpy, obj, folder: str) -> dict:
             "film_restored": not scene.render.film_transparent}
 
 
+def _draw_panels(bpy, panels) -> dict:
+    """Call each panel's ``draw`` with a layout that checks every call against Blender's RNA: UILayout methods
+    and attributes, the data's properties, operator ids and their properties, icon names (bpy as a module has no
+    UI to draw into, and a typo there only shows up when a user opens the sidebar)."""
+    rna = bpy.types.UILayout.bl_rna
+    icons = set(rna.functions["prop"].parameters["icon"].enum_items.keys())
+    errors, calls = [], []
+
+    class OpProps:
+        def __init__(self, idname):
+            mod, name = idname.split(".")
+            self.__dict__["_props"] = getattr(getattr(bpy.ops, mod), name).get_rna_type().properties.keys()
+
+        def __setattr__(self, key, value):
+            if key not in self._props:
+                errors.append(f"operator has no property {key!r}")
+
+    class Layout:
+        def __setattr__(self, key, value):
+            if key not in rna.properties:
+                errors.append(f"UILayout has no attribute {key!r}")
+
+        def __getattr__(self, name):
+            if name not in rna.functions and not hasattr(bpy.types.UILayout, name):
+                errors.append(f"UILayout has no method {name!r}")
+
+            def call(*args, **kw):
+                calls.append(name)
+                if kw.get("icon") and kw["icon"] not in icons:
+                    errors.append(f"unknown icon {kw['icon']!r}")
+                if name in ("prop", "prop_enum", "template_ID") and args[1] not in args[0].bl_rna.properties:
+                    errors.append(f"{type(args[0]).__name__} has no property {args[1]!r}")
+                if name == "operator":
+                    try:
+                        return OpProps(args[0])
+                    except AttributeError:
+                        errors.append(f"no operator {args[0]!r}")
+                return Layout()
+
+            return call
+
+    for panel in panels:
+        class Self:
+            layout = Layout()
+
+        try:
+            panel.draw(Self(), bpy.context)
+        except Exception as e:  # report, not crash: the test names the panel
+            errors.append(f"{panel.__name__}: {type(e).__name__}: {e}")
+    return {"errors": errors, "calls": sorted(set(calls))}
+
+
+def _describe(bpy, names: list[str]) -> dict:
+    """What a test wants to know about an imported result: its mesh object, UVs, textures, provenance, place."""
+    meshes = [bpy.data.objects[n] for n in names if n in bpy.data.objects and bpy.data.objects[n].type == "MESH"]
+    if not meshes:
+        return {"objects": names}
+    obj = meshes[0]
+    imgs = [n.image for m in obj.data.materials if m and m.node_tree for n in m.node_tree.nodes
+            if n.type == "TEX_IMAGE" and n.image is not None]
+    return {"objects": names, "type": obj.type, "collection": [c.name for c in obj.users_collection],
+            "uv_layers": len(obj.data.uv_layers), "image_nodes": len(imgs),
+            "images_packed": bool(imgs) and all(i.packed_file is not None for i in imgs),
+            "provenance": {k: obj.get(k) for k in ("gen3d_job_id", "gen3d_method", "gen3d_prompt", "gen3d_seed",
+                                                   "gen3d_backend_version", "gen3d_kind")},
+            "result_bbox": _world_bbox(obj)}
+
+
 def _world_bbox(obj):
     pts = [obj.matrix_world @ v.co for v in obj.data.vertices]
     return [[min(p[i] for p in pts) for i in range(3)], [max(p[i] for p in pts) for i in range(3)]]
@@ -239,6 +341,7 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     prefs.data_dir = os.path.join(tmp, "data")
     prefs.output_dir = os.path.join(tmp, "results")
     prefs.timeout = 30.0
+    out["refine_poll"] = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")  # no backend yet: no method
 
     # -- launch on a taken port: the add-on falls back to a free one, writes a pid file, then attaches ---------
     with socket.socket() as taken:
@@ -293,10 +396,16 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     out["cancel"] = {"seen_running": seen_running, "state": rec.state, "steps_done": rec.step, "steps_total": steps,
                      "server_state": ops_mod.client_for(bpy.context).job(rec.job_id)["state"]}
 
+    # -- generate: a textured box comes in at the 3D cursor ---------------------------------------------------------
+    settings.method = "box_glb"
+    settings.seed = 7
+    bpy.context.scene.cursor.location = (1.0, 2.0, 3.0)
+    error = _error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps({"size": 0.5}))
+    out["generate"] = {"error": error, **_describe(bpy, list(manager.records.values())[-1].objects)}
+
     # -- the views upload: renders + transforms.json, checked against Blender's own projection -------------------
     src = _build_scene(bpy)
     out["views"] = _check_views(bpy, src, os.path.join(tmp, "views"))
-    out["refine_poll"] = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")
 
     # -- reconstruct from cameras ---------------------------------------------------------------------------------
     if manager.status.method("reconstruct") is None:
@@ -305,19 +414,26 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
         bpy.ops.gen3d.refresh(mode="SYNC")
         error = _error_of(bpy.ops.gen3d.reconstruct, mode="SYNC", options_json=os.environ.get(
             "GEN3D_TEST_RECONSTRUCT_OPTIONS", "{}"))
-        coll = bpy.data.collections.get("Gen3D")
-        meshes = [o for o in (coll.objects if coll else ()) if o.type == "MESH"]
-        r = {"error": error, "collection": coll.name if coll else None}
-        if meshes:
-            obj = meshes[0]
-            imgs = [n.image for m in obj.data.materials if m and m.node_tree for n in m.node_tree.nodes
-                    if n.type == "TEX_IMAGE" and n.image is not None]
-            r.update(type=obj.type, uv_layers=len(obj.data.uv_layers), image_nodes=len(imgs),
-                     images_packed=bool(imgs) and all(i.packed_file is not None for i in imgs),
-                     provenance={k: obj.get(k) for k in ("gen3d_job_id", "gen3d_method", "gen3d_prompt",
-                                                         "gen3d_seed", "gen3d_backend_version")},
-                     source_bbox=_world_bbox(src), result_bbox=_world_bbox(obj))
-        out["reconstruct"] = r
+        rec = list(manager.records.values())[-1]
+        out["reconstruct"] = {"error": error, **_describe(bpy, rec.objects if rec.kind == "reconstruct" else []),
+                              "source_bbox": _world_bbox(src)}
+
+    # -- refine: the evaluated mesh (modifiers applied) goes out in world space and comes back in place ----------
+    mod = src.modifiers.new("Array", "ARRAY")
+    mod.count = 2  # the evaluated mesh is twice as long in x: (-0.2 .. 1.8) instead of (-0.2 .. 0.8)
+    for o in bpy.context.selected_objects:
+        o.select_set(False)
+    src.hide_set(False)
+    src.select_set(True)
+    bpy.context.view_layer.objects.active = src
+    error = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")
+    out["refine"] = {"error": error, **_describe(bpy, list(manager.records.values())[-1].objects),
+                     "source_hidden": src.hide_get() and src.hide_render}
+
+    # -- the panels draw every job state with real UILayout calls, properties, operators and icons ---------------
+    manager.new(kind="generate", method="sleepy", request={}, files={}, out_dir=tmp, state="running", stage="fit",
+                step=3, total=10)
+    out["draw"] = _draw_panels(bpy, sys.modules[ADDON_MODULE + ".panel"].CLASSES)
 
     # -- stop: then a readable error ------------------------------------------------------------------------------
     bpy.ops.gen3d.stop_backend()
