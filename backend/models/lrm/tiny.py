@@ -32,7 +32,7 @@ TINY_OPENLRM: dict[str, Any] = {
 TINY_OPENLRM_PACKED: dict[str, Any] = {**TINY_OPENLRM, "transformer_dim": 32, "transformer_heads": 2}
 
 
-def _tiny_triposr_yaml() -> dict[str, Any]:
+def tiny_triposr_yaml() -> dict[str, Any]:
     cfg = copy.deepcopy(TRIPOSR_HUB_CONFIG)
     cfg["cond_image_size"] = 96
     cfg["image_tokenizer"]["vit_config"] = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -91,16 +91,22 @@ def write_tiny_openlrm(folder: str | Path, packed: bool = False, seed: int = 0) 
 
 def write_tiny_triposr(folder: str | Path, seed: int = 0) -> Path:
     """Tiny TripoSR in the hub layout (``config.yaml`` + pickled ``model.ckpt``)."""
-    yaml_cfg = _tiny_triposr_yaml()
+    yaml_cfg = tiny_triposr_yaml()
     cfg = from_triposr_config(resolve_interpolations(yaml_cfg))
     return save_triposr(random_lrm(cfg, seed), folder, yaml_cfg)
 
 
 def tiny_factories() -> dict[str, Callable[[Path], Path]]:
-    """Weights-registry name -> ``factory(folder) -> folder`` writing that entry's tiny stand-in."""
+    """Weights-registry name -> ``factory(folder) -> folder`` writing that entry's tiny stand-in (base is packed
+    like the real base, small and large use separate cross-attention q/k/v like theirs)."""
     return {
         "openlrm-small": lambda d: write_tiny_openlrm(d, packed=False),
         "openlrm-base": lambda d: write_tiny_openlrm(d, packed=True),
         "openlrm-large": lambda d: write_tiny_openlrm(d, packed=False),
         "triposr": write_tiny_triposr,
     }
+
+
+def write_tiny(out_dir: Path, entry) -> None:
+    """The weights registry's ``tiny_factory`` hook (``backend.models.lrm.tiny:write_tiny``)."""
+    tiny_factories()[entry.name](Path(out_dir))
