@@ -137,7 +137,8 @@ class BackendProcess:
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
         try:
             self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, cwd=cwd or None, creationflags=flags, start_new_session=os.name == "posix")
+                                         env=env, cwd=cwd or None, creationflags=flags,
+                                         start_new_session=os.name == "posix")
         except OSError as e:
             raise BackendError("launch_failed", f"could not start the backend with {cmd[0]!r}: {e}",
                                {"command": cmd}) from e

@@ -36,8 +36,9 @@ class Gen3DPreferences(bpy.types.AddonPreferences):
                ("COMMAND", "Command", "Run a command (e.g. 'gen3d' or 'uv run python -m backend') plus 'serve ...'")])
     python_path: StringProperty(name="Backend Python", subtype="FILE_PATH", default="",
                                 description="Python executable of the environment where Gen3D's backend is installed")
-    launch_command: StringProperty(name="Launch Command", default="",
-                                   description="Command that runs the backend CLI; 'serve --host ... --port ...' is appended")
+    launch_command: StringProperty(
+        name="Launch Command", default="",
+        description="Command that runs the backend CLI; 'serve --host ... --port ...' is appended")
     working_dir: StringProperty(name="Working Folder", subtype="DIR_PATH", default="",
                                 description="Folder to start the backend in (the Gen3D checkout when not installed)")
     data_dir: StringProperty(name="Data Folder", subtype="DIR_PATH", default="",
