@@ -6,11 +6,27 @@ The add-on is a thin client (standard library + bpy): the backend, in its own Py
 
 from __future__ import annotations
 
+import time
+
 import bpy
 
 from . import jobs, operators, panel, preferences, properties
+from .client import BackendError
 
 _CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *panel.CLASSES)
+STATUS_EVERY_S = 15.0
+
+
+def _auto_refresh() -> float:
+    """Timer (UI only): keep the panel's backend status fresh while nothing else talks to the backend."""
+    status = jobs.manager.status
+    if not status.checking and time.time() - status.checked > STATUS_EVERY_S:
+        try:
+            jobs.manager.refresh_status(operators.client_for(bpy.context))
+        except (BackendError, RuntimeError) as e:
+            status.error = str(e)
+            status.checked = time.time()
+    return STATUS_EVERY_S / 3
 
 
 def _on_status(status) -> None:
@@ -26,9 +42,13 @@ def register() -> None:
     operators.register()
     jobs.manager.on_status = _on_status
     jobs.register()
+    if not bpy.app.background:
+        bpy.app.timers.register(_auto_refresh, first_interval=1.0, persistent=True)
 
 
 def unregister() -> None:
+    if bpy.app.timers.is_registered(_auto_refresh):
+        bpy.app.timers.unregister(_auto_refresh)
     jobs.unregister()
     jobs.manager.on_status = None
     operators.unregister()
