@@ -45,6 +45,7 @@ def test_launch_picks_a_free_port_and_attaches(story):
     assert s["pid_file"]["url"] == s["url"]
     assert s["attached_url"] == s["url"] and s["attached_same_process"]
     assert "serve" in s["log_text"]
+    assert s["no_token"].startswith("unauthorized") and s["unload"] == ["FINISHED"]
 
 
 def test_methods_and_options_from_the_backend(story):
@@ -341,6 +342,7 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     prefs.data_dir = os.path.join(tmp, "data")
     prefs.output_dir = os.path.join(tmp, "results")
     prefs.timeout = 30.0
+    prefs.token = "t0ken"  # the launched backend then requires it on every route but /v1/health
     out["refine_poll"] = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")  # no backend yet: no method
 
     # -- launch on a taken port: the add-on falls back to a free one, writes a pid file, then attaches ---------
@@ -361,6 +363,13 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
                          "attached_same_process": other.proc is None and proc.proc.pid == pid,
                          "log_text": bpy.data.texts[ops_mod.LOG_TEXT].as_string()[-2000:]}
     prefs.backend_url = url.removeprefix("http://")  # URLs work without the scheme too
+    client_mod = sys.modules[ADDON_MODULE + ".client"]
+    try:
+        client_mod.Client(url).methods()
+        out["launch"]["no_token"] = ""
+    except client_mod.BackendError as e:
+        out["launch"]["no_token"] = f"{e.code}: {e}"
+    out["launch"]["unload"] = sorted(bpy.ops.gen3d.unload())
 
     # -- methods and their options ----------------------------------------------------------------------------
     bpy.ops.gen3d.refresh(mode="SYNC")
