@@ -132,6 +132,38 @@ def validation_error(errors: list[dict[str, Any]], prefix: str = "") -> BadInput
     return BadInput(f"{field or 'request'}: {first['msg']}", {"field": field, "errors": clean})
 
 
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with a structured 413: at once when ``Content-Length`` says so,
+    else as soon as the streamed body passes the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large()(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise StarletteHTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> str:
+        return f"request body larger than the limit of {self.max_bytes} bytes"
+
+    def _too_large(self) -> JSONResponse:
+        return error_response(413, "too_large", self._message(), {"max_bytes": self.max_bytes})
+
+
 # --- dependencies ----------------------------------------------------------------------------------------------
 def service(request: Request) -> Service:
     return request.app.state.service
@@ -314,9 +346,9 @@ def get_artifact(job: JobDep, name: str, svc: Svc) -> FileResponse:
     """A file the job wrote (`mesh.glb`, `preview.png`, `views/000.png`, ...); paths cannot leave the job folder."""
     root = svc.store.out_dir(job["id"]).resolve()
     parts = Path(name).parts
-    path = root.joinpath(name).resolve() if parts else root
-    if (not parts or any(p.startswith(".") for p in parts) or not path.is_relative_to(root)
-            or not path.is_file()):
+    safe = bool(parts) and "\0" not in name and not any(p.startswith((".", "/")) for p in parts)
+    path = root.joinpath(*parts).resolve() if safe else root
+    if not safe or not path.is_relative_to(root) or not path.is_file():
         raise NotFound(f"job {job['id']} has no artifact {name!r}", {"job": job["id"], "artifact": name})
     return FileResponse(path, filename=path.name)
 
@@ -342,9 +374,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.service.stop()
 
     app = FastAPI(title="Gen3D backend", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES,
-                  description=__doc__, max_body_size=settings.max_upload_bytes,
-                  form_limits={"max_files": len(ROLES), "max_fields": 1, "max_part_size": 4 << 20})
+                  description=__doc__, form_limits={"max_files": len(ROLES), "max_fields": 1, "max_part_size": 4 << 20})
     app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     _install_error_handlers(app)
     app.include_router(public)
     app.include_router(router)

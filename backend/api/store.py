@@ -118,8 +118,8 @@ class JobStore:
 
     # --- writes --------------------------------------------------------------------------------------------
     def create(self, job_id: str, method: str, request: dict[str, Any]) -> dict[str, Any]:
-        job = new_job(job_id, method, request)
-        with self.lock:
+        with self.lock:  # created times follow submission order
+            job = new_job(job_id, method, request)
             self._db.execute("INSERT INTO jobs (id, state, data) VALUES (?, ?, ?)",
                              (job_id, job["state"], json.dumps(job)))
             self._jobs[job_id] = job

@@ -99,6 +99,8 @@ def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Pa
         return
     root = out.resolve()
     names = []
+    if (root / "preview.png").is_file():  # the last preview is kept as an artifact
+        artifacts.setdefault("preview.png", root / "preview.png")
     for path in artifacts.values():
         p = Path(path).resolve()
         if p.is_relative_to(root) and p.is_file():

@@ -4,13 +4,11 @@
 - ``sleepy``: ``steps`` steps of ``step_s`` seconds with progress, a cancellation check and optional previews;
   writes ``result.json`` (what it received: prompt, seed, the size and SHA-256 of each input file) and keeps a
   fake model in ``ctx.cache`` so loaded models and unloading can be observed.
-- ``crashy``: reports one step, then kills its own process (``signal``: 9 or 11) or calls ``os._exit``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -62,26 +60,3 @@ class Sleepy(Pipeline):
         result = {"prompt": request.prompt, "seed": request.seed, "steps": opts.steps,
                   "files": {role: file_digest(Path(p)) for role, p in request.files.items()}}
         return {"result.json": write_json(ctx.out_dir / "result.json", result)}
-
-
-class CrashyOptions(Options):
-    signal: int = Field(9, description="signal to send to itself; 0 means os._exit(3)")
-
-
-@register
-class Crashy(Pipeline):
-    name = "crashy"
-    title = "Crashy (test)"
-    description = "kills its worker process"
-    inputs = {"prompt": "ignored"}
-    Options = CrashyOptions
-
-    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
-        ctx.progress("crash", 1, 2)
-        time.sleep(0.2)
-        sig = CrashyOptions(**request.options).signal
-        if sig == 0:
-            os._exit(3)
-        os.kill(os.getpid(), sig)
-        time.sleep(10)
-        return {}
