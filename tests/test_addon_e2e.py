@@ -125,6 +125,10 @@ def test_refine_needs_the_texture_method(story):
     assert "needs the 'texture' method" in story["refine_poll"]
 
 
+def test_method_with_missing_weights_is_disabled_with_reason(story):
+    assert "poll()" in story["missing_weights"] and "missing weights: openlrm-small" in story["missing_weights"]
+
+
 def test_panels_draw(story):
     s = story["draw"]
     assert s["errors"] == []
@@ -438,6 +442,13 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     error = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")
     out["refine"] = {"error": error, **_describe(bpy, list(manager.records.values())[-1].objects),
                      "source_hidden": src.hide_get() and src.hide_render}
+
+    # -- a method whose weights are missing (as /v1/methods lists it) is disabled with the reason ----------------
+    manager.status.methods.append({
+        "name": "needs_weights", "title": "Needs weights", "required_inputs": ["image"], "ready": False,
+        "weights": [{"name": "openlrm-small", "ready": False, "command": "python -m backend weights download x"}]})
+    settings.method = "needs_weights"
+    out["missing_weights"] = _error_of(bpy.ops.gen3d.generate, mode="SYNC")
 
     # -- the panels draw every job state with real UILayout calls, properties, operators and icons ---------------
     manager.new(kind="generate", method="sleepy", request={}, files={}, out_dir=tmp, state="running", stage="fit",
