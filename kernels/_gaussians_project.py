@@ -1,0 +1,160 @@
+"""3D Gaussians -> screen-space splats: EWA projection, culling, radii, spherical harmonics.
+
+Plain differentiable torch (autograd does the backward); the conventions are gsplat's:
+OpenCV world-to-camera ``viewmats`` [C,4,4], pixel intrinsics ``Ks`` [C,3,3], pixel centres at
+half-integers, quaternions wxyz (need not be normalised), linear scales, opacities in (0, 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ALPHA_THRESHOLD = 1.0 / 255.0  # contributions below this alpha are skipped
+GAUSSIAN_EXTEND = 3.33  # radius cap in standard deviations
+MIN_COMPENSATION = 0.005  # floor of the antialiasing compensation factor
+
+
+def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """World covariances ``R S S^T R^T`` [N,3,3] from quaternions [N,4] (wxyz) and scales [N,3]."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(quats.shape[:-1] + (3, 3))
+    m = rot * scales[..., None, :]
+    return m @ m.transpose(-1, -2)
+
+
+@dataclass
+class Projected:
+    """Per (camera, Gaussian) screen-space splats, all [C,N,...]; entries with ``radii == 0`` are culled
+    (their other fields are finite placeholders: zeros for means2d/depths/conics/opacities)."""
+
+    means2d: torch.Tensor  # [C,N,2] pixels
+    depths: torch.Tensor  # [C,N] camera-space z
+    conics: torch.Tensor  # [C,N,3] inverse blurred 2D covariance (a, b, c): sigma = a dx^2/2 + b dx dy + c dy^2/2
+    opacities: torch.Tensor  # [C,N] opacity times the antialiasing compensation where enabled
+    radii: torch.Tensor  # [C,N,2] int32 half extents in pixels (x, y), 0 = culled
+
+    @property
+    def visible(self) -> torch.Tensor:
+        return (self.radii > 0).all(dim=-1)
+
+
+def project_gaussians(
+    means: torch.Tensor,
+    covars: torch.Tensor,
+    opacities: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    antialiased: bool = False,
+) -> Projected:
+    """EWA-project Gaussians (means [N,3], covars [N,3,3], opacities [N]) into C pinhole cameras.
+
+    As gsplat: the Jacobian is evaluated at the mean with x/z, y/z clamped to 1.3x the field of view,
+    ``eps2d`` is added to the 2D covariance, ``antialiased`` scales opacity by
+    sqrt(det(cov) / det(cov + eps2d I)) (floored at 0.005), and Gaussians are culled when their depth is
+    outside [near, far], their opacity is under 1/255, both radii are <= ``radius_clip``, or their
+    opacity-aware box (extent min(3.33, sqrt(2 ln(255 opacity))) standard deviations per axis) misses
+    the image.
+    """
+    rot = viewmats[:, :3, :3]
+    means_c = torch.einsum("cij,nj->cni", rot, means) + viewmats[:, None, :3, 3]  # [C,N,3]
+    covars_c = torch.einsum("cij,njk,clk->cnil", rot, covars, rot)  # [C,N,3,3]
+    x, y, z = means_c.unbind(-1)
+    in_depth = (z >= near_plane) & (z <= far_plane)
+    z = torch.where(in_depth, z, torch.ones_like(z))  # keeps culled entries finite (and their gradients zero)
+
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    u = torch.minimum(torch.maximum(x / z, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x)
+    v = torch.minimum(torch.maximum(y / z, -(cy / fy + 0.3 * tan_y)), (height - cy) / fy + 0.3 * tan_y)
+    zero = torch.zeros_like(z)
+    jac = torch.stack([fx / z, zero, -fx * u / z, zero, fy / z, -fy * v / z], dim=-1).reshape(z.shape + (2, 3))
+    cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # [C,N,2,2]
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
+
+    c00, c01, c11 = cov2d[..., 0, 0], 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]), cov2d[..., 1, 1]
+    det_orig = c00 * c11 - c01 * c01
+    c00, c11 = c00 + eps2d, c11 + eps2d
+    det = (c00 * c11 - c01 * c01).clamp_min(1e-10)
+    conics = torch.stack([c11 / det, -c01 / det, c00 / det], dim=-1)
+    opac = opacities.expand_as(z)
+    if antialiased:
+        opac = opac * torch.sqrt(torch.clamp_min(det_orig / det, MIN_COMPENSATION**2))
+
+    with torch.no_grad():
+        op = opac.detach()
+        keep = in_depth & (op >= ALPHA_THRESHOLD)
+        extend = torch.sqrt(2.0 * torch.log(op.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp_max(GAUSSIAN_EXTEND)
+        rx = torch.ceil(extend * torch.sqrt(c00.detach()))
+        ry = torch.ceil(extend * torch.sqrt(c11.detach()))
+        keep &= (rx > radius_clip) | (ry > radius_clip)
+        m2 = means2d.detach()
+        keep &= (m2[..., 0] + rx > 0) & (m2[..., 0] - rx < width) & (m2[..., 1] + ry > 0) & (m2[..., 1] - ry < height)
+        radii = (torch.stack([rx, ry], dim=-1) * keep[..., None]).to(torch.int32)
+
+    def masked(t: torch.Tensor) -> torch.Tensor:
+        k = keep.reshape(keep.shape + (1,) * (t.dim() - keep.dim()))
+        return torch.where(k, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+    return Projected(masked(means2d), masked(means_c[..., 2]), masked(conics), masked(opac), radii)
+
+
+# Real spherical harmonics in the 3DGS / gsplat order and sign convention (Cartesian closed forms).
+_SH_C0 = 0.28209479177387814
+_SH_C1 = 0.4886025119029199
+_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+_SH_C3 = (
+    -0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+    -0.4570457994644658, 1.445305721320277, -0.5900435899266435,
+)
+
+
+def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
+    """The (degree+1)^2 real SH basis functions [...,K] at unit directions [...,3] (gsplat's order and signs)."""
+    if not 0 <= degree <= 3:
+        raise ValueError(f"sh_degree must be 0..3, got {degree}")
+    out = [torch.full_like(dirs[..., 0], _SH_C0)]
+    if degree >= 1:
+        x, y, z = dirs.unbind(-1)
+        out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out += [
+            _SH_C2[0] * x * y, _SH_C2[1] * y * z, _SH_C2[2] * (2 * zz - xx - yy),
+            _SH_C2[3] * x * z, _SH_C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        out += [
+            _SH_C3[0] * y * (3 * xx - yy), _SH_C3[1] * x * y * z, _SH_C3[2] * y * (4 * zz - xx - yy),
+            _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _SH_C3[4] * x * (4 * zz - xx - yy),
+            _SH_C3[5] * z * (xx - yy), _SH_C3[6] * x * (xx - 3 * yy),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+def spherical_harmonics(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """Evaluate SH coefficients [N,K,D] (K >= (degree+1)^2) along directions [...,N,3] -> [...,N,D].
+
+    Directions need not be normalised (as gsplat, they are normalised here).
+    """
+    n_bases = (degree + 1) ** 2
+    if coeffs.dim() != 3 or coeffs.shape[1] < n_bases:
+        raise ValueError(f"SH coefficients must be [N,K>={n_bases},D] for degree {degree}, got {tuple(coeffs.shape)}")
+    basis = sh_basis(degree, F.normalize(dirs, dim=-1))  # [...,N,n_bases]
+    return torch.einsum("...nk,nkd->...nd", basis, coeffs[:, :n_bases])
