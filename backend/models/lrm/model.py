@@ -107,7 +107,8 @@ class LRM(nn.Module):
         yaw = self.cfg.model_yaw_deg
         return TriplaneField(planes=planes, decoder=self.nerf, density_activation=density_activation(self.cfg),
                              plane_axes=self.cfg.plane_axes, radius=self.cfg.radius,
-                             model_from_world=yaw_matrix(-yaw).to(planes.device) if yaw else None)
+                             model_from_world=yaw_matrix(-yaw).to(planes.device) if yaw else None,
+                             chunk=1 << 21 if planes.is_cuda else 1 << 18)
 
     def render_settings(self, jitter: bool = True, ray_chunk: int = 4096) -> RenderSettings:
         c = self.cfg
