@@ -164,8 +164,8 @@ class BodyLimit:
         return error_response(413, "too_large", self._message(), {"max_bytes": self.max_bytes})
 
 
-# --- dependencies ----------------------------------------------------------------------------------------------
-def service(request: Request) -> Service:
+# --- dependencies (async: they never block, and a sync one would cost a thread-pool hop per request) -----------
+async def service(request: Request) -> Service:
     return request.app.state.service
 
 
@@ -173,7 +173,7 @@ _bearer = HTTPBearer(auto_error=False, description="the server's --token")
 _header_token = APIKeyHeader(name="X-Gen3D-Token", auto_error=False, description="the server's --token")
 
 
-def require_token(request: Request,
+async def require_token(request: Request,
                   bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
                   header: Annotated[str | None, Depends(_header_token)]) -> None:
     expected = request.app.state.settings.token
@@ -185,7 +185,7 @@ def require_token(request: Request,
                            {"headers": ["Authorization", "X-Gen3D-Token"]})
 
 
-def existing_job(job_id: str, svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
+async def existing_job(job_id: str, svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
     return svc.store.get(job_id)
 
 
@@ -288,16 +288,16 @@ def submit_job(
 
 @router.get("/v1/jobs", response_model=schemas.JobList, tags=["jobs"])
 async def list_jobs(svc: Svc, state: Annotated[list[schemas.State] | None, Query()] = None,
-                    limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> dict[str, Any]:
+                    limit: Annotated[int, Query(ge=1, le=10000)] = 1000) -> JSONResponse:
     """Jobs in submission order (the last ``limit``), optionally only those in the given states."""
     jobs = svc.store.list(state)[-limit:]
-    return {"jobs": [schemas.public_job(j) for j in jobs], "queue_length": svc.store.queue_length()}
+    return JSONResponse({"jobs": [schemas.public_job(j) for j in jobs], "queue_length": svc.store.queue_length()})
 
 
 @router.get("/v1/jobs/{job_id}", response_model=schemas.Job, tags=["jobs"])
-async def get_job(job: JobDep) -> dict[str, Any]:
+async def get_job(job: JobDep) -> JSONResponse:
     """The job's state, stage, step/total, ETA, message, error and artifacts."""
-    return schemas.public_job(job)
+    return JSONResponse(schemas.public_job(job))  # the hot polling path: already JSON-ready, skip re-validation
 
 
 def _sse(event: Event) -> ServerSentEvent:
