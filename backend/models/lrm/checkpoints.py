@@ -15,7 +15,6 @@ check the full-size key lists without allocating).
 from __future__ import annotations
 
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from ...errors import BadInput, MissingWeights
 from ...files import atomic_path, write_bytes, write_json
 from .config import LRMConfig, from_openlrm_config, from_triposr_config
 from .model import LRM
-
-log = logging.getLogger(__name__)
 
 StateDict = dict[str, torch.Tensor]
 N = r"(\d+)"

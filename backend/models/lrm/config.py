@@ -12,7 +12,7 @@ The published configs are read by :func:`from_openlrm_config` (hub ``config.json
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ...errors import BadInput
@@ -25,8 +25,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: OpenLRM encoder names -> (width, depth) of the DINOv2-with-registers ViT (14-pixel patches, 518-pixel layout)
-DINOV2_REG = {"dinov2_vits14_reg": (384, 12), "dinov2_vitb14_reg": (768, 12), "dinov2_vitl14_reg": (1024, 24),
-              "dinov2_vitg14_reg": (1536, 40)}
+DINOV2_REG = {"dinov2_vits14_reg": (384, 12), "dinov2_vitb14_reg": (768, 12), "dinov2_vitl14_reg": (1024, 24)}
+
+#: facebook/dino-vitb16 config.json values that TripoSR's tokenizer needs (shipped, never downloaded)
+DINO_VITB16: dict[str, Any] = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                               "intermediate_size": 3072, "patch_size": 16, "image_size": 224,
+                               "layer_norm_eps": 1e-12, "qkv_bias": True}
 
 
 @dataclass(frozen=True)
@@ -97,9 +101,6 @@ class LRMConfig:
 
     def replace(self, **kw: Any) -> "LRMConfig":
         return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def from_openlrm_config(cfg: dict[str, Any]) -> LRMConfig:
@@ -194,11 +195,6 @@ def from_triposr_config(cfg: dict[str, Any], vit: dict[str, Any] | None = None) 
     except KeyError as e:
         raise BadInput(f"TripoSR config.yaml lacks the key {e.args[0]!r}", {"field": e.args[0]}) from None
 
-
-#: facebook/dino-vitb16 config.json values that TripoSR's tokenizer needs (shipped, never downloaded)
-DINO_VITB16: dict[str, Any] = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                               "intermediate_size": 3072, "patch_size": 16, "image_size": 224,
-                               "layer_norm_eps": 1e-12, "qkv_bias": True}
 
 #: the published hub configs, for building the real-size architectures without their files
 OPENLRM_HUB_CONFIGS: dict[str, dict[str, Any]] = {
