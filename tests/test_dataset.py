@@ -132,3 +132,40 @@ def test_ray_path_matches_local(rendered, models, tmp_path):
     for ann in sorted((out / "cow" / "spot" / "annotation").glob("*.json")):
         a, b = json.loads(ann.read_text()), json.loads((tmp_path / "cow" / "spot" / "annotation" / ann.name).read_text())
         assert np.allclose(a["c2w"], b["c2w"]) and a["bbox_2d"] == b["bbox_2d"]
+
+
+def test_generate_with_tiny_controlnet(rendered, tiny_weights, monkeypatch, tmp_path):
+    import shutil
+
+    out, _ = rendered
+    data = tmp_path / "data"
+    shutil.copytree(out, data)
+    (tmp_path / "prompts.json").write_text(json.dumps({"spot": ["a cow statue on grass"]}))
+    args = ["dataset", "generate", "--data", str(data), "--weights-dir", str(tiny_weights), "--steps", "2",
+            "--images-per-view", "2", "--prompts", str(tmp_path / "prompts.json")]
+    from backend.__main__ import main
+
+    assert main(args) == 0
+    lines = [json.loads(x) for x in (data / "generated.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 4  # 2 models x 2 views x 2 images
+    for line in lines:
+        img = Image.open(data / line["image"])
+        edges = Image.open(data / json.loads((data / line["meta"]).read_text())["edges"])
+        assert img.size == (edges.size[0] // 8 * 8, edges.size[1] // 8 * 8)
+        meta = json.loads((data / line["meta"]).read_text())
+        assert (data / meta["annotation"]).is_file()
+        assert meta["prompt"] == ("a cow statue on grass" if line["model_id"] == "spot"
+                                  else "An image of box, best quality, extremely detailed")
+    first = (data / lines[0]["image"]).read_bytes()
+    assert main(args) == 0  # resumes: nothing regenerated
+    assert (data / lines[0]["image"]).read_bytes() == first
+
+
+def test_generate_without_weights_names_the_download(rendered, tmp_path, monkeypatch):
+    monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out, _ = rendered
+    r = subprocess.run([sys.executable, "-m", "backend", "dataset", "generate", "--data", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 3
+    assert "python -m backend weights download sd15" in r.stderr.strip().splitlines()[-1]

@@ -14,8 +14,9 @@ import logging
 import multiprocessing as mp
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
+from ..distribute import map_tasks
 from ..errors import BadInput
 from ..files import write_bytes
 from .render import RenderSettings, render_model
@@ -53,34 +54,6 @@ def _tasks(models: list[dict], out: Path, settings: RenderSettings) -> list[dict
     return [{**m, "out": str(out / m["category"] / m["model_id"]), "settings": asdict(settings)} for m in models]
 
 
-def _run_local(tasks: list[dict], workers: int) -> Iterable[dict]:
-    if workers <= 1:
-        yield from map(render_model, tasks)
-        return
-    with mp.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap_unordered(render_model, tasks)
-
-
-def _run_ray(tasks: list[dict], address: str) -> Iterable[dict]:
-    try:
-        import ray
-    except ImportError:
-        raise BadInput("--ray needs the 'ray' package: pip install 'ray[default]'", {"field": "ray"}) from None
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=None if address == "local" else address, include_dashboard=False,
-                 log_to_driver=False, num_cpus=None)
-    try:
-        remote = ray.remote(render_model)
-        pending = [remote.remote(t) for t in tasks]
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(ready[0])
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def write_manifest(out: Path, results: list[dict]) -> Path:
     """``manifest.jsonl``: one line per view of every finished model plus one per failed model, sorted by class,
     model and view, with paths relative to ``out``."""
@@ -104,9 +77,8 @@ def render_dataset(models_dir: Path, out: Path, settings: RenderSettings, worker
     if settings.threads == 0 and workers > 1:  # share the cores instead of oversubscribing them
         settings = RenderSettings(**{**asdict(settings), "threads": max(1, mp.cpu_count() // workers)})
     tasks = _tasks(discover_models(Path(models_dir)), out, settings)
-    runner = _run_ray(tasks, ray_address) if ray_address else _run_local(tasks, workers)
     results = []
-    for r in runner:
+    for r in map_tasks(render_model, tasks, workers, ray_address):
         results.append(r)
         if on_result:
             on_result(r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -33,6 +34,24 @@ def _render(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from tqdm import tqdm
+
+    from ..pipelines.controlnet_dataset import GenerateSettings, generate_dataset, load_prompts
+
+    if args.weights_dir:
+        os.environ["GEN3D_WEIGHTS_DIR"] = str(Path(args.weights_dir).resolve())
+    settings = GenerateSettings(base=args.controlnet, steps=args.steps, guidance_scale=args.guidance_scale,
+                                images_per_view=args.images_per_view, seed=args.seed, device=args.device,
+                                prompts=load_prompts(args.prompts),
+                                **({"negative_prompt": args.negative_prompt} if args.negative_prompt is not None else {}))
+    with tqdm(desc="models", unit="model") as bar:
+        counts = generate_dataset(Path(args.data), settings, workers=args.workers, ray_address=args.ray,
+                                  on_result=lambda r: bar.update(1))
+    print(f"{counts['images']} images for {counts['models']} models; list: {Path(args.data) / 'generated.jsonl'}")
+    return 0
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("dataset", help="render CAD models into edge-map datasets with 3D annotations")
     dsub = p.add_subparsers(dest="dataset_command", required=True, metavar="SUBCOMMAND")
@@ -54,3 +73,18 @@ def add_parser(sub) -> None:
     r.add_argument("--up-axis", default="Y", choices=["Y", "Z"], help="up axis of OBJ/PLY files")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=_render)
+
+    g = dsub.add_parser("generate", help="ControlNet images from the rendered edge maps, next to their annotations")
+    g.add_argument("--data", required=True, help="a folder written by 'dataset render'")
+    g.add_argument("--controlnet", default="sd15", choices=["sd15", "sdxl-base"], help="canny ControlNet base model")
+    g.add_argument("--prompts", help="JSON mapping class names or model ids to captions (default: class template)")
+    g.add_argument("--negative-prompt")
+    g.add_argument("--images-per-view", type=int, default=1)
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--guidance-scale", type=float, default=9.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--workers", type=int, default=1)
+    g.add_argument("--ray", metavar="ADDRESS")
+    g.add_argument("--weights-dir", help="folder of weights (overrides GEN3D_WEIGHTS_DIR)")
+    g.set_defaults(func=_generate)
