@@ -207,6 +207,11 @@ def describe(name: str) -> dict:
             "command": e.download_command}
 
 
+def uses_tiny(names) -> bool:
+    """True when any of ``names`` resolves to tiny smoke-test weights (for meta.json and /v1/methods)."""
+    return any(status(n) == "tiny" for n in names)
+
+
 def load_factory(entry: WeightsEntry) -> Callable[[Path, WeightsEntry], None] | None:
     """The entry's tiny factory function, imported from its dotted path, or None when it has none."""
     if not entry.tiny_factory:

@@ -12,6 +12,7 @@ import torch
 from backend.errors import MissingWeights
 from backend.geometry.cameras import elevation_from_dreamgaussian, orbit_angles, orbit_cameras
 from backend.guidance.distillation import BSD, CSD, SDS, VSD
+from backend.guidance.schedules import DreamTime
 from backend.guidance.priors.text import view_direction
 from backend.models.zero123 import relative_pose
 
@@ -137,6 +138,13 @@ def test_sd_prior_sds_and_csd_forward_backward(sd):
     out = sd(x, cond, torch.tensor([500, 500]), CSD(), progress=0.3)
     out["loss_csd"].backward()
     assert x.grad.abs().sum() > 0
+    x.grad = None
+    sd(x, cond, DreamTime(), progress=0.5)["loss_sds"].backward()  # a schedule instead of timesteps
+    assert x.grad.abs().sum() > 0
+    from_cameras = sd.condition("a red car", "blurry", cameras=orbit_cameras(torch.tensor([10.0, 70.0]),
+                                                                             torch.tensor([0.0, 180.0]), 2.0, 40, 8, 8))
+    torch.testing.assert_close(from_cameras.branches["cond"]["encoder_hidden_states"],
+                               cond.branches["cond"]["encoder_hidden_states"])
 
 
 def test_sd15_layout_loads(weights_env):
@@ -213,6 +221,8 @@ def test_zero123_prior_both_layouts(weights_env, name):
     assert prior.unet.config.in_channels == 8
     prior.set_reference(torch.rand(1, 3, 80, 80), elevation=10.0, azimuth=0.0, radius=2.0)
     cond = prior.condition(elevation=[0.0, 30.0], azimuth=[45.0, 180.0], radius=2.0)
+    cams = orbit_cameras(torch.tensor([0.0, 30.0]), torch.tensor([45.0, 180.0]), 2.0, 40, 8, 8)
+    torch.testing.assert_close(prior.condition(cameras=cams).extra["pose"], cond.extra["pose"], atol=1e-5, rtol=0)
     assert cond.branches["cond"]["encoder_hidden_states"].shape == (2, 1, 32)
     assert torch.count_nonzero(cond.branches["negative"]["concat"]) == 0
     x = _renders()

@@ -40,6 +40,7 @@ def test_tiny_set_is_small_and_reported_as_tiny(tiny_weights, monkeypatch):
         info = weights.describe(name)
         assert info["tiny"] and info["status"] == "tiny" and info["path"] == str(tiny_weights / name)
         assert weights.verify(name) == [], name
+    assert weights.uses_tiny(["sd21-base"]) and not weights.uses_tiny([])
     assert (tiny_weights / "zero123-xl" / "clip_camera_projection").is_dir()
     assert (tiny_weights / "zero123-105000" / "cc_projection").is_dir()
     assert (tiny_weights / "sd21-base" / "model_index.json").is_file()

@@ -149,11 +149,17 @@ class DiffusionPrior:
         return cfg(eps_c, eps_u, self.guidance_scale if scale is None else scale)
 
     # ----- the interface the methods use
-    def __call__(self, images: torch.Tensor, cond: Condition, t: torch.Tensor, distillation=None,
+    def __call__(self, images: torch.Tensor, cond: Condition, t, distillation=None,
                  progress: float = 0.0, **kw) -> dict[str, torch.Tensor]:
-        """Losses of ``images [B,3,H,W]`` in [0,1] under ``distillation`` (default SDS) at timesteps ``t [B]``."""
+        """Losses of ``images [B,3,H,W]`` in [0,1] under ``distillation`` (default SDS).
+
+        ``t`` is either timesteps ``[B]`` or a schedule (:mod:`backend.guidance.schedules`) evaluated at ``progress``
+        (one draw per group of ``num_frames`` views).
+        """
         from ..distillation import SDS
 
+        if not isinstance(t, torch.Tensor):
+            t = t(progress, images.shape[0] // self.num_frames).repeat_interleave(self.num_frames)
         distillation = distillation or SDS()
         return distillation(self, self.encode(images), cond, t.to(self.device), progress=progress, **kw)
 

@@ -72,10 +72,9 @@ class MVDreamPrior(DiffusionPrior):
                          num_frames=self.num_frames)
 
     def __call__(self, images, cond, t, distillation=None, progress: float = 0.0, **kw):
-        """As the base, with ``t`` either per view ``[B]`` or per group ``[B/4]`` (repeated over its views)."""
+        """As the base; ``t`` may also be one timestep per group ``[B/4]`` (repeated over its views)."""
         from ..distillation import X0Reconstruction
 
-        t = t.reshape(-1)
-        if t.numel() * self.num_frames == images.shape[0]:
-            t = t.repeat_interleave(self.num_frames)
+        if isinstance(t, torch.Tensor) and t.numel() * self.num_frames == images.shape[0]:
+            t = t.reshape(-1).repeat_interleave(self.num_frames)
         return super().__call__(images, cond, t, distillation or X0Reconstruction(), progress, **kw)

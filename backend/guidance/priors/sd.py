@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ... import weights
+from ...geometry.cameras import Cameras, orbit_angles
 from .base import Condition, DiffusionPrior, fp16_variant
 from .text import TextEncoder, text_branches
 
@@ -47,9 +48,13 @@ class StableDiffusionPrior(DiffusionPrior):
         return cls(weights.resolve(name, path), **kw)
 
     def condition(self, prompt: str, negative_prompt: str = "", batch_size: int = 1, elevation=None, azimuth=None,
-                  view_dependent: bool = True) -> Condition:
-        """Branches ``cond`` (with ", front/side/back/overhead view" when angles in degrees are given, our orbit
-        convention), ``plain``, ``negative`` and ``null``; each ``{"encoder_hidden_states": [B, 77, D]}``."""
+                  view_dependent: bool = True, cameras: Cameras | None = None) -> Condition:
+        """Branches ``cond`` (with ", front/side/back/overhead view" when angles in degrees or ``cameras`` orbiting
+        the origin are given, our orbit convention), ``plain``, ``negative`` and ``null``; each
+        ``{"encoder_hidden_states": [B, 77, D]}``."""
+        if cameras is not None:
+            angles = orbit_angles(cameras.c2w)
+            elevation, azimuth = angles[:, 0], angles[:, 1]
         if elevation is not None:
             batch_size = max(batch_size, torch.as_tensor(elevation).numel())
         return Condition(text_branches(self.text, prompt, negative_prompt, batch_size, "encoder_hidden_states",

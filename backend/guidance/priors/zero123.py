@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import weights
+from ...geometry.cameras import Cameras, orbit_angles
 from ...models.zero123 import load_projection, relative_pose
 from .base import Condition, DiffusionPrior, default_dtype, fp16_variant
 from .sd import load_unet_vae_scheduler
@@ -74,10 +75,13 @@ class Zero123Prior(DiffusionPrior):
         self.reference = {"clip": clip, "latent": latent, "elevation": float(elevation), "azimuth": float(azimuth),
                           "radius": float(radius)}
 
-    def condition(self, elevation, azimuth, radius=0.0) -> Condition:
-        """Branches ``cond`` and ``negative`` = ``null`` (zeros) for target views at the given angles (degrees)."""
+    def condition(self, elevation=None, azimuth=None, radius=0.0, cameras: Cameras | None = None) -> Condition:
+        """Branches ``cond`` and ``negative`` = ``null`` (zeros) for target views at the given angles (degrees) or
+        ``cameras`` orbiting the origin."""
         if self.reference is None:
             raise RuntimeError("call set_reference(image, elevation, azimuth, radius) before condition()")
+        if cameras is not None:
+            elevation, azimuth, radius = orbit_angles(cameras.c2w).unbind(-1)
         ref = self.reference
         pose = relative_pose(elevation, azimuth, radius, ref["elevation"], ref["azimuth"], ref["radius"],
                              self.stable).to(self.device)
