@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     with Server(tmp_path_factory.mktemp("service") / "data", token=TOKEN,
-                extra_args=("--max-upload-mb", "4")) as s:
+                extra_args=("--max-upload-mb", "4", "--cancel-grace-s", "2")) as s:
         yield s
 
 
@@ -167,6 +167,17 @@ def test_worker_killed_mid_job_fails_it_and_a_fresh_worker_runs_the_next(srv):
     assert nxt["state"] == "succeeded"
     assert srv.client.get("/v1/health").json()["worker"]["pid"] != pid
 
+
+
+def test_job_ignoring_cancellation_has_its_worker_stopped(srv):
+    job = srv.submit(sleepy(steps=1, step_s=10.0))  # one 10 s step: no cancellation check for 10 s
+    srv.wait(job["id"], states=("running",))
+    pid = srv.client.get("/v1/health").json()["worker"]["pid"]
+    srv.client.post(job["urls"]["cancel"])
+    job = srv.wait(job["id"], timeout=30)
+    assert job["state"] == "cancelled" and job["message"] == "cancelled (worker stopped)"
+    assert srv.wait(srv.submit(sleepy(steps=1))["id"], timeout=120)["state"] == "succeeded"
+    assert srv.client.get("/v1/health").json()["worker"]["pid"] != pid
 
 
 def test_unload_frees_cached_models(srv):

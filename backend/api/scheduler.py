@@ -64,9 +64,10 @@ class Scheduler:
     def unload(self) -> dict[str, Any]:
         """Ask the worker to drop its cached models (after the running job, if any)."""
         worker = self.worker
-        if worker is None:
+        try:
+            worker.send("unload")
+        except (AttributeError, OSError):  # no worker, or it just died: nothing is loaded
             return {"loaded": [], "after_job": None}
-        worker.send("unload")
         return {"loaded": worker.loaded, "after_job": worker.job_id}
 
     def status(self) -> dict[str, Any]:

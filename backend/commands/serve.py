@@ -53,7 +53,8 @@ def _run(args) -> int:
     if weights_dir is not None:  # the server (for /v1/methods) and the worker resolve weights the same way
         os.environ["GEN3D_WEIGHTS_DIR"] = str(weights_dir)
     settings = Settings(data_dir=Path(args.data_dir).expanduser().resolve(), token=token, weights_dir=weights_dir,
-                        device=args.device, max_upload_bytes=args.max_upload_mb << 20)
+                        device=args.device, max_upload_bytes=args.max_upload_mb << 20,
+                        cancel_grace_s=args.cancel_grace_s)
     log.info("Gen3D server on http://%s:%d (data in %s%s)", args.host, args.port, settings.data_dir,
              ", token required" if token else "")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
@@ -70,4 +71,6 @@ def add_parser(sub) -> None:
     p.add_argument("--weights-dir", help="folder of weights (overrides GEN3D_WEIGHTS_DIR)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--max-upload-mb", type=int, default=1024, help="largest accepted request body (default 1024)")
+    p.add_argument("--cancel-grace-s", type=float, default=10.0,
+                   help="stop the worker when a cancelled job has not stopped after this long (default 10)")
     p.set_defaults(func=_run)
