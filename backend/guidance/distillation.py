@@ -123,6 +123,11 @@ class CSD:
         return out
 
 
+def _group_std(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Standard deviation over each group of ``group`` consecutive batch items: ``[B / group]``."""
+    return x.reshape(x.shape[0] // group, -1).std(dim=1)
+
+
 @dataclass
 class X0Reconstruction:
     """MVDream's multi-view loss: ``0.5·‖z − sg(x̂0)‖²_sum / B``.
@@ -147,8 +152,7 @@ class X0Reconstruction:
             if self.std_rescale > 0:
                 x0_cond = (z_t - (1 - a).sqrt() * eps_c) / a.sqrt()
                 f = prior.num_frames
-                group_std = lambda x: x.reshape(-1, f * x[0].numel()).std(dim=1)  # noqa: E731
-                factor = ((group_std(x0_cond) + 1e-8) / (group_std(x0) + 1e-8)).repeat_interleave(f)
+                factor = ((_group_std(x0_cond, f) + 1e-8) / (_group_std(x0, f) + 1e-8)).repeat_interleave(f)
                 x0 = self.std_rescale * x0 * factor.view(-1, 1, 1, 1) + (1 - self.std_rescale) * x0
         return loss_from_grad(z, z.detach() - x0, self.name)
 
