@@ -19,7 +19,6 @@ as the loss ``0.5·‖z − sg(z − g)‖²_sum / B`` (``sg`` = detach), whose 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,8 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .priors.base import Condition, DiffusionPrior, cfg
-
-log = logging.getLogger(__name__)
 
 
 def weight(name: str, alphas_cumprod_t: torch.Tensor) -> torch.Tensor:

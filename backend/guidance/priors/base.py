@@ -21,15 +21,12 @@ Classifier-free guidance is always the diffusers form ``eps_negative + s * (eps_
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
