@@ -157,6 +157,22 @@ def test_sd15_layout_loads(weights_env):
     assert x.grad.abs().sum() > 0
 
 
+def test_sdedit_timesteps_match_diffusers_img2img_and_dreamgaussian():
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    from backend.guidance.priors.base import sdedit_timesteps
+
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
+    sched.set_timesteps(50)
+    for strength in (0.0, 0.2, 0.35, 0.5, 1.0):
+        ref, _ = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=sched), 50, strength, "cpu")
+        assert torch.equal(sdedit_timesteps(sched, strength, 50), ref)
+    for dg_strength in (0.8, 0.9):  # DreamGaussian: timesteps[int(50 * strength):]
+        assert torch.equal(sdedit_timesteps(sched, round(1 - dg_strength, 6), 50), sched.timesteps[int(50 * dg_strength):])
+
+
 def test_refine_strength_convention(sd):
     cond = sd.condition("a cup")
     x = torch.rand(1, 3, 64, 64)

@@ -13,7 +13,8 @@ A prior wraps a (latent) diffusion model loaded with ``from_pretrained`` from a 
   prior's ``guidance_scale``) and returns a dict of losses (``loss_*``) and logging scalars (``grad_norm``).
 - ``refine(images, cond, strength, steps)``: SDEdit. **Strength follows diffusers' img2img convention**: the fraction
   of the ``steps``-step DDIM trajectory that is re-run, so 0 returns the input and 1 starts from pure noise.
-  DreamGaussian's ``strength`` is the opposite (its 0.8 keeps 80 % of the trajectory): ours = 1 - DreamGaussian's.
+  DreamGaussian's ``strength`` is the opposite: its 0.8 skips the first 80 % of the 50 DDIM steps and re-runs the
+  last 20 %, which is our 0.2; ours = 1 - DreamGaussian's (:func:`sdedit_timesteps`).
 
 Device and precision: fp16 on CUDA, fp32 elsewhere (override with ``dtype``). Weights are frozen.
 Classifier-free guidance is always the diffusers form ``eps_negative + s * (eps_cond - eps_negative)``.
@@ -37,6 +38,17 @@ def fp16_variant(folder: Path) -> str | None:
     """``"fp16"`` when a component folder holds only the ``*.fp16.safetensors`` variant (how we download SD)."""
     files = [p.name for p in Path(folder).glob("*.safetensors")]
     return "fp16" if files and all(".fp16." in f for f in files) else None
+
+
+def sdedit_timesteps(scheduler, strength: float, steps: int) -> torch.Tensor:
+    """The timesteps SDEdit re-runs: the last ``int(strength·steps)`` of ``scheduler``'s ``steps``-step schedule.
+
+    The same as diffusers' img2img ``get_timesteps``; ``scheduler.set_timesteps(steps)`` must have been called.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    run = min(int(steps * strength), steps)
+    return scheduler.timesteps[steps - run:]
 
 
 @dataclass
@@ -163,22 +175,19 @@ class DiffusionPrior:
     @torch.no_grad()
     def refine(self, images: torch.Tensor, cond: Condition, strength: float = 0.5, steps: int = 50,
                guidance_scale: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """SDEdit: noise ``images`` to the DDIM step that leaves ``round(strength·steps)`` steps, denoise them.
+        """SDEdit: noise ``images`` to the DDIM step that leaves ``int(strength·steps)`` steps, denoise them.
 
         ``strength`` in [0, 1], diffusers' convention (see the module docstring). Returns ``[B,3,S,S]`` in [0,1]
         at the prior's ``image_size``.
         """
         from diffusers import DDIMScheduler
 
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {strength}")
         sched = DDIMScheduler.from_config(self.scheduler.config, prediction_type="epsilon")  # predict() gives eps
         sched.set_timesteps(steps, device=self.device)
-        run = int(round(strength * steps))
+        timesteps = sdedit_timesteps(sched, strength, steps)
         z = self.encode(images)
-        if run == 0:
+        if len(timesteps) == 0:
             return self.decode(z)
-        timesteps = sched.timesteps[steps - run:]
         noise = torch.randn(z.shape, generator=generator, device=z.device if generator is None else generator.device)
         z = self.add_noise(z, noise.to(z.device), timesteps[:1].expand(z.shape[0]))
         for t in timesteps:
