@@ -28,8 +28,10 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    with Server(tmp_path_factory.mktemp("service") / "data", token=TOKEN,
-                extra_args=("--max-upload-mb", "4", "--cancel-grace-s", "2")) as s:
+    root = tmp_path_factory.mktemp("service")
+    (root / "weights").mkdir()
+    with Server(root / "data", token=TOKEN, extra_args=("--max-upload-mb", "4", "--cancel-grace-s", "2",
+                                                        "--weights-dir", str(root / "weights"))) as s:
         yield s
 
 
@@ -80,6 +82,15 @@ def test_health_methods_and_token(srv):
     assert s["presets"]["fast"] == {"steps": 2} and s["required_inputs"] == ["prompt"]
     assert s["weights"] == [] and s["ready"] is True
     assert anon.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["responses"]["422"]
+
+    heavy = methods["needs_weights"]  # its weights are not in the (empty) weights folder nor the HF cache
+    assert heavy["ready"] is False and heavy["weights"][0]["ready"] is False
+    assert heavy["weights"][0]["command"] == "python -m backend weights download sd15"
+    n = job_count(srv)
+    err = assert_error(srv.client.post("/v1/jobs", data={"request": json.dumps({"method": "needs_weights"})}),
+                       503, "missing_weights")
+    assert err["detail"]["command"] == "python -m backend weights download sd15"
+    assert job_count(srv) == n
 
 
 # --- jobs ----------------------------------------------------------------------------------------------------

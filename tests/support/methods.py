@@ -60,3 +60,16 @@ class Sleepy(Pipeline):
         result = {"prompt": request.prompt, "seed": request.seed, "steps": opts.steps,
                   "files": {role: file_digest(Path(p)) for role, p in request.files.items()}}
         return {"result.json": write_json(ctx.out_dir / "result.json", result)}
+
+
+@register
+class NeedsWeights(Pipeline):
+    """Needs a real checkpoint (``sd15``) that tests never have: submissions must be refused with 503."""
+
+    name = "needs_weights"
+    title = "Needs weights (test)"
+    inputs = {"prompt": "any text"}
+    weights = ("sd15",)
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        raise AssertionError("never queued: its weights are missing")
