@@ -114,3 +114,35 @@ def test_camera_embedding_is_added_to_the_timestep_embedding():
     unet(x, t, ctx, cam, num_frames=4)
     torch.testing.assert_close(emb["in"], captured["t"] + captured["c"])
     assert not torch.allclose(unet(x, t, ctx, cam), unet(x, t, ctx, cam * 0))
+
+
+@torch.no_grad()
+def test_blocks_match_diffusers_equivalents_on_a_single_view():
+    """With one view the LDM blocks are standard SD blocks: compare with diffusers' own modules, same weights."""
+    from diffusers.models.embeddings import get_timestep_embedding
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    from backend.models.mvdream_unet import ResBlock, SpatialTransformer3D, timestep_embedding
+
+    torch.manual_seed(0)
+    ours = SpatialTransformer3D(64, heads=4, dim_head=16, depth=1, context_dim=24).eval()
+    ref = Transformer2DModel(num_attention_heads=4, attention_head_dim=16, in_channels=64, cross_attention_dim=24,
+                             use_linear_projection=True, norm_num_groups=32).eval()
+    ref.load_state_dict(ours.state_dict())  # identical names: norm, proj_in, transformer_blocks.0.*, proj_out
+    x, ctx = torch.randn(3, 64, 6, 6), torch.randn(3, 7, 24)
+    torch.testing.assert_close(ours(x, ctx, num_frames=1), ref(x, encoder_hidden_states=ctx).sample,
+                               rtol=1e-4, atol=1e-5)
+
+    res = ResBlock(64, 128, 96).eval()
+    ref_res = ResnetBlock2D(in_channels=64, out_channels=96, temb_channels=128, groups=32, eps=1e-5).eval()
+    rename = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
+              "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+    ref_res.load_state_dict({rename[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v
+                             for k, v in res.state_dict().items()})
+    emb = torch.randn(3, 128)
+    torch.testing.assert_close(res(x, emb), ref_res(x, emb), rtol=1e-4, atol=1e-5)
+
+    t = torch.tensor([0, 17, 999])
+    torch.testing.assert_close(timestep_embedding(t, 320),
+                               get_timestep_embedding(t, 320, flip_sin_to_cos=True, downscale_freq_shift=0))
