@@ -146,3 +146,23 @@ def test_blocks_match_diffusers_equivalents_on_a_single_view():
     t = torch.tensor([0, 17, 999])
     torch.testing.assert_close(timestep_embedding(t, 320),
                                get_timestep_embedding(t, 320, flip_sin_to_cos=True, downscale_freq_shift=0))
+
+
+@torch.no_grad()
+def test_single_view_unet_equals_diffusers_unet_after_diffusers_ldm_converter():
+    """Our LDM-named UNet, converted by diffusers' own LDM->diffusers checkpoint converter, gives the same output as
+    diffusers' UNet2DConditionModel (camera embedding zeroed, one view): block order, skips and upsampling agree."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    ours = _tiny_mv_unet()
+    for p in ours.camera_embed.parameters():
+        p.zero_()
+    ref = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                               down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+                               cross_attention_dim=16, attention_head_dim=(2, 4), use_linear_projection=True).eval()
+    ldm = {"model.diffusion_model." + k: v for k, v in ours.state_dict().items() if not k.startswith("camera_embed")}
+    ref.load_state_dict(convert_ldm_unet_checkpoint(ldm, dict(ref.config)), strict=True)
+    x, t, ctx = torch.randn(4, 4, 8, 8), torch.tensor([10, 200, 500, 999]), torch.randn(4, 5, 16)
+    torch.testing.assert_close(ours(x, t, ctx, torch.zeros(4, 16), num_frames=1),
+                               ref(x, t, encoder_hidden_states=ctx).sample, rtol=1e-4, atol=1e-5)
