@@ -318,6 +318,29 @@ def test_fuzzed_requests_never_crash_the_server(srv, body, job_id, artifact):
             assert set(r.json()["error"]) == {"code", "message", "detail"}
 
 
+# --- schemathesis against the published OpenAPI (when installed: the dev extra) ----------------------------
+try:
+    import schemathesis
+except ImportError:  # pragma: no cover - optional
+    schemathesis = None
+
+@pytest.mark.skipif(schemathesis is None, reason="schemathesis is not installed (dev extra)")
+def test_openapi_fuzz_gets_no_server_error(srv):
+    """Requests generated from the published OpenAPI document, every operation: never a 5xx."""
+    schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data):
+        case = data.draw(data.draw(st.sampled_from(operations)).as_strategy())
+        case.call_and_validate(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                               checks=[schemathesis.checks.not_a_server_error])
+
+    check()
+
+
 # --- restart (last: it replaces the module's server) ----------------------------------------------------------
 def _process_alive(pid: int) -> bool:
     try:
