@@ -31,11 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SD21_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
+                 attention_head_dim=(5, 10, 20, 20),
                  use_linear_projection=True,
                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+              block_out_channels=(128, 256, 512, 512),
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
 
 
@@ -147,7 +149,8 @@ def smoke(device):
     mv = MVDreamPrior.from_registry(device=device)
     mv_cams = orbit_cameras(15.0, torch.tensor([0.0, 90.0, 180.0, 270.0]), 2.0, 40, 64, 64).c2w.to(device)
     x = torch.rand(4, 3, 64, 64, device=device, requires_grad=True)
-    results.append(check("mvdream x0-reconstruction", mv(x, mv.condition("a corgi", "", mv_cams), torch.tensor([500])), x))
+    out = mv(x, mv.condition("a corgi", "", mv_cams), torch.tensor([500]))
+    results.append(check("mvdream x0-reconstruction", out, x))
     cn = ControlNetCanny.from_registry("sd15", device=device)
     img = cn.generate(canny(torch.rand(1, 3, 64, 64)).to(device), "a box", steps=2)
     results.append(bool(torch.isfinite(img).all()))

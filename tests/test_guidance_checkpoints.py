@@ -59,7 +59,8 @@ def test_both_zero123_projection_layouts_load(data_dir, name):
 
 
 def test_original_zero123_checkpoint_name_loads():
-    state = normalize_projection_keys({"cc_projection.weight": torch.zeros(768, 772), "cc_projection.bias": torch.zeros(768)})
+    state = normalize_projection_keys({"cc_projection.weight": torch.zeros(768, 772),
+                                       "cc_projection.bias": torch.zeros(768)})
     assert set(state) == {"proj.weight", "proj.bias"}
     with pytest.raises(KeyError, match="unexpected Zero123 projection key"):
         normalize_projection_keys({"cc_projection.scale": torch.zeros(1)})
@@ -159,7 +160,8 @@ def test_single_view_unet_equals_diffusers_unet_after_diffusers_ldm_converter():
     for p in ours.camera_embed.parameters():
         p.zero_()
     ref = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
-                               down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+                               down_block_types=("CrossAttnDownBlock2D",) * 2,
+                               up_block_types=("CrossAttnUpBlock2D",) * 2,
                                cross_attention_dim=16, attention_head_dim=(2, 4), use_linear_projection=True).eval()
     ldm = {"model.diffusion_model." + k: v for k, v in ours.state_dict().items() if not k.startswith("camera_embed")}
     ref.load_state_dict(convert_ldm_unet_checkpoint(ldm, dict(ref.config)), strict=True)

@@ -170,7 +170,8 @@ def test_sdedit_timesteps_match_diffusers_img2img_and_dreamgaussian():
         ref, _ = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=sched), 50, strength, "cpu")
         assert torch.equal(sdedit_timesteps(sched, strength, 50), ref)
     for dg_strength in (0.8, 0.9):  # DreamGaussian: timesteps[int(50 * strength):]
-        assert torch.equal(sdedit_timesteps(sched, round(1 - dg_strength, 6), 50), sched.timesteps[int(50 * dg_strength):])
+        ours = sdedit_timesteps(sched, round(1 - dg_strength, 6), 50)
+        assert torch.equal(ours, sched.timesteps[int(50 * dg_strength):])
 
 
 def test_refine_strength_convention(sd):

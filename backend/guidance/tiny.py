@@ -153,7 +153,8 @@ def _write_controlnet(out_dir: Path, layout: str) -> None:
     from diffusers import ControlNetModel
 
     torch.manual_seed(0)
-    ControlNetModel.from_unet(_unet(layout), conditioning_embedding_out_channels=(8, 8, 16, 16)).save_pretrained(out_dir)
+    controlnet = ControlNetModel.from_unet(_unet(layout), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    controlnet.save_pretrained(out_dir)
 
 
 def write_controlnet_sd15(out_dir: Path, entry=None) -> None:
@@ -228,9 +229,9 @@ def write_mvdream(out_dir: Path, entry=None) -> None:
     write_tokenizer(out_dir / "tokenizer", pad_token="!")
     _text_encoder(_vocab_size(out_dir / "tokenizer")).save_pretrained(out_dir / "text_encoder")
     _vae().save_pretrained(out_dir / "vae")
-    MultiViewUNetModel(image_size=LATENT, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
-                       num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16, transformer_depth=1,
-                       context_dim=WIDTH, camera_dim=16).save_pretrained(out_dir / "unet")
+    MultiViewUNetModel(image_size=LATENT, in_channels=4, out_channels=4, model_channels=32,
+                       attention_resolutions=[1, 2], num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16,
+                       transformer_depth=1, context_dim=WIDTH, camera_dim=16).save_pretrained(out_dir / "unet")
     DDIMScheduler(**_SD_SCHEDULER).save_pretrained(out_dir / "scheduler")
     _write_json(out_dir / "model_index.json", {
         "_class_name": "MVDreamPipeline", "_diffusers_version": "0.42.1",

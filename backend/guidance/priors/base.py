@@ -140,7 +140,8 @@ class DiffusionPrior:
     def _eps(self, x: torch.Tensor, t: torch.Tensor, **inputs) -> torch.Tensor:
         raise NotImplementedError
 
-    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, branches: Sequence[str]) -> list[torch.Tensor]:
+    def predict(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition,
+                branches: Sequence[str]) -> list[torch.Tensor]:
         """Epsilon of each branch for ``z_t [B,...]`` at timesteps ``t [B]``: a list in ``branches`` order, float32."""
         n = len(branches)
         x = torch.cat([z_t] * n).to(self.dtype)

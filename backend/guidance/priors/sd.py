@@ -18,8 +18,10 @@ def load_unet_vae_scheduler(folder: Path, dtype: torch.dtype, unet_class=None):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
     unet_class = unet_class or UNet2DConditionModel
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, variant=fp16_variant(folder / "vae"))
-    unet = unet_class.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, variant=fp16_variant(folder / "unet"))
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype,
+                                        variant=fp16_variant(folder / "vae"))
+    unet = unet_class.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
+                                      variant=fp16_variant(folder / "unet"))
     return vae, unet, DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
 
 
@@ -43,7 +45,8 @@ class StableDiffusionPrior(DiffusionPrior):
             self.guidance_scale = guidance_scale
 
     @classmethod
-    def from_registry(cls, name: str = "sd21-base", path: str | os.PathLike | None = None, **kw) -> "StableDiffusionPrior":
+    def from_registry(cls, name: str = "sd21-base", path: str | os.PathLike | None = None,
+                      **kw) -> "StableDiffusionPrior":
         """Load registry entry ``name`` (``sd21-base`` or ``sd15``); raises MissingWeights when absent."""
         return cls(weights.resolve(name, path), **kw)
 

@@ -75,4 +75,5 @@ def text_branches(encoder: TextEncoder, prompt: str, negative_prompt: str, batch
     else:
         cond_texts = [prompt] * batch
     return {"cond": {key: encoder.embed(cond_texts)}, "plain": {key: encoder.embed([prompt] * batch)},
-            "negative": {key: encoder.embed([negative_prompt or ""] * batch)}, "null": {key: encoder.embed([""] * batch)}}
+            "negative": {key: encoder.embed([negative_prompt or ""] * batch)},
+            "null": {key: encoder.embed([""] * batch)}}
