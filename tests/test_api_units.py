@@ -4,6 +4,7 @@ test_api_service.py and test_api_restart.py."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from backend.api import uploads
 from backend.api.settings import Settings
 from backend.api.store import JobStore
+from backend.commands import serve
 from backend.commands.serve import check_host
 from backend.errors import BadInput, Conflict, NotFound, TooLarge
 from support import files as F
@@ -111,9 +113,7 @@ def test_image_checks(tmp_path):
 
 
 # --- serve ---------------------------------------------------------------------------------------------------
-def test_serve_refuses_public_address_without_token(monkeypatch, capsys):
-    from backend.__main__ import main
-
+def test_serve_refuses_public_address_without_token(monkeypatch):
     monkeypatch.delenv("GEN3D_TOKEN", raising=False)
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         check_host(host, None)
@@ -121,5 +121,8 @@ def test_serve_refuses_public_address_without_token(monkeypatch, capsys):
         with pytest.raises(BadInput):
             check_host(host, None)
         check_host(host, "secret")
-    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
-    assert "without a token" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    serve.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--host", "0.0.0.0", "--port", "1"])
+    with pytest.raises(BadInput, match="without a token"):
+        args.func(args)  # refused before anything starts
