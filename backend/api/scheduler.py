@@ -73,7 +73,8 @@ class Scheduler:
     def status(self) -> dict[str, Any]:
         w = self.worker
         return {"pid": w.pid if w else None, "alive": bool(w and w.alive()), "device": w.device if w else None,
-                "job": w.job_id if w else None, "loaded_models": list(w.loaded) if w else []}
+                "job": w.job_id if w else None, "loaded_models": list(w.loaded) if w else [],
+                "memory": w.memory if w else None}
 
     def stop(self) -> None:
         self._stopping.set()
@@ -150,6 +151,7 @@ class Scheduler:
         kind = msg[0]
         if kind == "ready":
             w.device = msg[2]
+            w.set_state(msg[3])
         elif kind == "progress":
             _, job_id, stage, step, total, t = msg
             self._progress(job_id, stage, step, total, t)
@@ -157,7 +159,8 @@ class Scheduler:
             _, job_id, name, t = msg
             self._update(job_id, kind="preview", preview=name, updated=t)
         elif kind in ("done", "failed", "cancelled"):
-            job_id, w.loaded = msg[1], msg[-1]
+            job_id = msg[1]
+            w.set_state(msg[-1])
             w.job_id, self._crashes = None, 0
             if kind == "done":
                 self._finish(job_id, "succeeded", artifacts=self._artifacts(job_id, msg[2]), message="done")
@@ -166,7 +169,7 @@ class Scheduler:
             else:
                 self._finish(job_id, "cancelled", message="cancelled")
         elif kind == "unloaded":
-            w.loaded = msg[1]
+            w.set_state(msg[1])
 
     def _artifacts(self, job_id: str, names: list[str]) -> list[dict[str, Any]]:
         out = self.store.out_dir(job_id)

@@ -59,6 +59,8 @@ class WorkerStatus(BaseModel):
     device: str | None
     job: str | None = Field(description="the job running now")
     loaded_models: list[str]
+    memory: dict[str, float] | None = Field(None, description="CUDA memory in MiB after the last job (total, free, "
+                                            "allocated, reserved, peak_allocated); null on CPU/MPS")
 
 
 class Health(BaseModel):

@@ -5,10 +5,11 @@ duplex pipe. Loaded models live in the worker's ``cache`` dict and survive betwe
 Cancellation is a shared event the pipeline polls through ``ctx.check_cancelled()``.
 
 Messages, server -> worker: ``("run", job_id, request_dict, out_dir)``, ``("unload",)``, ``("stop",)``.
-Worker -> server: ``("ready", pid, device)``, ``("progress", job_id, stage, step, total, t)``,
-``("preview", job_id, name, t)``, ``("done", job_id, artifact_names, loaded)``,
-``("failed", job_id, error_dict, loaded)``, ``("cancelled", job_id, loaded)``, ``("unloaded", loaded)``;
-``t`` is the worker's ``time.time()`` when the pipeline reported, ``loaded`` the names of cached models.
+Worker -> server: ``("ready", pid, device, state)``, ``("progress", job_id, stage, step, total, t)``,
+``("preview", job_id, name, t)``, ``("done", job_id, artifact_names, state)``,
+``("failed", job_id, error_dict, state)``, ``("cancelled", job_id, state)``, ``("unloaded", state)``;
+``t`` is the worker's ``time.time()`` when the pipeline reported, ``state`` is ``{"models": names of cached
+models, "memory": accelerator memory in MiB or None}``.
 """
 
 from __future__ import annotations
@@ -70,8 +71,22 @@ class _Reporter:
             Image.fromarray(arr).save(tmp, format="PNG")
 
 
-def _loaded(cache: dict[str, Any]) -> list[str]:
-    return sorted(k for k in cache if not k.startswith("_"))
+def _memory(device) -> dict[str, float] | None:
+    """Accelerator memory in MiB (CUDA only; None elsewhere)."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    mib = 1 << 20
+    return {"total_mib": round(total / mib), "free_mib": round(free / mib),
+            "allocated_mib": round(torch.cuda.memory_allocated(device) / mib),
+            "reserved_mib": round(torch.cuda.memory_reserved(device) / mib),
+            "peak_allocated_mib": round(torch.cuda.max_memory_allocated(device) / mib)}
+
+
+def _state(cache: dict[str, Any], device) -> dict[str, Any]:
+    return {"models": sorted(k for k in cache if not k.startswith("_")), "memory": _memory(device)}
 
 
 def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Path | None,
@@ -87,15 +102,15 @@ def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Pa
     try:
         artifacts = run_job(JobRequest.model_validate(request), ctx)
     except Cancelled:
-        conn.send(("cancelled", job_id, _loaded(cache)))
+        conn.send(("cancelled", job_id, _state(cache, device)))
         return
     except Gen3DError as e:
-        conn.send(("failed", job_id, e.to_dict(), _loaded(cache)))
+        conn.send(("failed", job_id, e.to_dict(), _state(cache, device)))
         return
     except BaseException as e:  # noqa: BLE001 - anything else is a bug to report, not a reason to die
         err = InternalError(f"{type(e).__name__}: {e}", {"traceback": traceback.format_exc(limit=8)})
         log.exception("job %s crashed", job_id)
-        conn.send(("failed", job_id, err.to_dict(), _loaded(cache)))
+        conn.send(("failed", job_id, err.to_dict(), _state(cache, device)))
         return
     root = out.resolve()
     names = []
@@ -107,7 +122,7 @@ def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Pa
             names.append(p.relative_to(root).as_posix())
         else:
             log.warning("job %s: artifact %s is not a file inside %s; not published", job_id, p, root)
-    conn.send(("done", job_id, sorted(names), _loaded(cache)))
+    conn.send(("done", job_id, sorted(names), _state(cache, device)))
 
 
 def worker_main(conn: Connection, cancel: Any, device_name: str, weights_dir: str | None) -> None:
@@ -121,7 +136,7 @@ def worker_main(conn: Connection, cancel: Any, device_name: str, weights_dir: st
 
     device = pick_device(device_name)
     cache: dict[str, Any] = {}
-    conn.send(("ready", os.getpid(), str(device)))
+    conn.send(("ready", os.getpid(), str(device), _state(cache, device)))
     while True:
         try:
             msg = conn.recv()
@@ -134,9 +149,10 @@ def worker_main(conn: Connection, cancel: Any, device_name: str, weights_dir: st
             gc.collect()
             import torch
 
-            if torch.cuda.is_available():
+            if device.type == "cuda":
                 torch.cuda.empty_cache()
-            conn.send(("unloaded", _loaded(cache)))
+                torch.cuda.reset_peak_memory_stats(device)
+            conn.send(("unloaded", _state(cache, device)))
         elif msg[0] == "stop":  # skip the interpreter's slow teardown of torch & co; nothing is left unwritten
             logging.shutdown()
             os._exit(0)
@@ -157,6 +173,10 @@ class WorkerProcess:
         self.device: str | None = None
         self.job_id: str | None = None
         self.loaded: list[str] = []
+        self.memory: dict[str, float] | None = None
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.loaded, self.memory = state["models"], state["memory"]
 
     def send(self, *msg: Any) -> None:
         self.conn.send(msg)
