@@ -38,6 +38,8 @@ Status = Literal["present", "missing", "tiny"]
 
 #: diffusers-folder patterns: configs, tokenizers and the fp16 safetensors (what fp16-on-CUDA and fp32-on-CPU load)
 _DIFFUSERS_FP16 = ("model_index.json", "*/*.json", "*/*.txt", "*/*.fp16.safetensors")
+#: Zero123 components (the kxhit repositories also carry a safety checker we never load)
+_ZERO123 = ("model_index.json", "scheduler/*", "feature_extractor/*", "image_encoder/*", "vae/*", "unet/*")
 
 
 @dataclass(frozen=True)
@@ -92,17 +94,16 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  "Zero123-XL, diffusers layout with clip_camera_projection (DreamGaussian's image prior)",
                  "MIT (model card; the upstream zero123-xl weight licence is unverified)", 5.9,
                  ("dreamgaussian", "magic123", "dreamcraft3d"),
-                 files=("model_index.json", "*/*.json", "*/*.safetensors"),
+                 files=_ZERO123 + ("clip_camera_projection/*",),
                  tiny_factory=f"{_GUIDANCE_TINY}:write_zero123_clip_camera_projection"),
     WeightsEntry("zero123-105000", "kxic/zero123-105000",
                  "Zero123 (105000 steps), kxhit layout with cc_projection (Magic123's 3D prior)",
                  "MIT", 5.9, ("magic123",),
-                 files=("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors", "*/*.bin"),
-                 tiny_factory=f"{_GUIDANCE_TINY}:write_zero123_cc_projection"),
+                 files=_ZERO123 + ("cc_projection/*",), tiny_factory=f"{_GUIDANCE_TINY}:write_zero123_cc_projection"),
     WeightsEntry("stable-zero123", "ashawkey/stable-zero123-diffusers",
                  "Stable Zero123, diffusers layout with clip_camera_projection",
                  "Stability AI Non-Commercial Research Community License (non-commercial use only)", 5.9,
-                 ("dreamgaussian", "dreamcraft3d"), files=("model_index.json", "*/*.json", "*/*.safetensors"),
+                 ("dreamgaussian", "dreamcraft3d"), files=_ZERO123 + ("clip_camera_projection/*",),
                  restrictive=True, license_url=_hf("stabilityai/stable-zero123") + "/blob/main/LICENSE.md",
                  tiny_factory=f"{_GUIDANCE_TINY}:write_stable_zero123", extra={"stable": True}),
     WeightsEntry("mvdream", "ashawkey/mvdream-sd2.1-diffusers",
@@ -178,7 +179,7 @@ def resolve(name: str, explicit: str | os.PathLike | None = None) -> Path:
     path = find(name, explicit)
     if path is None:
         entry = get_entry(name)
-        where = f"${WEIGHTS_DIR_ENV}/{name}" if weights_dir() else "the Hugging Face cache"
+        where = f"{weights_dir() / name} or the Hugging Face cache" if weights_dir() else "the Hugging Face cache"
         raise MissingWeights(f"weights {name!r} ({entry.repo}) are not in {where}; "
                              f"fetch them with: {entry.download_command}",
                              {"weights": name, "repo": entry.repo, "command": entry.download_command})
