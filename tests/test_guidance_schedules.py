@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -61,6 +62,10 @@ def test_dreamtime_mass_matches_w():
         expected = w[ts >= t0].sum()
         fraction = (schedule_t >= t0).mean()
         assert abs(fraction - expected) < 2e-3, (t0, fraction, expected)
+    # the first author's mapping: t = t_max - bisect_left(cumsum(flip(W)), p)
+    cumulative = np.cumsum(w[::-1])
+    author = [max(980 - bisect.bisect_left(cumulative.tolist(), p), 20) for p in PROGRESS]
+    assert np.abs(schedule_t - np.array(author)).max() <= 1
 
 
 def test_uniform_bounds_anneal():

@@ -7,7 +7,8 @@ A schedule is called as ``schedule(progress, batch_size, generator=None) -> Long
   (ProlificDreamer's max 0.98 -> 0.5, MVDream's min 0.98 -> 0.02 and max 0.98 -> 0.5).
 - :class:`LinearAnneal`: deterministic ``t = (1 - p)·T`` clipped to the bounds (DreamGaussian).
 - :class:`SqrtAnneal`: deterministic ``t = T·(t_min + (t_max - t_min)·(1 - sqrt(p)))`` (HiFA).
-- :class:`DreamTime`: deterministic ``t(p)`` whose reverse-cumulative mass of ``W(t) = w_d(t)·w_p(t)`` equals ``p``;
+- :class:`DreamTime`: deterministic ``t(p)``, the largest t whose mass ``Σ_{t' >= t} W(t')`` reaches ``p``, where
+  ``W(t) = w_d(t)·w_p(t)`` (as in the first author's ``DreamWaltz-G/core/guidance/time_prior.py``);
   ``w_d = sqrt((1 - ᾱ_t)/ᾱ_t)`` and ``w_p`` is the plateau prior (1 on [m2, m1], Gaussian tails with s1 above m1
   and s2 below m2; DreamTime's m1=800, s1=300, m2=500, s2=100).
 
@@ -98,7 +99,7 @@ def plateau_prior(t: torch.Tensor, m1: float = 800, s1: float = 300, m2: float =
 
 
 class DreamTime(Schedule):
-    """Time-prioritised schedule: ``t(p) = argmin_t |Σ_{t' >= t} W(t') - p|`` over ``t in [t_min·T, t_max·T]``.
+    """Time-prioritised schedule: ``t(p) = max{t : Σ_{t' >= t} W(t') >= p}`` over ``t in [t_min·T, t_max·T]``.
 
     ``W(t) = w_d(t)·w_p(t)`` normalised to sum 1 over the range; ``alphas_cumprod`` defaults to SD's schedule.
     """
@@ -112,14 +113,13 @@ class DreamTime(Schedule):
         a = ac[self.ts]
         w = torch.sqrt((1 - a) / a) * plateau_prior(self.ts, m1, s1, m2, s2)
         self.weights = w / w.sum()
-        #: reverse-cumulative mass: ``mass[i] = Σ_{j >= i} W(ts[j])``, decreasing from 1 at t_min
-        self.mass = torch.flip(torch.cumsum(torch.flip(self.weights, [0]), 0), [0])
+        #: ``cumulative[k] = Σ_{t >= t_max - k} W(t)``: the mass above each t, from t_max down to t_min
+        self.cumulative = torch.cumsum(torch.flip(self.weights, [0]), 0)
 
     def timestep(self, progress: float) -> int:
-        # mass decreases with t, so the argmin over |mass - p| is non-increasing in p; ties go to the larger t
-        diff = (self.mass - progress).abs()
-        idx = len(diff) - 1 - int(torch.argmin(torch.flip(diff, [0])))
-        return int(self.ts[idx])
+        # the largest t whose mass above reaches the progress (the author's bisect_left), so t falls as p grows
+        k = int(torch.searchsorted(self.cumulative, torch.tensor([progress], dtype=torch.float64)))
+        return max(int(self.ts[-1]) - k, int(self.ts[0]))
 
 
 SCHEDULES = {"uniform": Uniform, "linear": LinearAnneal, "sqrt": SqrtAnneal, "dreamtime": DreamTime}
