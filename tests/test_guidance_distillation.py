@@ -161,3 +161,14 @@ def test_x0_reconstruction_std_rescale_matches_the_unguided_std_per_group():
     eps_c = (1 - a).sqrt() * (x_t - a.sqrt() * mu_c) / (a * SIGMA ** 2 + 1 - a)
     x0_c = (x_t - (1 - a).sqrt() * eps_c) / a.sqrt()
     assert float(target.std()) == pytest.approx(float(x0_c.std()), rel=1e-3)  # one group of 2 views = the batch
+
+
+def test_csd_normalised_gradient_has_unit_norm():
+    prior = GaussianPrior()
+    torch.manual_seed(2)
+    cond = _condition(torch.randn(SHAPE), torch.randn(SHAPE), torch.randn(SHAPE))
+    z = torch.randn(SHAPE, requires_grad=True)
+    out = prior(z, cond, torch.tensor([100, 900]), CSD(normalize=True), progress=0.1)
+    out["loss_csd"].backward()
+    assert float(out["grad_norm"]) == pytest.approx(1.0, rel=1e-4)
+    assert float((z.grad * SHAPE[0]).norm()) == pytest.approx(1.0, rel=1e-4)

@@ -83,8 +83,9 @@ class CSD:
     """Classifier Score Distillation: ``g = w(t)·s·(c·ε(y) + u·ε(y_neg) + n·ε(∅))``.
 
     ``u`` and ``n`` move linearly from ``*_start`` to ``*_end`` by ``progress = anneal_end``. Defaults are the
-    official NeRF stage (u 0 → −1, n −1 → 0 over the first half, w = 1; it also L2-normalises g per item,
-    ``normalize=True``). The official DMTet refine stage is u −1 → −0.5, n 0 → −0.5 over all steps, w = sds.
+    official NeRF stage (u 0 → −1, n −1 → 0 over the first half, w = 1; the official code also divides g by its
+    L2 norm over the batch, ``normalize=True``). The official DMTet refine stage is u −1 → −0.5, n 0 → −0.5 over
+    all steps, w = sds, no normalisation. ``s = guidance_scale`` multiplies all three (1 in the official code).
     """
 
     guidance_scale: float = 1.0
@@ -113,8 +114,8 @@ class CSD:
             eps = dict(zip(branches, prior.predict(z_t, t, cond, branches)))
         grad = self.guidance_scale * sum(coef[b] * eps[b] for b in branches)
         grad = _w(prior, self.weighting, t, z) * grad
-        if self.normalize:
-            grad = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-8).view(-1, *([1] * (z.dim() - 1)))
+        if self.normalize:  # the official code divides by the norm of the whole batch's gradient
+            grad = grad / (grad.norm() + 1e-8)
         out = loss_from_grad(z, grad, self.name)
         out.update(csd_u=torch.tensor(u), csd_n=torch.tensor(n))
         return out
