@@ -169,6 +169,10 @@ def test_sdedit_timesteps_match_diffusers_img2img_and_dreamgaussian():
     for strength in (0.0, 0.2, 0.35, 0.5, 1.0):
         ref, _ = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=sched), 50, strength, "cpu")
         assert torch.equal(sdedit_timesteps(sched, strength, 50), ref)
+    sched.set_timesteps(43)
+    for k in range(44):  # exact for every step count: (43 - 12) / 43 * 43 is 30.999999999999996 in floats
+        assert len(sdedit_timesteps(sched, (43 - k) / 43, 43)) == 43 - k
+    sched.set_timesteps(50)
     for dg_strength in (0.8, 0.9):  # DreamGaussian: timesteps[int(50 * strength):]
         ours = sdedit_timesteps(sched, round(1 - dg_strength, 6), 50)
         assert torch.equal(ours, sched.timesteps[int(50 * dg_strength):])

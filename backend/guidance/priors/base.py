@@ -43,11 +43,13 @@ def fp16_variant(folder: Path) -> str | None:
 def sdedit_timesteps(scheduler, strength: float, steps: int) -> torch.Tensor:
     """The timesteps SDEdit re-runs: the last ``int(strength·steps)`` of ``scheduler``'s ``steps``-step schedule.
 
-    The same as diffusers' img2img ``get_timesteps``; ``scheduler.set_timesteps(steps)`` must have been called.
+    As diffusers' img2img ``get_timesteps``, except that a product a hair below an integer (``0.29 * 100``) counts as
+    that integer, so ``(steps - k) / steps`` re-runs exactly ``steps - k`` steps. ``scheduler.set_timesteps(steps)``
+    must have been called.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
-    run = min(int(steps * strength), steps)
+    run = min(int(steps * strength + 1e-6), steps)
     return scheduler.timesteps[steps - run:]
 
 
