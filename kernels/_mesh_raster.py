@@ -52,10 +52,50 @@ def primitives(pos: torch.Tensor, tri: torch.Tensor, ranges) -> tuple[int, torch
 
 def prim_vertices(pos: torch.Tensor, tri: torch.Tensor, batch: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
     """Clip-space vertices ``[P, 3, 4]`` of the given primitives (differentiable w.r.t. ``pos``)."""
-    vid = tri[face]
+    vid = tri.index_select(0, face)
     if pos.ndim == 3:
-        return pos[batch[:, None], vid]
-    return pos[vid]
+        vid = vid + (batch * pos.shape[1])[:, None]
+    return pos.reshape(-1, 4).index_select(0, vid.reshape(-1)).view(-1, 3, 4)
+
+
+class GatherCombine(torch.autograd.Function):
+    """``out[n] = sum_k w[k, n] * src[idx[k, n]]`` for ``src [S, C]``, tap-major ``idx [K, N]`` int64, ``w [K, N]``.
+
+    The one gather behind interpolation (barycentric weights over 3 vertices) and texture filtering (bilinear or
+    trilinear weights over 4 or 8 texels): the backward accumulates into ``src`` with a single ``index_add_`` and
+    returns ``dL/dw`` so that gradients reach barycentrics / texture coordinates through ordinary autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, src, idx, w):
+        K, N = idx.shape
+        idx = idx.reshape(-1)
+        taps = src.index_select(0, idx).view(K, N, -1)
+        out = w[0, :, None] * taps[0]
+        for k in range(1, K):
+            out += w[k, :, None] * taps[k]
+        ctx.save_for_backward(src, idx, w, taps if ctx.needs_input_grad[2] else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        src, idx, w, taps = ctx.saved_tensors
+        g_src = g_w = None
+        if ctx.needs_input_grad[0]:
+            contrib = (w[:, :, None] * g[None]).view(-1, src.shape[1])
+            g_src = torch.zeros_like(src).index_add_(0, idx, contrib)
+        if ctx.needs_input_grad[2]:
+            if taps.shape[-1] <= 4:  # dot over a short channel axis: unrolled beats a strided reduction
+                g_w = taps[..., 0] * g[:, 0]
+                for c in range(1, taps.shape[-1]):
+                    g_w += taps[..., c] * g[:, c]
+            else:
+                g_w = (taps * g[None]).sum(-1)
+        return g_src, None, g_w
+
+
+def gather_combine(src: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return GatherCombine.apply(src, idx, w)
 
 
 def _cumsum_starts(counts: torch.Tensor) -> torch.Tensor:
@@ -101,52 +141,89 @@ def _setup(v: torch.Tensor, H: int, W: int):
     inv = 1.0 / det.abs()[:, None]
     zplane = torch.stack([(z * Cp).sum(1), (z * Ap).sum(1), (z * Bp).sum(1)], 1) * inv
 
-    outside = torch.zeros_like(det, dtype=torch.bool)
-    for c in (x, -x, y, -y, z, -z):
-        outside |= (c > w).all(1)
-    outside |= (w <= 0).all(1)
+    xs, ys, zs, ws = x.unbind(1), y.unbind(1), z.unbind(1), w.unbind(1)
+
+    def all3(f):
+        return f(0) & f(1) & f(2)
+
+    outside = all3(lambda i: ws[i] <= 0)
+    for cs in (xs, ys, zs):
+        outside |= all3(lambda i: cs[i] > ws[i]) | all3(lambda i: -cs[i] > ws[i])
     ok = ~outside & (det != 0) & torch.isfinite(det)
 
-    # bounding box of the part in front of the near plane z = -w: kept vertices and edge/near-plane crossings
-    dist = z + w
-    keep = (dist >= 0) & (w > 0)
-    dist_n = dist.roll(-1, 1)
-    cross = (dist >= 0) != (dist_n >= 0)
-    t = (dist / (dist - dist_n)).nan_to_num(0.0)[..., None]
-    vc = v + t * (v.roll(-1, 1) - v)
-    pts = torch.cat([v, vc], 1)
-    valid = torch.cat([keep, cross], 1)
-    pw = pts[..., 3]
-    full = (valid & (pw <= 0)).any(1)
-    valid = valid & (pw > 0)
-    pw = torch.where(valid, pw, torch.ones_like(pw))
-    px = ((pts[..., 0] / pw + 1) * (W / 2) - 0.5).clamp(-1, W)
-    py = ((pts[..., 1] / pw + 1) * (H / 2) - 0.5).clamp(-1, H)
-    big = torch.full_like(px, float(max(H, W) + 1))
-    x0 = torch.where(valid, px, big).amin(1).floor()
-    x1 = torch.where(valid, px, -big).amax(1).ceil()
-    y0 = torch.where(valid, py, big).amin(1).floor()
-    y1 = torch.where(valid, py, -big).amax(1).ceil()
-    x0 = torch.where(full, torch.zeros_like(x0), x0).clamp(0, W - 1).long()
-    y0 = torch.where(full, torch.zeros_like(y0), y0).clamp(0, H - 1).long()
-    x1 = torch.where(full, torch.full_like(x1, W - 1), x1).clamp(-1, W - 1).long()
-    y1 = torch.where(full, torch.full_like(y1, H - 1), y1).clamp(-1, H - 1).long()
-    ok &= (x1 >= x0) & (y1 >= y0) & valid.any(1)
+    # pixel bounding box of the part in front of the near plane z = -w: the vertices there, plus (for the few
+    # triangles crossing it) the points where edges cross it
+    keep = [(zs[i] + ws[i] >= 0) & (ws[i] > 0) for i in range(3)]
+    big = float(max(H, W) + 1)
+
+    def proj(px_, py_, pw_, valid):
+        pw_ = torch.where(valid, pw_, torch.ones_like(pw_))
+        X = ((px_ / pw_ + 1) * (W / 2) - 0.5).clamp(-1, W)
+        Y = ((py_ / pw_ + 1) * (H / 2) - 0.5).clamp(-1, H)
+        return (torch.where(valid, X, big), torch.where(valid, X, -big),
+                torch.where(valid, Y, big), torch.where(valid, Y, -big))
+
+    lo_x = hi_x = lo_y = hi_y = None
+    for i in range(3):
+        a_, b_, c_, d_ = proj(xs[i], ys[i], ws[i], keep[i])
+        lo_x = a_ if lo_x is None else torch.minimum(lo_x, a_)
+        hi_x = b_ if hi_x is None else torch.maximum(hi_x, b_)
+        lo_y = c_ if lo_y is None else torch.minimum(lo_y, c_)
+        hi_y = d_ if hi_y is None else torch.maximum(hi_y, d_)
+    any_kept = keep[0] | keep[1] | keep[2]
+    full = torch.zeros_like(ok)
+    crossing = (ok & ~(keep[0] & keep[1] & keep[2])).nonzero().squeeze(1)
+    if len(crossing):
+        vc = v.index_select(0, crossing)
+        dist = vc[..., 2] + vc[..., 3]
+        dist_n = dist.roll(-1, 1)
+        cross = (dist >= 0) != (dist_n >= 0)
+        t = (dist / torch.where(cross, dist - dist_n, torch.ones_like(dist)))[..., None]
+        pts = vc + t * (vc.roll(-1, 1) - vc)
+        pw = pts[..., 3]
+        full.index_copy_(0, crossing, (cross & (pw <= 0)).any(1))
+        a_, b_, c_, d_ = proj(pts[..., 0], pts[..., 1], pw, cross & (pw > 0))
+        lo_x.index_copy_(0, crossing, torch.minimum(lo_x.index_select(0, crossing), a_.amin(1)))
+        hi_x.index_copy_(0, crossing, torch.maximum(hi_x.index_select(0, crossing), b_.amax(1)))
+        lo_y.index_copy_(0, crossing, torch.minimum(lo_y.index_select(0, crossing), c_.amin(1)))
+        hi_y.index_copy_(0, crossing, torch.maximum(hi_y.index_select(0, crossing), d_.amax(1)))
+        any_kept.index_copy_(0, crossing, any_kept.index_select(0, crossing) | cross.any(1))
+    x0 = torch.where(full, 0, lo_x.floor().clamp(0, W - 1).long())
+    y0 = torch.where(full, 0, lo_y.floor().clamp(0, H - 1).long())
+    x1 = torch.where(full, W - 1, hi_x.ceil().clamp(-1, W - 1).long())
+    y1 = torch.where(full, H - 1, hi_y.ceil().clamp(-1, H - 1).long())
+    ok &= (x1 >= x0) & (y1 >= y0) & (any_kept | full)
     return torch.stack([Cp, Ap, Bp], 2), tl, zplane, ok, (x0, x1, y0, y1)
 
 
-def _row_spans(coef, Y, x0, x1, W):
-    """Conservative ``[xa, xb]`` of pixel centres on row ``Y`` inside each triangle (empty if ``xb < xa``)."""
-    c = coef[:, :, 0] + coef[:, :, 2] * Y[:, None]  # a_i on this row at X = 0
-    a = coef[:, :, 1]
-    root = -c / torch.where(a == 0, torch.ones_like(a), a)
-    inf = torch.full_like(root, float("inf"))
-    lo = torch.where(a > 0, root, -inf).amax(1)
-    hi = torch.where(a < 0, root, inf).amin(1)
-    never = ((a == 0) & (c < 0)).any(1)
-    xa = torch.maximum(lo.clamp(-1, W).floor().long(), x0)
-    xb = torch.minimum(hi.clamp(-1, W).ceil().long(), x1)
-    return xa, torch.where(never, xa - 1, xb)
+def _inside(c, a, tl, X):
+    """Edge test of pixel ``X`` on rows with edge values ``c + a X``: positive, or zero on an edge owning ties.
+    Always evaluated in this one order, so a shared edge (exactly negated ``c, a``) gives exactly opposite
+    answers from its two triangles."""
+    e = c + a * X.to(c.dtype)
+    return (e > 0) | ((e == 0) & tl)
+
+
+def _row_spans(c, a, tl, x0, x1, W: int):
+    """Exact ``[xs, xe]`` of the pixel centres on each row inside all three edges (empty if ``xe < xs``).
+
+    ``c, a, tl``: three ``[R]`` tensors each (one per edge): value at X = 0, slope, tie ownership. Each edge test
+    is monotone in X, so the inside set of a row is an interval; its ends come from the float64 root of each
+    edge, settled by evaluating the float test itself one pixel either side (the root errs by far less).
+    """
+    xs, xe, empty = x0, x1, None
+    for ci, ai, ti in zip(c, a, tl):
+        up, down, flat = ai > 0, ai < 0, ai == 0
+        root = (-ci.double() / torch.where(flat, torch.ones_like(ai), ai).double()).clamp(-2, W + 1)
+        k = torch.where(up, torch.ceil(root), torch.floor(root)).long()
+        step = torch.where(up, 1, -1)  # from k one pixel further outside is k - step
+        first = torch.where(_inside(ci, ai, ti, k - step), k - step,
+                            torch.where(_inside(ci, ai, ti, k), k, k + step))
+        xs = torch.where(up, torch.maximum(xs, first), xs)
+        xe = torch.where(down, torch.minimum(xe, first), xe)
+        out = flat & ~_inside(ci, ai, ti, torch.zeros_like(k))
+        empty = out if empty is None else empty | out
+    return xs, torch.where(empty, xs - 1, xe)
 
 
 @torch.no_grad()
@@ -156,77 +233,79 @@ def visibility(v: torch.Tensor, batch: torch.Tensor, B: int, H: int, W: int) -> 
     coef, tl, zplane, ok, (x0, x1, y0, y1) = _setup(v, H, W)
     live = ok.nonzero().squeeze(1)
     zbuf = torch.full((B * H * W,), _NO_HIT, dtype=torch.int64, device=dev)
-    nrows = (y1 - y0 + 1)[live]
+    nrows = (y1 - y0 + 1).index_select(0, live)
     for a, b in _chunks(nrows, _ROW_BUDGET):
-        prim_c, nr = live[a:b], nrows[a:b]
-        which = torch.repeat_interleave(torch.arange(b - a, device=dev), nr)
-        rprim = prim_c[which]
-        ry = y0[rprim] + torch.arange(len(which), device=dev) - _cumsum_starts(nr)[which]
-        rcoef = coef[rprim]
+        nr = nrows[a:b]
+        rprim = live[a:b].repeat_interleave(nr)
+        ry = torch.arange(len(rprim), device=dev) + (y0.index_select(0, live[a:b]) - _cumsum_starts(nr)) \
+            .repeat_interleave(nr)
+        rcoef = coef.index_select(0, rprim)
         rY = ry.to(v.dtype)
-        xa, xb = _row_spans(rcoef, rY, x0[rprim], x1[rprim], W)
-        npx = (xb - xa + 1).clamp_min(0)
+        rc = rcoef[:, :, 0] + rcoef[:, :, 2] * rY[:, None]  # edge values at X = 0 on this row
+        xs, xe = _row_spans(rc.unbind(1), rcoef[:, :, 1].unbind(1), tl.index_select(0, rprim).unbind(1),
+                            x0.index_select(0, rprim), x1.index_select(0, rprim), W)
+        npx = (xe - xs + 1).clamp_min(0)
         rows = (npx > 0).nonzero().squeeze(1)
-        rprim, ry, rY, xa, npx, rcoef = rprim[rows], ry[rows], rY[rows], xa[rows], npx[rows], rcoef[rows]
-        # per row: edge values at X = 0 and their X slopes, depth at X = 0 and its slope, tie ownership
-        rowc = rcoef[:, :, 0] + rcoef[:, :, 2] * rY[:, None]
-        rowa = rcoef[:, :, 1]
-        zp = zplane[rprim]
-        rowz = torch.stack([zp[:, 0] + zp[:, 2] * rY, zp[:, 1]], 1)
-        rtl = tl[rprim]
-        rbase = (batch[rprim] * H + ry) * W
+        rprim, ry, rY, xs, npx = (t.index_select(0, rows) for t in (rprim, ry, rY, xs, npx))
+        zp = zplane.index_select(0, rprim)
+        rz0, rzx = zp[:, 0] + zp[:, 2] * rY, zp[:, 1]  # depth at X = 0 and its slope on this row
+        rbase = (batch.index_select(0, rprim) * H + ry) * W
         for c0, c1 in _chunks(npx, _PIXEL_BUDGET):
             cnt = npx[c0:c1]
-            r = torch.repeat_interleave(torch.arange(c0, c1, device=dev), cnt)
-            X = xa[r] + torch.arange(len(r), device=dev) - _cumsum_starts(cnt)[r - c0]
-            Xf = X.to(v.dtype)[:, None]
-            e = rowc[r] + rowa[r] * Xf
-            inside = torch.where(rtl[r], e >= 0, e > 0).all(1)
-            hit = inside.nonzero().squeeze(1)
-            r, X = r[hit], X[hit]
-            zr = rowz[r]
-            depth = zr[:, 0] + zr[:, 1] * X.to(v.dtype)
-            inz = (depth >= -1) & (depth <= 1)
-            r, X, depth = r[inz], X[inz], depth[inz]
-            key = ((depth.float() + 1).view(torch.int32).long() << 32) | rprim[r]
-            zbuf.scatter_reduce_(0, rbase[r] + X, key, "amin")
+            X = torch.arange(int(cnt.sum()), device=dev) + (xs[c0:c1] - _cumsum_starts(cnt)).repeat_interleave(cnt)
+            depth = rz0[c0:c1].repeat_interleave(cnt) + rzx[c0:c1].repeat_interleave(cnt) * X.to(v.dtype)
+            key = ((depth.float() + 1).view(torch.int32).long() << 32) | rprim[c0:c1].repeat_interleave(cnt)
+            target = rbase[c0:c1].repeat_interleave(cnt) + X
+            clip = (depth < -1) | (depth > 1)  # beyond the near or far plane
+            if clip.any():
+                keep = (~clip).nonzero().squeeze(1)
+                key, target = key.index_select(0, keep), target.index_select(0, keep)
+            zbuf.scatter_reduce_(0, target, key, "amin")
     return torch.where(zbuf == _NO_HIT, -1, zbuf & _LOW32)
+
+
+def _edge_functions(v, fx, fy):
+    """Homogeneous edge functions at NDC pixel centres: ``a_i = det(v_j, v_k, (fx, fy, 1))`` and their NDC
+    derivatives, as lists of three ``[N]`` tensors (``v [N, 3, 4]``)."""
+    x, y, w = v[..., 0].unbind(1), v[..., 1].unbind(1), v[..., 3].unbind(1)
+    px = [x[i] - fx * w[i] for i in range(3)]
+    py = [y[i] - fy * w[i] for i in range(3)]
+    a, dx, dy = [], [], []
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        a.append(px[j] * py[k] - py[j] * px[k])
+        dx.append(py[j] * w[k] - w[j] * py[k])
+        dy.append(w[j] * px[k] - px[j] * w[k])
+    return a, dx, dy
 
 
 def barycentrics(v: torch.Tensor, pix: torch.Tensor, H: int, W: int, grad_db: bool):
     """Perspective-correct ``(u, v)``, ``z/w`` and ``(du/dX, du/dY, dv/dX, dv/dY)`` at pixel centres.
 
     ``v [N, 3, 4]`` clip-space vertices of the triangle covering each pixel, ``pix [N]`` flat pixel index
-    ``(b * H + row) * W + col``. Differentiable w.r.t. ``v`` (the derivatives only when ``grad_db``).
+    ``(b * H + row) * W + col``. Returns ``[N, 3]`` (u, v, z/w) and ``[N, 4]``; differentiable w.r.t. ``v``
+    (the derivatives only when ``grad_db``; z/w never, as in nvdiffrast).
     """
     dt = v.dtype
-    X = (pix % W).to(dt)
-    Y = ((pix // W) % H).to(dt)
-    fx = (2 * X + 1) / W - 1
-    fy = (2 * Y + 1) / H - 1
-
-    def bary(v):
-        x, y, w = v[..., 0], v[..., 1], v[..., 3]
-        px, py = x - fx[:, None] * w, y - fy[:, None] * w
-        pxj, pyj, wj = px.roll(-1, 1), py.roll(-1, 1), w.roll(-1, 1)
-        pxk, pyk, wk = px.roll(-2, 1), py.roll(-2, 1), w.roll(-2, 1)
-        a = pxj * pyk - pyj * pxk  # [N, 3]
-        at = a.sum(1, keepdim=True)
-        b = a / at
-        return b, a, at, (pyj * wk - wj * pyk), (wj * pxk - pxj * wk)
-
-    b, a, at, dadx, dady = bary(v)
+    col = pix % W
+    fx = (2 * col + 1).to(dt) / W - 1
+    fy = (2 * ((pix - col) // W % H) + 1).to(dt) / H - 1
+    a, dx, dy = _edge_functions(v, fx, fy)
+    inv = 1 / (a[0] + a[1] + a[2])
+    u, vv = a[0] * inv, a[1] * inv
     with torch.no_grad():
-        depth = (a * v[..., 2]).sum(1) / (a * v[..., 3]).sum(1)
+        z, w = v[..., 2].unbind(1), v[..., 3].unbind(1)
+        depth = (a[0] * z[0] + a[1] * z[1] + a[2] * z[2]) / (a[0] * w[0] + a[1] * w[1] + a[2] * w[2])
+    bu, bv = u, vv
     if not grad_db:
-        b_d, _, at, dadx, dady = bary(v.detach())
-    else:
-        b_d = b
-    # d b_i / d f = (da_i/df - b_i * d at/df) / at ; f -> pixel: d fx / dX = 2 / W
-    dbx = (dadx - b_d * dadx.sum(1, keepdim=True)) / at * (2.0 / W)
-    dby = (dady - b_d * dady.sum(1, keepdim=True)) / at * (2.0 / H)
-    db = torch.stack([dbx[:, 0], dby[:, 0], dbx[:, 1], dby[:, 1]], 1)
-    return b[:, 0], b[:, 1], depth, db
+        bu, bv, inv = bu.detach(), bv.detach(), inv.detach()
+        dx, dy = [t.detach() for t in dx], [t.detach() for t in dy]
+    # d b_i / d f = (da_i/df - b_i * d(sum a)/df) / sum a ; f -> pixels: d fx / dX = 2 / W
+    sx, sy = inv * (2.0 / W), inv * (2.0 / H)
+    tx, ty = dx[0] + dx[1] + dx[2], dy[0] + dy[1] + dy[2]
+    db = torch.stack([(dx[0] - bu * tx) * sx, (dy[0] - bu * ty) * sy, (dx[1] - bv * tx) * sx,
+                      (dy[1] - bv * ty) * sy], 1)
+    return torch.stack([u, vv, depth], 1), db
 
 
 def rasterize(pos, tri, resolution, ranges=None, grad_db=True):
@@ -234,13 +313,14 @@ def rasterize(pos, tri, resolution, ranges=None, grad_db=True):
     H, W = (int(r) for r in resolution)
     tri = tri.long()
     B, batch, face = primitives(pos, tri, ranges)
-    v = prim_vertices(pos, tri, batch, face)
-    prim = visibility(v.detach(), batch, B, H, W)
+    with torch.no_grad():
+        prim = visibility(prim_vertices(pos.detach(), tri, batch, face), batch, B, H, W)
     pix = (prim >= 0).nonzero().squeeze(1)
-    p = prim[pix]
-    u, vv, depth, db = barycentrics(v[p], pix, H, W, grad_db)
-    tid = (face[p] + 1).to(pos.dtype)
-    out = pos.new_zeros(B * H * W, 4).index_put((pix,), torch.stack([u, vv, depth, tid], 1))
+    p = prim.index_select(0, pix)
+    v = prim_vertices(pos, tri, batch.index_select(0, p), face.index_select(0, p))
+    uvz, db = barycentrics(v, pix, H, W, grad_db)
+    tid = (face.index_select(0, p) + 1).to(pos.dtype)
+    out = pos.new_zeros(B * H * W, 4).index_put((pix,), torch.cat([uvz, tid[:, None]], 1))
     out_db = pos.new_zeros(B * H * W, 4).index_put((pix,), db)
     return out.view(B, H, W, 4), out_db.view(B, H, W, 4)
 
@@ -249,7 +329,7 @@ def _covered(rast: torch.Tensor, tri: torch.Tensor):
     """Flat indices of covered pixels and the vertex ids ``[N, 3]`` of their triangles."""
     tid = rast[..., 3].detach().reshape(-1)
     pix = (tid > 0).nonzero().squeeze(1)
-    return pix, tri.long()[tid[pix].long() - 1]
+    return pix, tri.long().index_select(0, tid.index_select(0, pix).long() - 1)
 
 
 def interpolate(attr, rast, tri, rast_db=None, diff_attrs=None):
@@ -263,21 +343,19 @@ def interpolate(attr, rast, tri, rast_db=None, diff_attrs=None):
     if attr3.shape[0] > 1:
         vid = vid + (pix // (H * W) * Vn)[:, None]
     flat = attr3.reshape(-1, C)
-    a0, a1, a2 = flat[vid[:, 0]], flat[vid[:, 1]], flat[vid[:, 2]]
-    r = rast.reshape(-1, 4)[pix]
-    u, v = r[:, 0:1], r[:, 1:2]
-    val = u * a0 + v * a1 + (1 - u - v) * a2
+    r = rast.reshape(-1, 4).index_select(0, pix)
+    u, v = r[:, 0], r[:, 1]
+    vid = vid.t()
+    val = gather_combine(flat, vid, torch.stack([u, v, 1 - u - v]))
     out = rast.new_zeros(B * H * W, C, dtype=val.dtype).index_put((pix,), val).view(B, H, W, C)
 
     if diff_attrs is None or rast_db is None:
         return out, rast.new_zeros(B, H, W, 0)
     idx = list(range(C)) if diff_attrs == "all" else [int(i) % C for i in diff_attrs]
-    db = rast_db.reshape(-1, 4)[pix]
-    sel = torch.tensor(idx, dtype=torch.long, device=rast.device)
-    dsdu = (a0 - a2)[:, sel]
-    dsdv = (a1 - a2)[:, sel]
-    dX = db[:, 0:1] * dsdu + db[:, 2:3] * dsdv
-    dY = db[:, 1:2] * dsdu + db[:, 3:4] * dsdv
+    sel = flat[:, idx] if idx != list(range(C)) else flat
+    db = rast_db.reshape(-1, 4).index_select(0, pix)
+    dX = gather_combine(sel, vid, torch.stack([db[:, 0], db[:, 2], -db[:, 0] - db[:, 2]]))
+    dY = gather_combine(sel, vid, torch.stack([db[:, 1], db[:, 3], -db[:, 1] - db[:, 3]]))
     val_da = torch.stack([dX, dY], 2).reshape(len(pix), 2 * len(idx))
     out_da = rast.new_zeros(B * H * W, 2 * len(idx), dtype=val_da.dtype).index_put((pix,), val_da)
     return out, out_da.view(B, H, W, 2 * len(idx))

@@ -13,6 +13,8 @@ from itertools import accumulate
 
 import torch
 
+from ._mesh_raster import gather_combine
+
 FILTER_MODES = ("auto", "nearest", "linear", "linear-mipmap-nearest", "linear-mipmap-linear")
 BOUNDARY_MODES = ("wrap", "clamp", "zero")
 
@@ -57,46 +59,40 @@ def _clip(i: torch.Tensor, n) -> torch.Tensor:
     return torch.minimum(i.clamp_min(0), torch.as_tensor(n - 1, dtype=i.dtype, device=i.device))
 
 
-def _bilinear(flat, bidx, u, v, w: int, h: int, offset, boundary: str):
-    """Bilinear lookup in one level stored in ``flat [Bt * total, C]``; ``u, v`` in [0,1] units.
-
-    ``w, h`` and ``offset`` (start of the level per texture batch, ``bidx``-indexed) may be tensors (per-pixel
-    levels) or ints.
-    """
+def _bilinear_taps(u, v, w, h, base, boundary: str):
+    """Texel indices ``[4, N]`` (into the flat texel array, starting at ``base``) and bilinear weights ``[4, N]``
+    (differentiable w.r.t. ``u, v``) for flat ``u, v [N]`` in [0, 1] units of a ``w x h`` level. ``w``, ``h``,
+    ``base`` may be per-pixel tensors (mip levels) or ints."""
     if boundary == "wrap":
         u, v = u - torch.floor(u), v - torch.floor(v)
     x, y = u * w - 0.5, v * h - 0.5
     if boundary == "clamp":
         x, y = _clip(x, w), _clip(y, h)
     x0f, y0f = torch.floor(x), torch.floor(y)
-    fx, fy = (x - x0f)[..., None], (y - y0f)[..., None]
+    fx, fy = x - x0f, y - y0f
     x0, y0 = x0f.long(), y0f.long()
     x1, y1 = x0 + 1, y0 + 1
-    ok = None
+    gx, gy = 1 - fx, 1 - fy
+    weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy])
     if boundary == "wrap":
         x0, x1, y0, y1 = x0 % w, x1 % w, y0 % h, y1 % h
     else:  # clamp (x0, y0 are already inside) or zero
         if boundary == "zero":
-            ok = [((xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)) for yy in (y0, y1) for xx in (x0, x1)]
+            ok = torch.stack([(xx >= 0) & (xx < w) & (yy >= 0) & (yy < h) for yy in (y0, y1) for xx in (x0, x1)])
+            weights = weights * ok
         x0, x1, y0, y1 = _clip(x0, w), _clip(x1, w), _clip(y0, h), _clip(y1, h)
-    base = bidx + offset
-    taps = [flat[(base + yy * w + xx).reshape(-1)].view(*u.shape, -1) for yy in (y0, y1) for xx in (x0, x1)]
-    if ok is not None:
-        taps = [t * m[..., None] for t, m in zip(taps, ok)]
-    t00, t10, t01, t11 = taps
-    top = t00 + fx * (t10 - t00)
-    bot = t01 + fx * (t11 - t01)
-    return top + fy * (bot - top)
+    r0, r1 = base + y0 * w, base + y1 * w
+    return torch.stack([r0 + x0, r0 + x1, r1 + x0, r1 + x1]), weights
 
 
-def _nearest(flat, bidx, u, v, w: int, h: int, boundary: str):
+def _nearest(flat, base, u, v, w: int, h: int, boundary: str):
     if boundary == "wrap":
         u, v = u - torch.floor(u), v - torch.floor(v)
     x, y = torch.floor(u * w).long(), torch.floor(v * h).long()
     ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
     x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
-    out = flat[(bidx + y * w + x).reshape(-1)].view(*u.shape, -1)
-    return out * ok[..., None] if boundary == "zero" else out
+    out = flat.index_select(0, base + y * w + x)
+    return out * ok[:, None] if boundary == "zero" else out
 
 
 def texture(tex, uv, uv_da=None, mip_level_bias=None, mip=None, filter_mode="auto", boundary_mode="wrap",
@@ -117,41 +113,47 @@ def texture(tex, uv, uv_da=None, mip_level_bias=None, mip=None, filter_mode="aut
     if max_mip_level == 0 and "mipmap" in filter_mode:
         filter_mode = "linear"
 
-    B, Bt, C = uv.shape[0], tex.shape[0], tex.shape[-1]
+    B, H, W = uv.shape[:3]
+    Bt, C = tex.shape[0], tex.shape[-1]
     if Bt not in (1, B):
         raise ValueError(f"texture: tex minibatch {Bt} does not match uv minibatch {B}")
     th, tw = tex.shape[1], tex.shape[2]
-    u, v = uv[..., 0], uv[..., 1]
+    uvf = uv.reshape(-1, 2)
+    u, v = uvf[:, 0], uvf[:, 1]
+    dev = uv.device
+
+    def batch_base(per_image: int):
+        if Bt == 1:
+            return 0
+        return (torch.arange(B, device=dev) * per_image).repeat_interleave(H * W)
 
     if filter_mode in ("nearest", "linear"):
         flat = tex.reshape(-1, C)
-        bidx = (torch.arange(B, device=uv.device) * (th * tw)).view(B, 1, 1) if Bt > 1 else 0
+        base = batch_base(th * tw)
         if filter_mode == "nearest":
-            return _nearest(flat, bidx, u, v, tw, th, boundary_mode)
-        return _bilinear(flat, bidx, u, v, tw, th, 0, boundary_mode)
+            return _nearest(flat, base, u, v, tw, th, boundary_mode).view(B, H, W, C)
+        idx, wts = _bilinear_taps(u, v, tw, th, base, boundary_mode)
+        return gather_combine(flat, idx, wts).view(B, H, W, C)
 
     levels = [tex] + (list(mip) if mip is not None else construct_mip(tex, max_mip_level))
     if max_mip_level is not None:
         levels = levels[:int(max_mip_level) + 1]
     sizes = [(lv.shape[1], lv.shape[2]) for lv in levels]
     counts = [h * w for h, w in sizes]
-    total = sum(counts)
     flat = torch.cat([lv.reshape(Bt, -1, C) for lv in levels], 1).reshape(-1, C)
-    dev = uv.device
     offs = torch.tensor([0] + list(accumulate(counts))[:-1], device=dev)
     hs = torch.tensor([s[0] for s in sizes], device=dev)
     ws = torch.tensor([s[1] for s in sizes], device=dev)
-    bidx = (torch.arange(B, device=dev) * total).view(B, 1, 1) if Bt > 1 else 0
+    base = batch_base(sum(counts))
 
-    flevel = _mip_level((th, tw), uv_da, mip_level_bias, len(levels) - 1)
-    level0 = torch.floor(flevel).long().detach()
-
-    def sample(lv):
-        return _bilinear(flat, bidx, u, v, ws[lv], hs[lv], offs[lv], boundary_mode)
-
+    da = None if uv_da is None else uv_da.reshape(-1, 4)
+    bias = None if mip_level_bias is None else mip_level_bias.reshape(-1)
+    flevel = _mip_level((th, tw), da, bias, len(levels) - 1)
+    level0 = torch.floor(flevel.detach()).long()
+    idx0, w0 = _bilinear_taps(u, v, ws[level0], hs[level0], base + offs[level0], boundary_mode)
     if filter_mode == "linear-mipmap-nearest":
-        return sample(level0)
-    frac = (flevel - level0)[..., None]
+        return gather_combine(flat, idx0, w0).view(B, H, W, C)
     level1 = (level0 + 1).clamp_max(len(levels) - 1)
-    a = sample(level0)
-    return a + frac * (sample(level1) - a)
+    idx1, w1 = _bilinear_taps(u, v, ws[level1], hs[level1], base + offs[level1], boundary_mode)
+    frac = flevel - level0
+    return gather_combine(flat, torch.cat([idx0, idx1]), torch.cat([w0 * (1 - frac), w1 * frac])).view(B, H, W, C)
