@@ -1,0 +1,48 @@
+"""Stage 3: UV-unwrap a mesh with xatlas.
+
+Vertices are split along UV seams so every vertex has exactly one UV (what glTF and :class:`TexturedMesh` need).
+UVs follow the mesh convention: ``v`` up, in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xatlas
+
+from ...representations.mesh import TexturedMesh
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnwrapConfig:
+    resolution: int = 1024   #: texture size the charts are packed for
+    padding: int = 4         #: texels between charts (room for dilation, so mipmaps do not bleed)
+    max_iterations: int = 1  #: xatlas chart-growing iterations (more = fewer, better charts, slower)
+    bilinear: bool = True    #: leave a texel around charts for bilinear filtering
+
+
+def uv_unwrap(vertices: np.ndarray, faces: np.ndarray, cfg: UnwrapConfig = UnwrapConfig()) -> TexturedMesh:
+    """Charts and packs ``vertices [V,3]``, ``faces [F,3]``; returns a :class:`TexturedMesh` with ``uvs`` and
+    vertex normals (no texture yet)."""
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    chart = xatlas.ChartOptions()
+    chart.max_iterations = cfg.max_iterations
+    pack = xatlas.PackOptions()
+    pack.resolution = cfg.resolution
+    pack.padding = cfg.padding
+    pack.bilinear = cfg.bilinear
+    atlas.generate(chart, pack)
+    vmap, new_faces, uvs = atlas[0]
+    log.info("uv: %d charts, %.0f %% of the atlas used, %d -> %d vertices", atlas.chart_count,
+             100 * atlas.utilization, len(vertices), len(vmap))
+    # normals from the unsplit mesh, so shading stays smooth across UV seams
+    normals = TexturedMesh(vertices, faces).with_vertex_normals().normals[torch.from_numpy(vmap.astype(np.int64))]
+    return TexturedMesh(torch.from_numpy(np.asarray(vertices, np.float32)[vmap]),
+                        torch.from_numpy(new_faces.astype(np.int64)), normals,
+                        torch.from_numpy(uvs.astype(np.float32)))
