@@ -1,13 +1,15 @@
 """The job server end to end: a real ``python -m backend serve`` on loopback (with a token), real HTTP.
 
-Jobs use the test pipeline ``sleepy`` of tests/support/methods.py. Expected values come from
-what the test itself sent (bytes, hashes, counts), never from the server's own output.
+Jobs use the test pipeline ``sleepy`` of tests/support/methods.py, and ``reconstruct`` on a ray-traced sphere
+when it is registered. Expected values come from what the test itself sent (bytes, hashes, counts, the
+sphere's size), never from the server's own output.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import os
 import signal
@@ -17,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import trimesh
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from support import files as F
+from support import files as F, scenes
 from support.server import Server, read_sse
 
 TOKEN = "s3cret-token"
@@ -316,6 +319,42 @@ def test_fuzzed_requests_never_crash_the_server(srv, body, job_id, artifact):
         assert r.status_code < 500, (path, r.text)
         if r.status_code >= 400:
             assert set(r.json()["error"]) == {"code", "message", "detail"}
+
+
+# --- the first real method -----------------------------------------------------------------------------------
+TINY_RECONSTRUCT = {"fit_steps": 20, "num_points": 400, "max_gaussians": 2000, "sh_degree": 0, "fit_resolutions": [1.0],
+                    "densify_every": 20, "mesh_resolution": 32, "target_faces": 600, "smooth_iterations": 1,
+                    "texture_resolution": 64, "uv_padding": 2, "extra_bake_views": 0, "refine_steps": 3,
+                    "preview_size": 64}
+
+
+def test_reconstruct_job_end_to_end(srv, tmp_path):
+    """A reconstruct job on a ray-traced sphere (6 views, 64²): SSE progress through its stages, a GLB whose
+    size matches the sphere's, downloadable."""
+    methods = {m["name"]: m for m in srv.client.get("/v1/methods").json()["methods"]}
+    if "reconstruct" not in methods:
+        pytest.skip("the reconstruct method is not registered yet")
+    known = methods["reconstruct"]["options_schema"]["properties"]
+    options = {k: v for k, v in TINY_RECONSTRUCT.items() if k in known}
+    job = srv.submit({"method": "reconstruct", "preset": "fast", "seed": 1, "options": options},
+                     files={"views": ("sphere.zip", scenes.sphere_views_zip(tmp_path), "application/zip")})
+    stages, states = [], []
+    with srv.client.stream("GET", job["urls"]["events"], timeout=300) as r:
+        for name, _, data in read_sse(r):
+            if name == "progress" and data["stage"] not in stages:
+                stages.append(data["stage"])
+            if name == "job":
+                states.append(data["state"])
+    assert states[-1] == "succeeded", srv.job(job["id"])
+    assert len(stages) >= 2, stages
+    done = srv.job(job["id"])
+    names = {a["name"] for a in done["artifacts"]}
+    assert {"mesh.glb", "meta.json"} <= names
+    glb = srv.client.get(f"/v1/jobs/{job['id']}/artifacts/mesh.glb").content
+    assert glb[:4] == b"glTF" and int.from_bytes(glb[8:12], "little") == len(glb)
+    mesh = trimesh.load(io.BytesIO(glb), file_type="glb", force="mesh")
+    assert len(mesh.faces) > 0
+    assert 0.5 < float(mesh.extents.max()) < 2.0, mesh.extents  # the sphere's diameter is 1.0
 
 
 # --- schemathesis against the published OpenAPI (when installed: the dev extra) ----------------------------
