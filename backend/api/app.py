@@ -307,8 +307,8 @@ def _sse(event: Event) -> ServerSentEvent:
 @router.get("/v1/jobs/{job_id}/events", response_class=EventSourceResponse, tags=["jobs"],
             responses={200: {"description": "text/event-stream of `job` (the whole job, first and on every state "
                                             "change), `progress` and `preview` events; ends when the job ends"}})
-async def job_events(job: JobDep, svc: Svc,
-                     last_event_id: Annotated[str | None, Header(max_length=64)] = None) -> AsyncIterator[ServerSentEvent]:
+async def job_events(job: JobDep, svc: Svc, last_event_id: Annotated[str | None, Header(max_length=64)] = None
+                     ) -> AsyncIterator[ServerSentEvent]:
     """Server-sent events for one job. Starts with a `job` snapshot (or, with `Last-Event-ID`, the events missed
     since), then streams live events and closes after the job reaches a final state."""
     job_id = job["id"]

@@ -2,8 +2,8 @@
 
 Every job is a plain dict (the fields of :class:`backend.api.schemas.Job` minus URLs) kept in memory for fast
 reads and written through to SQLite on every change (progress at most once a second: it is rebuilt by the
-next event anyway). Listeners registered with :meth:`JobStore.listen` hear every change, in order, while ``lock`` is held
-(so a reader holding ``lock`` sees no change between its read and its subscription).
+next event anyway). Listeners registered with :meth:`JobStore.listen` hear every change, in order, while
+``lock`` is held (so a reader holding ``lock`` sees no change between its read and its subscription).
 
 Restart rules (:meth:`JobStore.open`): finished jobs stay as they are, queued ones stay queued in their original
 order, and a job that was running is marked failed with ``interrupted by restart``.
