@@ -1,0 +1,197 @@
+"""Method ``lrm``: one image -> a textured mesh in one forward pass (OpenLRM small/base/large or TripoSR).
+
+Stages: preprocess (mask, recentre, the model's background and resolution) -> predict the triplane -> volume-render
+a turntable of it (``triplane.png``, streamed as progress previews) -> density on a grid and marching cubes at the
+model's level (OpenLRM: softplus, 384^3, 3.0; TripoSR: exp, 256^3, 25.0) -> cleanup -> UV unwrap -> bake the
+triplane's colour into a texture -> export (the shared stages: GLB, OBJ, and a mesh turntable ``preview.png``).
+The mesh lands in Blender's frame (Z up) with the input view looking along +Y (az 0 of ``orbit_cameras``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..errors import NumericalError
+from . import register
+from .base import JobRequest, Options, Pipeline, RunContext
+
+log = logging.getLogger(__name__)
+
+MODELS = ("openlrm-small", "openlrm-base", "openlrm-large", "triposr")
+
+
+class LRMOptions(Options):
+    model: Literal["openlrm-small", "openlrm-base", "openlrm-large", "triposr"] = Field(
+        "triposr", description="which published LRM: TripoSR (MIT weights) or OpenLRM small/base/large (CC BY-NC)")
+    weights_path: str | None = Field(None, description="explicit checkpoint folder (else the weights registry)")
+    foreground_ratio: float | None = Field(None, gt=0.3, le=1.0,
+                                           description="object size / image size after recentring (model default)")
+    mesh_resolution: int | None = Field(None, ge=32, le=512,
+                                        description="marching-cubes grid per side (model default: 384 / 256)")
+    mesh_level: float | None = Field(None, gt=0, description="density iso level (model default: 3.0 / 25.0)")
+    target_faces: int = Field(100_000, ge=0, le=2_000_000, description="decimate to this many faces (0 = keep)")
+    smooth_iterations: int = Field(2, ge=0, le=50, description="Taubin smoothing iterations after meshing")
+    texture_size: int = Field(1024, ge=64, le=4096, description="baked base-colour texture side in pixels")
+    preview_views: int = Field(8, ge=1, le=120, description="turntable views rendered for preview.png")
+    preview_size: int | None = Field(None, ge=16, le=1024, description="turntable view size (model default)")
+    half_precision: bool = Field(True, description="fp16 (bf16 where supported) autocast on CUDA")
+
+    presets = {
+        "fast": {"mesh_resolution": 128, "texture_size": 512, "preview_views": 4, "preview_size": 128,
+                 "target_faces": 30_000},
+        "standard": {},
+        "high": {"texture_size": 2048, "preview_views": 16, "target_faces": 300_000},
+    }
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def triplane_mesh(field, resolution: int, level: float, smooth_iterations: int, target_faces: int):
+    """Marching cubes (PyMCubes) of ``field``'s density at ``level`` on a ``resolution^3`` grid over its box, then
+    cleanup -> a ``trimesh.Trimesh`` in the world frame with outward normals."""
+    import mcubes
+    import trimesh
+
+    from .stages.extract_mesh import cleanup_mesh
+
+    grid = field.density_grid(resolution)
+    if not np.isfinite(grid).all():
+        raise NumericalError("the predicted density has NaN/inf values", {"stage": "mesh"})
+    verts, faces = mcubes.marching_cubes(grid, level)
+    if len(faces) == 0:
+        raise NumericalError(f"no surface: the predicted density never reaches the level {level} "
+                             f"(max {float(grid.max()):.3g}); try a lower mesh_level",
+                             {"max_density": float(grid.max()), "level": level})
+    r = field.radius
+    verts = torch.from_numpy(verts.astype(np.float32) / (resolution - 1) * 2 * r - r)
+    if field.model_from_world is not None:  # model -> world
+        verts = verts @ field.model_from_world.cpu()
+    mesh = trimesh.Trimesh(verts.numpy(), faces.astype(np.int64), process=False)
+    voxel = 2 * r / (resolution - 1)
+    return cleanup_mesh(mesh, 0.01 * voxel, 0.02, smooth_iterations, target_faces)
+
+
+def bake_colour_field(mesh, colour_fn: Callable[[torch.Tensor], torch.Tensor], resolution: int) -> torch.Tensor:
+    """Bake a colour *field* into ``mesh``'s UV texture: each covered texel gets ``colour_fn(points [N, 3]) ->
+    [N, 3]`` at its surface point (the shared stage's UV-space rasterisation), empty texels are filled pull-push
+    from their neighbours. Returns ``[R, R, 3]`` float32 in [0, 1]. Any colour field works (triplane, SDF colour)."""
+    from .stages.bake_texture import pull_push_fill, uv_space_surface
+
+    surface = uv_space_surface(mesh, resolution)
+    colour = torch.zeros(resolution, resolution, 3)
+    if surface.valid.any():
+        colour[surface.valid.cpu()] = colour_fn(surface.position[surface.valid]).float().cpu().clamp(0, 1)
+    return pull_push_fill(colour, surface.valid.cpu()).clamp(0, 1)
+
+
+def _grid(images: list[np.ndarray], cols: int) -> np.ndarray:
+    rows = -(-len(images) // cols)
+    h, w = images[0].shape[:2]
+    out = np.ones((rows * h, cols * w, 3), dtype=np.float32)
+    for i, im in enumerate(images):
+        out[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+    return out
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+@register
+class LRMPipeline(Pipeline):
+    name = "lrm"
+    title = "LRM (single image to 3D in one pass)"
+    description = ("A large reconstruction model predicts a triplane NeRF from one image in a single forward pass; "
+                   "the mesh is extracted and its colour baked into a UV texture. TripoSR weights are MIT; "
+                   "OpenLRM weights are CC BY-NC (non-commercial).")
+    inputs = {"image": "one RGBA image of an object (alpha = its mask; opaque images need rembg installed locally)"}
+    required_inputs = ("image",)
+    Options = LRMOptions
+    weights = MODELS
+
+    def _model(self, opts: LRMOptions, ctx: RunContext):
+        from ..models.lrm import load_lrm
+        from ..weights import is_tiny, resolve
+
+        path = resolve(opts.model, opts.weights_path)
+        key = f"lrm:{path.resolve()}"
+        if key not in ctx.cache:
+            with ctx.stage("load"):
+                ctx.cache[key] = load_lrm(path).to(ctx.device)
+        ctx.cache["_meta_extra"] = {"weights": {"name": opts.model, "path": str(path), "tiny": is_tiny(path),
+                                                "license": ctx.cache[key].cfg.license}}
+        return ctx.cache[key]
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        from ..geometry.cameras import orbit_cameras
+        from ..geometry.image_prep import read_image
+        from ..models.lrm.preprocess import preprocess_image
+        from ..representations.mesh import TexturedMesh
+        from .stages.export import export_results, write_png
+        from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
+
+        opts = LRMOptions(**request.options)
+        model = self._model(opts, ctx)
+        cfg, dev = model.cfg, ctx.device
+        gen = torch.Generator().manual_seed(request.seed)
+        out: dict[str, Path] = {}
+
+        with ctx.stage("preprocess"):
+            image = preprocess_image(read_image(request.files["image"]), cfg, opts.foreground_ratio,
+                                     what=Path(request.files["image"]).name)
+            out["input.png"] = write_png(ctx.out_dir / "input.png", _to_uint8(image[0].permute(1, 2, 0).numpy()))
+        ctx.progress("triplane", 0, 1)
+        with ctx.stage("triplane"), torch.no_grad(), _autocast(dev, opts.half_precision):
+            planes = model.forward_planes(image.to(dev)).float()
+        ctx.progress("triplane", 1, 1)
+        if not torch.isfinite(planes).all():
+            raise NumericalError("the model produced NaN/inf triplane features", {"stage": "triplane"})
+        field = model.field(planes[0])
+
+        with ctx.stage("triplane_preview"), torch.no_grad(), _autocast(dev, opts.half_precision):
+            size = opts.preview_size or min(cfg.render_size, 256)
+            n = opts.preview_views
+            cams = orbit_cameras(15.0, torch.arange(n) * 360.0 / n, 2.4 * cfg.radius, 40.0, size, size)
+            origins, dirs = cams.to(dev).pixel_rays()
+            settings = model.render_settings(ray_chunk=32768 if dev.type == "cuda" else 4096)
+            frames = []
+            for i in range(n):
+                ctx.check_cancelled()
+                rgb = field.render_rays(origins[i].reshape(-1, 3), dirs[i].reshape(-1, 3),
+                                        settings, background=1.0, generator=gen)["rgb"]
+                frames.append(rgb.reshape(size, size, 3).cpu().numpy())
+                ctx.progress("triplane_preview", i + 1, n, _to_uint8(frames[-1]))
+            out["triplane.png"] = write_png(ctx.out_dir / "triplane.png", _to_uint8(_grid(frames, min(n, 4))))
+
+        with ctx.stage("mesh"), torch.no_grad(), _autocast(dev, opts.half_precision):
+            ctx.progress("mesh", 0, 1)
+            tm = triplane_mesh(field, opts.mesh_resolution or cfg.mesh_resolution, opts.mesh_level or cfg.mesh_level,
+                               opts.smooth_iterations, opts.target_faces)
+            ctx.progress("mesh", 1, 1)
+        ctx.progress("uv_unwrap", 0, 1)
+        with ctx.stage("uv_unwrap"):
+            mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
+        ctx.progress("bake", 0, 1)
+        with ctx.stage("bake"), torch.no_grad(), _autocast(dev, opts.half_precision):
+            texture = bake_colour_field(mesh.to(dev), field.colour, opts.texture_size)
+        ctx.progress("export", 0, 1)
+        with ctx.stage("export"):
+            mesh = TexturedMesh(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, texture)
+            out.update(export_results(ctx.out_dir, mesh, preview_views=opts.preview_views,
+                                      preview_size=opts.preview_size or 256))
+        ctx.cache.setdefault("_metrics", {}).update({"faces": int(len(mesh.faces)),
+                                                     "vertices": int(len(mesh.vertices)),
+                                                     "triplane_shape": list(planes.shape)})
+        return out
