@@ -29,7 +29,7 @@ def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tens
         dim=-1,
     ).reshape(quats.shape[:-1] + (3, 3))
     m = rot * scales[..., None, :]
-    return m @ m.transpose(-1, -2)
+    return (m[..., :, None, :] * m[..., None, :, :]).sum(-1)  # elementwise: batched 3x3 matmuls are slow on CPU
 
 
 @dataclass
@@ -71,9 +71,9 @@ def project_gaussians(
     opacity-aware box (extent min(3.33, sqrt(2 ln(255 opacity))) standard deviations per axis) misses
     the image.
     """
-    rot = viewmats[:, :3, :3]
-    means_c = torch.einsum("cij,nj->cni", rot, means) + viewmats[:, None, :3, 3]  # [C,N,3]
-    covars_c = torch.einsum("cij,njk,clk->cnil", rot, covars, rot)  # [C,N,3,3]
+    rot = viewmats[:, :3, :3]  # [C,3,3]
+    # camera-space means [C,N,3], written elementwise (batched 3x3 products are slow on CPU)
+    means_c = (means[None, :, None, :] * rot[:, None]).sum(-1) + viewmats[:, None, :3, 3]
     x, y, z = means_c.unbind(-1)
     in_depth = (z >= near_plane) & (z <= far_plane)
     z = torch.where(in_depth, z, torch.ones_like(z))  # keeps culled entries finite (and their gradients zero)
@@ -83,12 +83,15 @@ def project_gaussians(
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
     u = torch.minimum(torch.maximum(x / z, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x)
     v = torch.minimum(torch.maximum(y / z, -(cy / fy + 0.3 * tan_y)), (height - cy) / fy + 0.3 * tan_y)
-    zero = torch.zeros_like(z)
-    jac = torch.stack([fx / z, zero, -fx * u / z, zero, fy / z, -fy * v / z], dim=-1).reshape(z.shape + (2, 3))
-    cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # [C,N,2,2]
+    # rows of J @ R_view [C,N,3] with the EWA Jacobian J = [[fx/z, 0, -fx u/z], [0, fy/z, -fy v/z]]
+    r0, r1, r2 = rot[:, None, 0], rot[:, None, 1], rot[:, None, 2]  # [C,1,3]
+    t0 = (fx / z)[..., None] * (r0 - u[..., None] * r2)
+    t1 = (fy / z)[..., None] * (r1 - v[..., None] * r2)
+    s0 = (covars[None] * t0[..., None, :]).sum(-1)  # covars @ t0, [C,N,3]
+    s1 = (covars[None] * t1[..., None, :]).sum(-1)
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
 
-    c00, c01, c11 = cov2d[..., 0, 0], 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]), cov2d[..., 1, 1]
+    c00, c01, c11 = (t0 * s0).sum(-1), (t0 * s1).sum(-1), (t1 * s1).sum(-1)  # J R Sigma R^T J^T
     det_orig = c00 * c11 - c01 * c01
     c00, c11 = c00 + eps2d, c11 + eps2d
     det = (c00 * c11 - c01 * c01).clamp_min(1e-10)

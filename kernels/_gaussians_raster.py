@@ -9,14 +9,16 @@ polynomial in tile-local pixel coordinates, ``log alpha_raw(p) = q . [1, x, y, x
 [splats x pixels] exponent of a whole batch of tiles is one matrix product. Tiles are processed in
 groups (similar splat counts together) and splats in depth chunks; transmittance is carried from chunk
 to chunk, and tiles drop out as soon as their list ends or all their pixels are saturated. The backward
-recomputes each chunk (memory stays bounded by the chunk size) and walks the chunks front to back with
-the suffix sums of the blend obtained from the forward's totals, as gsplat's kernels do.
+reuses the forward's blend weights while they fit in a memory budget and recomputes the rest chunk by
+chunk (so memory stays bounded), walking the chunks front to back with the suffix sums of the blend
+obtained from the forward's totals, as gsplat's kernels do.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ TRANSMITTANCE_MIN = 1e-4
 _CHUNK_DEPTH = 32  # splats per tile processed at once
 _CHUNK_ELEMENTS = 1 << 21  # tiles x depth x pixels per chunk (bounds the working memory)
 _PAD_LOG_ALPHA = -1e4  # log alpha of padding entries: exp() underflows to exactly 0
+_SAVE_BUDGET = 1 << 30  # bytes of forward blend state kept for the backward (beyond it: recompute)
+_LOG2E = 1.4426950408889634  # alphas are evaluated with exp2, cheaper than exp on CPUs
 
 
 @dataclass
@@ -63,9 +67,9 @@ def bin_splats(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
     dev = means2d.device
     visible = (radii > 0).all(dim=-1).reshape(-1)
     fid = torch.nonzero(visible).squeeze(1)
-    fid = fid[torch.argsort(depths.reshape(-1)[fid], stable=True)]  # front to back (ties: lower index first)
-    m = means2d.detach().reshape(-1, 2)[fid] / tile_size
-    r = radii.reshape(-1, 2)[fid].to(m.dtype) / tile_size
+    fid = fid.index_select(0, torch.argsort(depths.reshape(-1).index_select(0, fid), stable=True))  # front to back
+    m = means2d.detach().reshape(-1, 2).index_select(0, fid) / tile_size
+    r = radii.reshape(-1, 2).index_select(0, fid).to(m.dtype) / tile_size
     x0 = torch.floor(m[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
     x1 = torch.ceil(m[:, 0] + r[:, 0]).clamp(0, tiles_x).long()
     y0 = torch.floor(m[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
@@ -75,15 +79,16 @@ def bin_splats(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
     tiles_per_splat = torch.zeros(n_img * n, dtype=torch.long, device=dev)
     tiles_per_splat[fid] = per_splat
 
+    # one entry per (splat, tile) in splat order; the first tile of splat i is tile0[i] = image * T + y0 * tx + x0
+    first = torch.div(fid, n, rounding_mode="floor") * (tiles_x * tiles_y) + y0 * tiles_x + x0
     owner = torch.repeat_interleave(torch.arange(fid.numel(), device=dev), per_splat)
-    local = torch.arange(owner.numel(), device=dev) - (torch.cumsum(per_splat, 0) - per_splat)[owner]
-    sx = span_x[owner]
-    tx = x0[owner] + local % sx
-    ty = y0[owner] + torch.div(local, sx, rounding_mode="floor")
-    splat = fid[owner]
-    tile = torch.div(splat, n, rounding_mode="floor") * (tiles_x * tiles_y) + ty * tiles_x + tx
+    local = torch.arange(owner.numel(), device=dev) - (torch.cumsum(per_splat, 0) - per_splat).index_select(0, owner)
+    sx = span_x.index_select(0, owner)
+    row = torch.div(local, sx, rounding_mode="floor")
+    tile = first.index_select(0, owner) + row * tiles_x + (local - row * sx)
     order = torch.argsort(tile, stable=True)  # stable: keeps the depth order inside each tile
-    tile, splat = tile[order], splat[order]
+    tile = tile.index_select(0, order)
+    splat = fid.index_select(0, owner.index_select(0, order))
 
     n_tiles = n_img * tiles_x * tiles_y
     counts = torch.bincount(tile, minlength=n_tiles)
@@ -113,153 +118,260 @@ def tile_pixel_features(tile_size: int, dtype: torch.dtype, device) -> torch.Ten
     return torch.stack([torch.ones_like(x), x, y, x * x, x * y, y * y], dim=-1)
 
 
-def isect_log_alpha_coeffs(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor,
-                           plan: TilePlan) -> torch.Tensor:
-    """Per intersection, the coefficients q [M,6] of log alpha_raw over the tile's pixel monomials.
+class Splats:
+    """Flat per-splat inputs of the compositor, each with one padding row appended (index ``pad``)."""
 
-    means2d [I*N,2], conics [I*N,3], opacities [I*N] (flat splat index); differentiable by autograd.
+    def __init__(self, means2d, conics, log_opacities, colors):
+        self.pad = means2d.shape[0]
+        self.means2d = torch.cat([means2d, means2d.new_zeros(1, 2)])
+        self.conics = torch.cat([conics, conics.new_zeros(1, 3)])
+        self.log_op = torch.cat([log_opacities, log_opacities.new_full((1,), _PAD_LOG_ALPHA)])
+        self.colors = torch.cat([torch.cat([colors, colors.new_ones(colors.shape[0], 1)], 1), colors.new_zeros(1, colors.shape[1] + 1)])
+
+
+def _rows(table, ids):
+    """table[ids] for a 2D table and an index tensor of any shape (index_select is the fast gather on CPU)."""
+    return table.index_select(0, ids.reshape(-1)).view(ids.shape + table.shape[1:])
+
+
+def _log_alpha_coeffs(sp: Splats, sid, centres):
+    """q [B,K,6]: log alpha_raw of splats sid [B,K] over tile-local pixel monomials; tile centres [B,2].
+
+    Returns q and the intermediates its backward needs (offset from the tile centre d, conic, gradient g).
     """
-    ts = plan.tile_size
-    local_tile = plan.isect_tiles % (plan.tiles_x * plan.tiles_y)
-    centre = torch.stack([(local_tile % plan.tiles_x) * ts, torch.div(local_tile, plan.tiles_x, rounding_mode="floor") * ts],
-                         dim=-1).to(means2d.dtype) + ts / 2
-    d = means2d[plan.isect_splats] - centre
-    a, b, c = conics[plan.isect_splats].unbind(-1)
+    flat = sid.reshape(-1)
+    d = sp.means2d.index_select(0, flat).view(sid.shape + (2,)) - centres[:, None, :]
+    a, b, c = sp.conics.index_select(0, flat).view(sid.shape + (3,)).unbind(-1)
     dx, dy = d.unbind(-1)
     gx, gy = a * dx + b * dy, b * dx + c * dy
-    log_op = torch.log(opacities[plan.isect_splats])
-    return torch.stack([log_op - 0.5 * (dx * gx + dy * gy), gx, gy, -0.5 * a, -b, -0.5 * c], dim=-1)
+    log_op = sp.log_op.index_select(0, flat).view(sid.shape)
+    q = torch.stack([log_op - 0.5 * (dx * gx + dy * gy), gx, gy, -0.5 * a, -b, -0.5 * c], dim=-1)
+    return q, (dx, dy, a, b, c, gx, gy)
 
 
-def _padded(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, fill.to(x).expand(1, x.shape[1])], dim=0)
+def _log_alpha_coeffs_vjp(dq, saved):
+    """Pull dq [B,K,6] back to (d means2d [B,K,2], d conics [B,K,3], d log opacity [B,K])."""
+    dx, dy, a, b, c, gx, gy = saved
+    d0, dgx, dgy, da, db, dc = dq.unbind(-1)
+    ddx = dgx * a + dgy * b - d0 * gx
+    ddy = dgx * b + dgy * c - d0 * gy
+    dcon = torch.stack([dgx * dx - 0.5 * (d0 * dx * dx + da), dgx * dy + dgy * dx - d0 * dx * dy - db,
+                        dgy * dy - 0.5 * (d0 * dy * dy + dc)], dim=-1)
+    return torch.stack([ddx, ddy], dim=-1), dcon, d0
 
 
-def _chunk_index(starts, counts, depth0: int, depth: int, pad: int) -> torch.Tensor:
-    """[B,depth] isect indices of the depth slice [depth0, depth0+depth) of each tile (``pad`` past its end)."""
-    j = torch.arange(depth0, depth0 + depth, device=starts.device)
-    return torch.where(j < counts[:, None], starts[:, None] + j, pad)
-
-
-def _blend_chunk(q_pad, idx, trans, feats):
+def _blend_chunk(q, trans, feats2):
     """Alphas, transmittances and blend weights of one chunk.
 
-    Returns alpha [B,K,P] (clamped, zero where skipped), trans_buf [B,K+1,P] (transmittance before each
-    splat, then after the last), weights [B,K,P] (zero after the early stop), stopped mask or None.
+    q [B,K,6] coefficients, trans [B,P] transmittance entering the chunk, feats2 [P,6] pixel monomials
+    times log2(e). Returns alpha [B,K,P] (clamped, zero where skipped), odds alpha / (1 - alpha),
+    trans_buf [B,K+1,P] (transmittance before each splat, then after the last; it keeps falling past
+    the early stop), weights [B,K,P] (zero from the early stop on) and a 0/1 mask of the splats blended
+    before the stop, or None when no pixel stopped in this chunk.
     """
-    alpha = torch.matmul(q_pad[idx], feats.T).exp_().clamp_(max=MAX_ALPHA)  # [B,K,P]
+    alpha = torch.matmul(q, feats2.T).exp2_().clamp_(max=MAX_ALPHA)  # [B,K,P]
     F.threshold(alpha, ALPHA_THRESHOLD, 0.0, inplace=True)
     one_minus = torch.rsub(alpha, 1.0)
     b, k, p = alpha.shape
     trans_buf = alpha.new_empty(b, k + 1, p)
     trans_buf[:, 0] = trans
-    if b * p >= 8192:
+    if b * p >= 4096:
         for i in range(k):
             torch.mul(trans_buf[:, i], one_minus[:, i], out=trans_buf[:, i + 1])
     else:  # few pixels per step: one scan op is cheaper than k small ones
         trans_buf[:, 1:] = torch.cumprod(one_minus, dim=1) * trans[:, None]
-    weights = alpha * trans_buf[:, :k]
-    stopped = None
+    odds = one_minus.reciprocal_().mul_(alpha)
+    after = trans_buf[:, 1:]
+    kept = None
     if bool(trans_buf[:, k].min() <= TRANSMITTANCE_MIN):
-        stopped = trans_buf[:, 1:] <= TRANSMITTANCE_MIN
-        weights.masked_fill_(stopped, 0.0)
-    return alpha, one_minus, trans_buf, weights, stopped
+        # a pixel stops before the splat that would take it to 1e-4: zeroing the transmittance after each
+        # splat from there on zeroes w = alpha T_before = odds * T_after for that splat and all behind it
+        after = F.threshold(after, TRANSMITTANCE_MIN, 0.0)
+        kept = torch.sign(after)
+    return alpha, odds, trans_buf, odds * after, kept
 
 
-def _still_active(counts, depth_end: int, trans) -> torch.Tensor:
-    return (counts > depth_end) & (trans.amax(dim=1) > TRANSMITTANCE_MIN)
+class _Walk:
+    """Depth chunks of one tile group: yields the isect indices [B,K] of each chunk's active tiles.
 
+    Per-tile state (``carry``: transmittance [B,P] first, then whatever the caller keeps per tile) is
+    compacted when tiles finish: their list is exhausted or every pixel is under the transmittance floor.
+    ``keeps`` records each chunk's compaction (indices into the previous active set, or None).
+    """
 
-def composite_forward(q: torch.Tensor, colors: torch.Tensor, plan: TilePlan) -> torch.Tensor:
-    """Blend splats into tiles: [n_tiles, P, D+1] = (sum w c, sum w) per pixel (no background)."""
-    p = plan.tile_size**2
-    d1 = colors.shape[1] + 1
-    feats = tile_pixel_features(plan.tile_size, q.dtype, q.device)
-    q_pad = _padded(q, torch.tensor([[_PAD_LOG_ALPHA, 0, 0, 0, 0, 0]]))
-    col_pad = _padded(torch.cat([colors, colors.new_ones(colors.shape[0], 1)], dim=1), torch.zeros(1, 1))
-    acc = q.new_zeros(plan.n_tiles, p, d1)
-    for tile_ids, starts, counts, max_count in plan.groups:
-        act = torch.arange(tile_ids.numel(), device=q.device)
-        trans = q.new_ones(act.numel(), p)
-        out = q.new_zeros(act.numel(), p, d1)
-        for depth0 in range(0, max_count, _CHUNK_DEPTH):
+    def __init__(self, group, carry: list):
+        self.tile_ids, self.starts, self.counts, self.max_count = group
+        self.carry = carry
+        self.keeps = []
+
+    def __iter__(self):
+        starts, counts = self.starts, self.counts
+        for depth0 in range(0, self.max_count, _CHUNK_DEPTH):
+            keep = None
             if depth0:
-                keep = _still_active(counts[act], depth0, trans)
-                if not bool(keep.all()):
-                    act, trans = act[keep], trans[keep]
-                    if act.numel() == 0:
-                        break
-            idx = _chunk_index(starts[act], counts[act], depth0, _CHUNK_DEPTH, plan.n_isects)
-            _, _, trans_buf, weights, _ = _blend_chunk(q_pad, idx, trans, feats)
-            out.index_add_(0, act, torch.bmm(weights.transpose(1, 2), col_pad[idx]))
-            trans = trans_buf[:, -1]
+                alive = (counts > depth0) & (self.carry[0].amax(dim=1) > TRANSMITTANCE_MIN)
+                if not bool(alive.all()):
+                    if not bool(alive.any()):
+                        return
+                    keep = torch.nonzero(alive).squeeze(1)
+                    starts, counts = starts[keep], counts[keep]
+                    self.carry[:] = [c.index_select(0, keep) for c in self.carry]
+            self.keeps.append(keep)
+            j = torch.arange(depth0, depth0 + _CHUNK_DEPTH, device=starts.device)
+            yield torch.where(j < counts[:, None], starts[:, None] + j, -1)
+
+
+@dataclass
+class _Chunk:
+    """What the backward needs of one forward chunk: compaction, splat ids and the blend state."""
+
+    keep: Optional[torch.Tensor]  # active-tile compaction before this chunk
+    sid: torch.Tensor  # [B,K] splat ids
+    odds: torch.Tensor  # [B,K,P] alpha / (1 - alpha), zero after the early stop and where alpha is clamped
+    weights: torch.Tensor  # [B,K,P] blend weights
+    clamped: Optional[torch.Tensor]  # [B,K,P] alpha hit 0.99 (no gradient through it)
+
+
+def _tile_centres(plan: TilePlan, tile_ids, dtype):
+    local = tile_ids % (plan.tiles_x * plan.tiles_y)
+    xy = torch.stack([local % plan.tiles_x, torch.div(local, plan.tiles_x, rounding_mode="floor")], dim=-1)
+    return (xy * plan.tile_size).to(dtype) + plan.tile_size / 2
+
+
+def _splat_ids(plan: TilePlan, sp: Splats, idx):
+    """Splat index of each isect index in idx (-1 = padding -> the padding splat)."""
+    return torch.where(idx >= 0, _rows(plan.isect_splats, idx.clamp_min(0)), sp.pad)
+
+
+def _grad_state(alpha, odds, kept):
+    """Mask odds for the backward in place: zero after the early stop and where alpha is clamped."""
+    if kept is not None:
+        odds.mul_(kept)
+    clamped = None
+    if bool(alpha.max() >= MAX_ALPHA):
+        clamped = alpha >= MAX_ALPHA
+        odds.masked_fill_(clamped, 0.0)
+    return odds, clamped
+
+
+def composite_forward(sp: Splats, plan: TilePlan, save_budget: int = 0):
+    """Blend splats into tiles: [n_tiles, D+1, P] = (sum w c, sum w) per pixel (no background).
+
+    Also returns, per tile group, the list of _Chunk records for the backward while their size stays
+    within ``save_budget`` bytes (None for the groups the backward has to recompute).
+    """
+    dtype, dev = sp.means2d.dtype, sp.means2d.device
+    p = plan.tile_size**2
+    feats2 = tile_pixel_features(plan.tile_size, dtype, dev) * _LOG2E
+    acc = sp.means2d.new_zeros(plan.n_tiles, sp.colors.shape[1], p)
+    records, saved_bytes = [], 0
+    for group in plan.groups:
+        tile_ids = group[0]
+        n = tile_ids.numel()
+        record = [] if saved_bytes < save_budget else None
+        # carry: transmittance, tile centre, position in the group
+        walk = _Walk(group, [acc.new_ones(n, p), _tile_centres(plan, tile_ids, dtype), torch.arange(n, device=dev)])
+        out = acc.new_zeros(n, acc.shape[1], p)
+        for idx in walk:
+            trans, centres, pos = walk.carry
+            sid = _splat_ids(plan, sp, idx)
+            q, _ = _log_alpha_coeffs(sp, sid, centres)
+            alpha, odds, trans_buf, weights, kept = _blend_chunk(q, trans, feats2)
+            out.index_add_(0, pos, torch.bmm(_rows(sp.colors, sid).transpose(1, 2), weights))
+            walk.carry[0] = trans_buf[:, -1]
+            if record is not None:
+                odds, clamped = _grad_state(alpha, odds, kept)
+                record.append(_Chunk(walk.keeps[-1], sid, odds, weights, clamped))
+                saved_bytes += 2 * weights.numel() * weights.element_size()
         acc[tile_ids] = out
-    return acc
+        records.append(record)
+    return acc, records
 
 
-def composite_backward(q, colors, acc, grad_acc, plan: TilePlan):
-    """Gradients (dq [M,6], dcolors [M,D]) of the blend, recomputing the forward chunk by chunk."""
+def _chunk_grads(sp, sid, centres, weights, odds, clamped, grads, totals, prefix, feats, out):
+    """Accumulate one chunk's gradients into ``out`` (means2d, conics, log opacity, colours); returns
+    the running sum of w * dL/dw after the chunk. grads [B,D+1,P] = dL/d(colour sums, alpha)."""
+    d = grads.shape[1] - 1
+    q, saved = _log_alpha_coeffs(sp, sid, centres)
+    wv = torch.bmm(_rows(sp.colors, sid), grads).mul_(weights)  # w * dL/dw, [B,K,P]
+    if clamped is not None:
+        wv.masked_fill_(clamped, 0.0)
+    b, k, p = wv.shape
+    upto = wv.new_empty(b, k + 1, p)  # sum of w v before each splat, then after the last
+    upto[:, 0] = prefix
+    for i in range(k):
+        torch.add(upto[:, i], wv[:, i], out=upto[:, i + 1])
+    # d loss / d log alpha_raw = alpha dL/dalpha = w v - alpha / (1 - alpha) * (sum of w v behind)
+    dlog = wv.sub_(torch.rsub(upto[:, 1:], totals[:, None]).mul_(odds))
+    dm, dcon, dlo = _log_alpha_coeffs_vjp(torch.matmul(dlog, feats), saved)
+    flat = sid.reshape(-1)
+    g_means, g_conics, g_logop, g_colors = out
+    g_means.index_add_(0, flat, dm.reshape(-1, 2))
+    g_conics.index_add_(0, flat, dcon.reshape(-1, 3))
+    g_logop.index_add_(0, flat, dlo.reshape(-1))
+    g_colors.index_add_(0, flat, torch.bmm(weights, grads[:, :d].transpose(1, 2)).reshape(-1, d))
+    return upto[:, -1]
+
+
+def composite_backward(sp: Splats, plan: TilePlan, acc, grad_acc, records):
+    """Gradients wrt the splats' (means2d, conics, log opacities, colors); groups without forward
+    records are recomputed chunk by chunk."""
+    dtype, dev = sp.means2d.dtype, sp.means2d.device
     p = plan.tile_size**2
-    d = colors.shape[1]
-    feats = tile_pixel_features(plan.tile_size, q.dtype, q.device)
-    q_pad = _padded(q, torch.tensor([[_PAD_LOG_ALPHA, 0, 0, 0, 0, 0]]))
-    col_pad = _padded(torch.cat([colors, colors.new_ones(colors.shape[0], 1)], dim=1), torch.zeros(1, 1))
+    d = sp.colors.shape[1] - 1
+    feats = tile_pixel_features(plan.tile_size, dtype, dev)
+    feats2 = feats * _LOG2E
     grad_acc = grad_acc.contiguous()
-    total = (grad_acc * acc).sum(dim=-1)  # [n_tiles, P]: sum over all splats of w * dL/dw
-    dq = q.new_zeros(q.shape[0] + 1, 6)
-    dcol = q.new_zeros(q.shape[0] + 1, d)
-    for tile_ids, starts, counts, max_count in plan.groups:
-        act = torch.arange(tile_ids.numel(), device=q.device)
-        trans = q.new_ones(act.numel(), p)
-        prefix = q.new_zeros(act.numel(), p)
-        grads, totals = grad_acc[tile_ids], total[tile_ids]
-        for depth0 in range(0, max_count, _CHUNK_DEPTH):
-            if depth0:
-                keep = _still_active(counts[act], depth0, trans)
-                if not bool(keep.all()):
-                    act, trans, prefix = act[keep], trans[keep], prefix[keep]
-                    if act.numel() == 0:
-                        break
-            idx = _chunk_index(starts[act], counts[act], depth0, _CHUNK_DEPTH, plan.n_isects)
-            alpha, one_minus, trans_buf, weights, stopped = _blend_chunk(q_pad, idx, trans, feats)
-            g = grads[act]  # [B,P,D+1]
-            dl_dw = torch.bmm(col_pad[idx], g.transpose(1, 2))  # [B,K,P]
-            wv = weights * dl_dw
-            upto = torch.cumsum(wv, dim=1).add_(prefix[:, None])  # sum of w v up to and including each splat
-            # d loss / d log alpha_raw = alpha * dL/dalpha = w v - alpha / (1 - alpha) * (sum of w v behind)
-            behind = torch.sub(totals[act][:, None], upto)
-            clamped = alpha >= MAX_ALPHA if bool(alpha.max() >= MAX_ALPHA) else None
-            dlog = wv.sub_(alpha.div_(one_minus).mul_(behind))
-            if clamped is not None:
-                dlog.masked_fill_(clamped, 0.0)
-            if stopped is not None:
-                dlog.masked_fill_(stopped, 0.0)
-            flat = idx.reshape(-1)
-            dq[flat] = torch.matmul(dlog, feats).reshape(-1, 6)
-            dcol[flat] = torch.bmm(weights, g[..., :d]).reshape(-1, d)
-            trans, prefix = trans_buf[:, -1], upto[:, -1]
-    return dq[:-1], dcol[:-1]
+    total = (grad_acc * acc).sum(dim=1)  # [n_tiles, P]: sum over all splats of w * dL/dw
+    out = (torch.zeros_like(sp.means2d), torch.zeros_like(sp.conics), torch.zeros_like(sp.log_op),
+           sp.colors.new_zeros(sp.colors.shape[0], d))
+    for group, record in zip(plan.groups, records):
+        tile_ids = group[0]
+        n = tile_ids.numel()
+        centres, grads, totals = _tile_centres(plan, tile_ids, dtype), grad_acc[tile_ids], total[tile_ids]
+        prefix = grad_acc.new_zeros(n, p)
+        if record is not None:
+            for ch in record:
+                if ch.keep is not None:
+                    centres, grads, totals, prefix = (t.index_select(0, ch.keep) for t in (centres, grads, totals, prefix))
+                prefix = _chunk_grads(sp, ch.sid, centres, ch.weights, ch.odds, ch.clamped, grads, totals, prefix,
+                                      feats, out)
+            continue
+        walk = _Walk(group, [grad_acc.new_ones(n, p), prefix, centres, grads, totals])
+        for idx in walk:
+            trans, prefix, centres, grads, totals = walk.carry
+            sid = _splat_ids(plan, sp, idx)
+            q, _ = _log_alpha_coeffs(sp, sid, centres)
+            alpha, odds, trans_buf, weights, kept = _blend_chunk(q, trans, feats2)
+            odds, clamped = _grad_state(alpha, odds, kept)
+            walk.carry[0] = trans_buf[:, -1]
+            walk.carry[1] = _chunk_grads(sp, sid, centres, weights, odds, clamped, grads, totals, prefix, feats, out)
+    return tuple(g[:-1] for g in out)
 
 
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, colors, plan):
-        acc = composite_forward(q, colors, plan)
+    def forward(ctx, means2d, conics, log_opacities, colors, plan):
+        sp = Splats(means2d, conics, log_opacities, colors)
+        acc, ctx.records = composite_forward(sp, plan, _SAVE_BUDGET if any(ctx.needs_input_grad[:4]) else 0)
         ctx.plan = plan
-        ctx.save_for_backward(q, colors, acc)
+        ctx.save_for_backward(means2d, conics, log_opacities, colors, acc)
         return acc
 
     @staticmethod
     def backward(ctx, grad_acc):
-        q, colors, acc = ctx.saved_tensors
-        dq, dcol = composite_backward(q, colors, acc, grad_acc, ctx.plan)
-        return dq, dcol, None
+        means2d, conics, log_opacities, colors, acc = ctx.saved_tensors
+        sp = Splats(means2d, conics, log_opacities, colors)
+        grads = composite_backward(sp, ctx.plan, acc, grad_acc, ctx.records)
+        return (*grads, None)
 
 
-def composite(q: torch.Tensor, colors: torch.Tensor, plan: TilePlan, width: int, height: int) -> torch.Tensor:
-    """Differentiable blend of intersections (q [M,6], colors [M,D]) -> [I,H,W,D+1] (colour sums, alpha)."""
-    acc = _Composite.apply(q, colors, plan)
+def composite(means2d, conics, opacities, colors, plan: TilePlan, width: int, height: int) -> torch.Tensor:
+    """Differentiable blend of flat splats (means2d [S,2], conics [S,3], opacities [S], colors [S,D]) into
+    the images of ``plan`` -> [I,H,W,D+1] (colour sums without background, then alpha)."""
+    log_op = torch.log(opacities.clamp_min(torch.finfo(opacities.dtype).tiny))
+    acc = _Composite.apply(means2d, conics, log_op, colors, plan)  # [n_tiles, D+1, P]
     ts = plan.tile_size
-    img = acc.reshape(plan.n_images, plan.tiles_y, plan.tiles_x, ts, ts, -1).permute(0, 1, 3, 2, 4, 5)
+    img = acc.reshape(plan.n_images, plan.tiles_y, plan.tiles_x, -1, ts, ts).permute(0, 1, 4, 2, 5, 3)
     img = img.reshape(plan.n_images, plan.tiles_y * ts, plan.tiles_x * ts, -1)
     return img[:, :height, :width]

@@ -1,0 +1,193 @@
+"""Speed and memory of kernels.gaussians.rasterization, with a dense brute-force torch renderer as baseline.
+
+    python benchmarks/bench_gaussians.py            # N in {2k, 20k, 100k} x {128, 256, 512}^2, every device
+    python benchmarks/bench_gaussians.py --quick     # 2k and 20k at 128 and 256, fewer repetitions
+
+Scene (DreamGaussian-like): N Gaussians uniform in a ball of radius 0.5, per-axis scales 0.7 (V/N)^(1/3)
+times a log-normal factor (sigma 0.25) so neighbours overlap, random rotations, opacities U(0.05, 0.95),
+random RGB; one camera on an orbit of radius 2 with 49.1 deg vertical field of view, looking at the centre.
+"forward" = rendering under no_grad; "fwd+bwd" = rendering + backward of a weighted sum of colours and
+alphas (a training step). Each configuration runs in its own subprocess; peak memory is the growth of
+the process's max RSS over the configuration (CPU) or torch.cuda.max_memory_allocated (CUDA).
+The dense baseline composites every Gaussian at every pixel (sorted by depth, same rules) and runs in the
+same process, where its working set fits in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels._gaussians_project import project_gaussians, quat_scale_to_covar  # noqa: E402
+from kernels.gaussians import rasterization  # noqa: E402
+
+FOV_DEG = 49.1
+RADIUS = 2.0
+DENSE_MAX_PAIRS = 60e6  # pixels x visible Gaussians above which the dense baseline is skipped
+
+
+def make_scene(n: int, size: int, device="cpu", dtype=torch.float32, seed: int = 0):
+    """DreamGaussian-like random Gaussians and one orbit camera; see the module docstring."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    means = dirs * 0.5 * torch.rand(n, 1, generator=g) ** (1 / 3)
+    base = 0.7 * (4 / 3 * math.pi * 0.5**3 / n) ** (1 / 3)
+    scales = base * torch.exp(0.25 * torch.randn(n, 3, generator=g))
+    quats = torch.randn(n, 4, generator=g)
+    opacities = 0.05 + 0.9 * torch.rand(n, generator=g)
+    colors = torch.rand(n, 3, generator=g)
+    f = 0.5 * size / math.tan(math.radians(FOV_DEG) / 2)
+    Ks = torch.tensor([[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]])
+    # camera at (0, -RADIUS, 0.3) looking at the origin, OpenCV axes, world z up
+    eye = torch.tensor([0.0, -RADIUS, 0.3])
+    fwd = torch.nn.functional.normalize(-eye, dim=0)
+    right = torch.nn.functional.normalize(torch.linalg.cross(fwd, torch.tensor([0.0, 0.0, 1.0])), dim=0)
+    down = torch.linalg.cross(fwd, right)
+    R = torch.stack([right, down, fwd])
+    viewmats = torch.eye(4)[None].clone()
+    viewmats[0, :3, :3], viewmats[0, :3, 3] = R, -R @ eye
+    out = (means, quats, scales, opacities, colors, viewmats, Ks)
+    return tuple(t.to(device=device, dtype=dtype) for t in out)
+
+
+def dense_render(means, quats, scales, opacities, colors, viewmats, Ks, width, height):
+    """Brute force: every visible Gaussian at every pixel, depth-sorted, log-space transmittance."""
+    proj = project_gaussians(means, quat_scale_to_covar(quats, scales), opacities, viewmats, Ks, width, height)
+    vis = proj.visible[0]
+    order = torch.argsort(proj.depths[0][vis])
+    m2, con, op = proj.means2d[0][vis][order], proj.conics[0][vis][order], proj.opacities[0][vis][order]
+    col = colors[vis][order]
+    ys, xs = torch.meshgrid(torch.arange(height, device=means.device) + 0.5,
+                            torch.arange(width, device=means.device) + 0.5, indexing="ij")
+    dx = xs.reshape(-1, 1) - m2[:, 0]
+    dy = ys.reshape(-1, 1) - m2[:, 1]
+    sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
+    alpha = torch.clamp(op * torch.exp(-sigma), max=0.99)
+    alpha = alpha * (alpha >= 1 / 255)
+    log_t = torch.cumsum(torch.log1p(-alpha), dim=1)
+    alive = log_t > math.log(1e-4)
+    w = alpha * torch.exp(log_t - torch.log1p(-alpha)) * alive
+    return (w @ col).reshape(1, height, width, -1), w.sum(1).reshape(1, height, width, 1)
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median_ms(fn, reps: int, device: str) -> float:
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _timings(render, scene, size, reps, device):
+    means, quats, scales, opacities, colors, viewmats, Ks = scene
+    weights = torch.rand(size, size, 3, device=device, generator=None)
+
+    def forward():
+        with torch.no_grad():
+            render(means, quats, scales, opacities, colors, viewmats, Ks, size, size)
+
+    leaves = [t.clone().requires_grad_(True) for t in (means, quats, scales, opacities, colors)]
+
+    def train_step():
+        img, alpha = render(*leaves, viewmats, Ks, size, size)[:2]
+        ((img[0] * weights).sum() + alpha.sum()).backward()
+
+    return _median_ms(forward, reps, device), _median_ms(train_step, reps, device)
+
+
+def run_one(cfg: dict) -> dict:
+    device, n, size, reps = cfg["device"], cfg["n"], cfg["size"], cfg["reps"]
+    scene = make_scene(n, size, device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = dict(cfg)
+
+    def ours(*a):
+        return rasterization(*a, backend=cfg["backend"])
+
+    out["fwd_ms"], out["fwdbwd_ms"] = _timings(ours, scene, size, reps, device)
+    if device.startswith("cuda"):
+        out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    with torch.no_grad():
+        _, _, meta = rasterization(*scene, size, size, backend="torch")
+    visible = int((meta["radii"] > 0).all(-1).sum())
+    out["isects"] = int(meta["flatten_ids"].numel())
+    out["visible"] = visible
+    if cfg["dense"] and visible * size * size <= DENSE_MAX_PAIRS:
+        out["dense_fwd_ms"], out["dense_fwdbwd_ms"] = _timings(dense_render, scene, size, max(1, reps // 2), device)
+    return out
+
+
+def _devices():
+    devs = ["cpu"]
+    if torch.cuda.is_available():
+        devs.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devs.append("mps")
+    return devs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2k and 20k Gaussians at 128 and 256 px, fewer reps")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
+    ap.add_argument("--devices", default=None, help="comma list (default: every available device)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    ns = [2_000, 20_000] if args.quick else [2_000, 20_000, 100_000]
+    sizes = [128, 256] if args.quick else [128, 256, 512]
+    reps = args.reps or (3 if args.quick else 5)
+    devices = args.devices.split(",") if args.devices else _devices()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}")
+    head = (f"{'device':6} {'N':>7} {'size':>5} {'visible':>7} {'isects':>8} {'fwd ms':>8} {'fwd+bwd ms':>10} "
+            f"{'peak MB':>8} {'dense fwd':>9} {'dense f+b':>9} {'speedup f+b':>11}")
+    print(head)
+    print("-" * len(head))
+    for device in devices:
+        for n in ns:
+            for size in sizes:
+                cfg = {"device": device, "n": n, "size": size, "reps": reps, "dense": not args.no_dense,
+                       "backend": "torch"}
+                res = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True,
+                                     text=True)
+                if res.returncode != 0:
+                    print(f"{device:6} {n:>7} {size:>5}  failed: {res.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                dense_f = f"{r['dense_fwd_ms']:9.1f}" if "dense_fwd_ms" in r else f"{'-':>9}"
+                dense_b = f"{r['dense_fwdbwd_ms']:9.1f}" if "dense_fwdbwd_ms" in r else f"{'-':>9}"
+                speed = f"{r['dense_fwdbwd_ms'] / r['fwdbwd_ms']:10.1f}x" if "dense_fwdbwd_ms" in r else f"{'-':>11}"
+                print(f"{device:6} {n:>7} {size:>5} {r['visible']:>7} {r['isects']:>8} {r['fwd_ms']:8.1f} "
+                      f"{r['fwdbwd_ms']:10.1f} {r['peak_mb']:8.0f} {dense_f} {dense_b} {speed}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
