@@ -97,3 +97,122 @@ def test_refine_strength_is_dreamgaussians_in_diffusers_convention():
     assert round(dreamgaussian_strength(0.0, 50) * 50) == 10
     assert round(dreamgaussian_strength(1.0, 50) * 50) == 3
     assert round(dreamgaussian_strength(0.5, 50) * 50) == 50 - int(50 * 0.875)
+
+
+def test_bake_views_are_dreamgaussians_26():
+    from backend.geometry.cameras import orbit_angles
+    from backend.pipelines.dreamgaussian import bake_cameras
+
+    cams = bake_cameras(2.5, 49.1, 64)
+    angles = orbit_angles(cams.c2w)                 # [N, 3]: elevation, azimuth, radius
+    assert len(cams) == 26 and torch.allclose(angles[:, 2], torch.tensor(2.5), atol=1e-4)
+    got = {(round(float(e)), round(float(a)) % 360) for e, a in angles[:24, :2]}
+    assert got == {(e, a) for e in (0, 45, -45) for a in range(0, 360, 45)}
+    assert torch.allclose(angles[24:, 0], torch.tensor([89.9, -89.9]), atol=1e-3)
+
+
+# --- end to end through the CLI ----------------------------------------------------------------------------------
+#: a tiny configuration: every stage runs, in seconds, on the tiny priors (64 px)
+SMALL = {"iters": 3, "iters_refine": 2, "num_pts": 200, "render_sizes": [32, 32, 48], "density_start_iter": 1,
+         "densification_interval": 2, "mesh_resolution": 32, "mesh_level": 0.2, "target_faces": 2000,
+         "texture_size": 64, "bake_size": 32, "bake_elevations": [0], "bake_azimuths": 4, "refine_size": 32,
+         "refine_steps": 10, "preview_views": 2, "preview_size": 32}
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    from backend import weights
+
+    root = tmp_path_factory.mktemp("dg_weights")
+    for name in ("zero123-xl", "sd21-base"):
+        weights.write_tiny(name, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cat_png(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dg_input") / "cat.png"
+    Image.fromarray(_disc_rgba((96, 96), (48, 48), 30)).save(path)
+    return path
+
+
+IMAGE_SMALL = {**SMALL, "ref_size": 32}
+
+
+def _cli(method: str, out: Path, weights_dir: Path, *args: str):
+    options = IMAGE_SMALL if method == "dreamgaussian" else SMALL
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in options.items()]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "U2NET_HOME": str(out.parent / "no_rembg_models")}
+    return subprocess.run([sys.executable, "-m", "backend", "run", method, "--out", str(out), "--weights-dir",
+                           str(weights_dir), "--preset", "fast", "--seed", "7", "--device", "cpu", *args, *sets],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _check_outputs(out: Path, texture_size: int):
+    for name in ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", "gaussians.ply", "preview.png", "meta.json"):
+        assert (out / name).is_file(), name
+    mtl = (out / "mesh.mtl").read_text()
+    assert "map_Kd mesh.png" in mtl and "Tr 1" not in mtl and "d 1" in mtl   # opaque in every OBJ viewer
+    meta = json.loads((out / "meta.json").read_text())
+    for stage in ("preprocess", "load", "gaussians", "mesh", "uv_unwrap", "bake", "refine", "export"):
+        assert stage in meta["timings"], stage
+    assert Image.open(out / "mesh.png").size == (texture_size, texture_size)
+    return meta
+
+
+def _blender_import(glb: Path):
+    """Import ``glb`` into an empty Blender scene; returns (mesh object, base-colour image)."""
+    bpy = pytest.importorskip("bpy")
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.gltf(filepath=str(glb))
+    (obj,) = [o for o in bpy.context.scene.objects if o.type == "MESH"]
+    assert len(obj.data.polygons) > 0 and obj.data.uv_layers.active is not None
+    (material,) = obj.data.materials
+    bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    return obj, bsdf.inputs["Base Color"].links[0].from_node.image
+
+
+def test_image_to_3d_end_to_end_and_reproducible(tmp_path, weights_dir, cat_png, monkeypatch):
+    from backend.pipelines import JobRequest, RunContext
+    from backend.pipelines.runner import run_job
+
+    out = tmp_path / "cli"
+    r = _cli("dreamgaussian", out, weights_dir, "--image", str(cat_png))
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = _check_outputs(out, SMALL["texture_size"])
+    assert meta["method"] == "dreamgaussian" and meta["seed"] == 7
+    assert meta["weights"][0]["name"] == "zero123-xl" and meta["weights"][0]["tiny"]
+    obj, image = _blender_import(out / "mesh.glb")
+    assert tuple(image.size) == (SMALL["texture_size"],) * 2
+
+    # the same seed and options in another process give the same Gaussians and texture
+    monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(weights_dir))
+    again = tmp_path / "again"
+    request = JobRequest(method="dreamgaussian", seed=7, preset="fast", options=IMAGE_SMALL,
+                         files={"image": str(cat_png)})
+    run_job(request, RunContext(out_dir=again))
+    assert (again / "gaussians.ply").read_bytes() == (out / "gaussians.ply").read_bytes()
+    assert np.array_equal(np.asarray(Image.open(again / "mesh.png")), np.asarray(Image.open(out / "mesh.png")))
+
+
+def test_text_to_3d_end_to_end(tmp_path, weights_dir):
+    out = tmp_path / "text"
+    r = _cli("dreamgaussian-text", out, weights_dir, "--prompt", "a red car")
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = _check_outputs(out, SMALL["texture_size"])
+    assert meta["weights"][0]["name"] == "sd21-base"
+    _blender_import(out / "mesh.glb")
+
+
+def test_rgb_input_without_rembg_exits_2_with_the_instruction(tmp_path, weights_dir, capsys, monkeypatch):
+    from backend.__main__ import main
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no_rembg_models"))
+    monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(weights_dir))  # restored after the CLI sets it
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(_disc_rgba()[..., :3]).save(photo)
+    code = main(["run", "dreamgaussian", "--image", str(photo), "--out", str(tmp_path / "out"), "--weights-dir",
+                 str(weights_dir), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "RGBA" in err and "rembg" in err and "photo.jpg" in err
+    assert not (tmp_path / "out" / "meta.json").exists()

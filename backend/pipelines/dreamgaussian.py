@@ -1,0 +1,468 @@
+"""Methods ``dreamgaussian`` (one image) and ``dreamgaussian-text`` (a prompt): generative Gaussian splatting.
+
+Stage 1 optimises 3D Gaussians, initialised in a ball, by score distillation from a diffusion prior (Zero123-XL or
+Stable Zero123 for an image, optionally mixed with SD 2.1; SD 2.1 or MVDream for a prompt) plus, for an image, the
+reference view's colour and mask with a linear warm-up. The shared stages then mesh the Gaussians, unwrap UVs and
+bake a texture from renders of the Gaussians around the object; stage 2 refines that texture in UV space against
+the prior's SDEdit refinement of renders of the textured mesh. Every default number is DreamGaussian's
+(``configs/image.yaml``, ``configs/text.yaml``, ``main.py``, ``main2.py`` at 69a3c70; see
+``reference/dreamgaussian.md``) unless an option says otherwise.
+
+Frames: the object sits at the origin of Blender's world (Z up); the input image is the view from azimuth 0
+(camera on -Y, the object's front faces -Y) at ``elevation`` (ours: positive = camera above; DreamGaussian's
+``elevation`` is the negative).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import Field
+
+from ..errors import BadInput, NumericalError
+from ..files import atomic_path
+from . import register
+from .base import JobRequest, Options, Pipeline, RunContext
+from .dreamgaussian_guidance import Guide, OrbitSampler, Term, dreamgaussian_strength
+
+log = logging.getLogger(__name__)
+
+
+class _DreamGaussianOptions(Options):
+    """Options shared by both modes; the defaults are DreamGaussian's image config unless a subclass overrides."""
+
+    # --- stage 1: Gaussians
+    iters: int = Field(500, ge=1, le=20000, description="stage-1 optimisation steps")
+    num_pts: int = Field(5000, ge=16, le=200_000, description="initial Gaussians, uniform in a ball")
+    init_radius: float = Field(0.5, gt=0, le=2, description="radius of the initial ball (world units)")
+    render_sizes: tuple[int, int, int] = Field((128, 256, 512), description=(
+        "novel-view render size for the first 30 %, up to 60 % and the rest of stage 1"))
+    radius: float = Field(2.0, gt=0.5, le=10, description="orbit radius of every camera")
+    fovy: float = Field(49.1, gt=5, lt=120, description="vertical field of view in degrees (Zero123's renders)")
+    min_ver: int = Field(-30, ge=-90, le=0, description="lowest elevation offset of random views, degrees")
+    max_ver: int = Field(30, ge=0, le=90, description="highest elevation offset of random views, degrees")
+    invert_bg_prob: float = Field(0.5, ge=0, le=1, description="chance of a black instead of white background")
+    position_lr: tuple[float, float] = Field((0.01, 0.0002), description=(
+        "position learning rate, start and end of its log-linear decay (0.001 x spatial scale 10 -> 0.0002)"))
+    position_lr_max_steps: int = Field(500, ge=1, description="steps over which the position lr decays")
+    feature_lr: float = Field(0.01, gt=0, description="colour learning rate")
+    opacity_lr: float = Field(0.05, gt=0, description="opacity learning rate")
+    scaling_lr: float = Field(0.005, gt=0, description="log-scale learning rate")
+    rotation_lr: float = Field(0.005, gt=0, description="rotation learning rate")
+    density_start_iter: int = Field(100, ge=0, description="first step of densification statistics")
+    density_end_iter: int = Field(3000, ge=0, description="last step of densification")
+    densification_interval: int = Field(100, ge=1, description="densify and prune every this many steps")
+    densify_grad_threshold: float = Field(0.01, gt=0, description="screen-space gradient that triggers densify")
+    min_opacity: float = Field(0.01, ge=0, lt=1, description="prune Gaussians below this opacity")
+    percent_dense: float = Field(0.01, gt=0, le=1, description="clone below, split above this share of the extent")
+    densify_extent: float = Field(4.0, gt=0, description="scene extent for the clone/split and prune thresholds")
+    # --- guidance
+    timestep_schedule: Literal["linear", "dreamtime", "uniform"] = Field(
+        "linear", description="diffusion timestep per step: linear anneal 980->20 (DreamGaussian), DreamTime, uniform")
+    t_range: tuple[float, float] = Field((0.02, 0.98), description="timestep bounds as fractions of T")
+    distillation: Literal["sds", "csd"] = Field("sds", description="score distillation: SDS or Classifier Score")
+    guidance_scale: float | None = Field(None, gt=0, description="CFG scale (default: the prior's, 5 / 100)")
+    # --- mesh, texture
+    mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes voxels along the longest side")
+    mesh_level: float = Field(1.0, gt=0, description="density iso level of the mesh")
+    target_faces: int = Field(100_000, ge=0, le=2_000_000, description="decimate to this many faces (0 = keep)")
+    texture_size: int = Field(1024, ge=64, le=4096, description="texture side in pixels")
+    bake_size: int = Field(512, ge=32, le=2048, description="render size of the bake views")
+    bake_elevations: tuple[float, ...] = Field((0.0, 45.0, -45.0), min_length=1, max_length=8, description=(
+        "elevations of the bake rings (each ring has bake_azimuths views; the top and bottom views are added)"))
+    bake_azimuths: int = Field(8, ge=1, le=64, description="views per bake ring, evenly spaced")
+    # --- stage 2: UV refinement
+    iters_refine: int = Field(50, ge=0, le=2000, description="stage-2 texture refinement steps (0 = skip)")
+    texture_lr: float = Field(0.2, gt=0, description="learning rate of the raw (pre-sigmoid) texture")
+    refine_size: int = Field(512, ge=32, le=2048, description="render size of stage-2 novel views")
+    refine_steps: int = Field(50, ge=1, le=1000, description="DDIM steps of the SDEdit trajectory")
+    refine_strength: tuple[float, float] = Field((0.8, 0.95), description=(
+        "DreamGaussian's SDEdit strength at the start and end of stage 2 (its convention: the share of the "
+        "trajectory skipped, so 0.8 re-runs 10 of 50 steps)"))
+    # --- output
+    preview_views: int = Field(8, ge=1, le=64, description="turntable views in preview.png")
+    preview_size: int = Field(256, ge=32, le=1024, description="turntable view size")
+
+
+class DreamGaussianImageOptions(_DreamGaussianOptions):
+    prior: Literal["zero123-xl", "stable-zero123"] = Field(
+        "zero123-xl", description="image prior: Zero123-XL (MIT) or Stable Zero123 (non-commercial licence)")
+    weights_path: str | None = Field(None, description="explicit folder of the image prior (else the registry)")
+    sd_weights_path: str | None = Field(None, description="explicit SD 2.1-base folder for the optional text prior")
+    elevation: float = Field(0.0, ge=-80, le=80, description=(
+        "elevation of the input photo in degrees, positive = taken from above (DreamGaussian's -30 is our 30)"))
+    ref_size: int = Field(256, ge=32, le=1024, description="reference-view render size (512 for a sharper front)")
+    border_ratio: float = Field(0.2, ge=0, lt=0.9, description="empty border around the recentred object")
+    recenter: bool = Field(True, description="crop to the mask and recentre the object")
+    lambda_rgb: float = Field(10_000.0, ge=0, description="reference-view colour loss weight")
+    lambda_mask: float = Field(1_000.0, ge=0, description="reference-view mask loss weight")
+    warmup_rgb_loss: bool = Field(True, description="ramp the reference losses up linearly over stage 1")
+    lambda_zero123: float = Field(1.0, ge=0, description="weight of the Zero123 score distillation")
+    lambda_sd: float = Field(0.0, ge=0, description="weight of the SD 2.1 text prior (needs a prompt)")
+    rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
+
+    presets = {
+        "fast": {"iters": 200, "num_pts": 3000, "render_sizes": (64, 128, 256), "iters_refine": 20,
+                 "mesh_resolution": 96, "target_faces": 30_000, "texture_size": 512, "bake_size": 256,
+                 "refine_size": 256, "preview_views": 4, "preview_size": 128},
+        "standard": {},
+        "high": {"ref_size": 512, "texture_size": 2048, "bake_size": 1024, "mesh_resolution": 256,
+                 "target_faces": 200_000, "preview_views": 16, "preview_size": 512},
+    }
+
+
+class DreamGaussianTextOptions(_DreamGaussianOptions):
+    prior: Literal["sd21-base", "mvdream"] = Field(
+        "sd21-base", description="text prior: Stable Diffusion 2.1-base, or MVDream (4 views at once)")
+    weights_path: str | None = Field(None, description="explicit folder of the text prior (else the registry)")
+    radius: float = Field(2.5, gt=0.5, le=10, description="orbit radius of every camera")
+    position_lr_max_steps: int = Field(300, ge=1, description="steps over which the position lr decays")
+    density_start_iter: int = Field(0, ge=0, description="first step of densification statistics")
+    densification_interval: int = Field(50, ge=1, description="densify and prune every this many steps")
+    view_dependent_prompt: bool = Field(False, description=(
+        "append ', front/side/back view' to the prompt (DreamGaussian computes but never uses it)"))
+
+    presets = {name: {k: v for k, v in values.items() if k != "ref_size"}
+               for name, values in DreamGaussianImageOptions.presets.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def ball_gaussians(num_pts: int, radius: float, generator: torch.Generator):
+    """DreamGaussian's initialisation: centres uniform in a ball, grey colour, opacity 0.1, identity rotation and
+    isotropic scale ``sqrt(mean squared distance to the 3 nearest neighbours)``."""
+    from scipy.spatial import cKDTree
+
+    from ..representations.gaussians import Gaussians
+
+    dirs = F.normalize(torch.randn(num_pts, 3, generator=generator), dim=-1)
+    r = radius * torch.rand(num_pts, generator=generator) ** (1.0 / 3.0)
+    means = dirs * r[:, None]
+    dist, _ = cKDTree(means.numpy()).query(means.numpy(), k=4)
+    scale = torch.from_numpy(np.sqrt(np.maximum((dist[:, 1:] ** 2).mean(1), 1e-7))).float()
+    colors = 0.5 + 0.28209479177387814 * torch.rand(num_pts, 3, generator=generator) / 255.0
+    quats = torch.zeros(num_pts, 4)
+    quats[:, 0] = 1
+    return Gaussians.from_activated(means, scale[:, None].expand(-1, 3), quats, torch.full((num_pts,), 0.1), colors)
+
+
+def render_size(progress: float, sizes: tuple[int, int, int]) -> int:
+    """DreamGaussian's progressive resolution: sizes[0] below 30 % of the steps, sizes[1] below 60 %, then sizes[2]."""
+    return sizes[0] if progress < 0.3 else sizes[1] if progress < 0.6 else sizes[2]
+
+
+def _save_png(path: Path, image: np.ndarray) -> Path:
+    with atomic_path(path) as tmp:
+        Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
+    return path
+
+
+def position_lr(step: int, lr: tuple[float, float], max_steps: int) -> float:
+    """3DGS/DreamGaussian position learning rate: log-linear from ``lr[0]`` to ``lr[1]`` over ``max_steps``."""
+    t = min(max(step / max_steps, 0.0), 1.0)
+    return math.exp((1 - t) * math.log(lr[0]) + t * math.log(lr[1]))
+
+
+def screen_grad_stats(meta: dict, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-Gaussian sum over views of the screen-space mean gradient norm in NDC units (3DGS's densification
+    statistic) and the number of views that saw it: ``([N], [N])`` from a render's ``meta`` after backward."""
+    grad = meta["means2d"].grad
+    radii = meta["radii"]
+    seen = (radii > 0).all(-1) if radii.ndim == 3 else radii > 0
+    if grad is None:
+        return torch.zeros(seen.shape[1], device=seen.device), torch.zeros(seen.shape[1], device=seen.device)
+    norm = (grad * torch.tensor([width / 2, height / 2], device=grad.device)).norm(dim=-1)
+    return (norm * seen).sum(0), seen.sum(0).float()
+
+
+def optimise_gaussians(opts: _DreamGaussianOptions, guide: Guide, sampler: OrbitSampler,
+                       reference: torch.Tensor | None, generator: torch.Generator, ctx: RunContext):
+    """Stage 1: Gaussians from a ball, optimised by ``guide``'s score distillation (+ the reference view's colour
+    and mask when ``reference [1,4,S,S]`` (straight RGBA) is given). Returns ``(Gaussians, metrics)``."""
+    from ..representations.gaussians import Gaussians
+    from .stages.fit_gaussians import FitConfig, _densify_and_prune, _Optimizer, render_gaussians
+
+    dev = ctx.device
+    g = ball_gaussians(opts.num_pts, opts.init_radius, generator).to(dev)
+    opt = _Optimizer(g, {"means": opts.position_lr[0], "quats": opts.rotation_lr, "log_scales": opts.scaling_lr,
+                         "opacity_logits": opts.opacity_lr, "sh": opts.feature_lr})
+    # DreamGaussian's densify_and_prune with extent E: clone below / split above percent_dense·E, prune opacity
+    # below min_opacity or world size above 0.1·E
+    dens = FitConfig(grad_threshold=opts.densify_grad_threshold, percent_dense=opts.percent_dense,
+                     min_opacity=opts.min_opacity, max_scale_frac=0.1, max_gaussians=10 * opts.num_pts + 100_000)
+    grad_sum = torch.zeros(len(g), device=dev)
+    grad_cnt = torch.zeros(len(g), device=dev)
+    if reference is not None:
+        ref_cam = sampler.reference(reference.shape[-1]).to(dev)
+        ref = reference.to(dev)
+        ref_rgb = ref[:, :3] * ref[:, 3:] + (1 - ref[:, 3:])          # on white, the Gaussians' background
+    white = torch.ones(1, 3, device=dev)
+    logs: dict[str, float] = {}
+    for step in range(1, opts.iters + 1):
+        ctx.check_cancelled()
+        r = step / opts.iters
+        opt.set_lr("means", position_lr(step, opts.position_lr, opts.position_lr_max_steps))
+        gs = opt.gaussians()
+        loss = torch.zeros((), device=dev)
+        if reference is not None:
+            w = r if opts.warmup_rgb_loss else 1.0
+            rgb, alpha, _ = render_gaussians(gs, ref_cam, white)
+            loss = loss + w * opts.lambda_rgb * F.mse_loss(rgb.permute(0, 3, 1, 2), ref_rgb)
+            loss = loss + w * opts.lambda_mask * F.mse_loss(alpha.permute(0, 3, 1, 2), ref[:, 3:])
+        size = render_size(r, opts.render_sizes)
+        cams, el, az = sampler.sample(size, generator)
+        cams = cams.to(dev)
+        black = float(torch.rand((), generator=generator)) < opts.invert_bg_prob
+        bg = (torch.zeros if black else torch.ones)(len(cams), 3, device=dev)
+        rgb, alpha, meta = render_gaussians(gs, cams, bg)
+        meta["means2d"].retain_grad()
+        images = rgb.permute(0, 3, 1, 2)
+        guidance, logs = guide.losses(images, cams, el, az, r)
+        loss = loss + guidance
+        if not torch.isfinite(loss):
+            raise NumericalError(f"stage 1 diverged at step {step} (loss {float(loss)})", {"stage": "gaussians",
+                                                                                        "step": step})
+        opt.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.opt.step()
+        if opts.density_start_iter <= step <= opts.density_end_iter:
+            s, c = screen_grad_stats(meta, cams.width, cams.height)
+            grad_sum += s
+            grad_cnt += c
+            if step % opts.densification_interval == 0:
+                with torch.no_grad():
+                    cl, sp, pr = _densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), dens,
+                                                    opts.densify_extent, generator)
+                log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, cl, sp, pr,
+                          len(opt.params["means"]))
+                grad_sum = torch.zeros(len(opt.params["means"]), device=dev)
+                grad_cnt = torch.zeros_like(grad_sum)
+        preview = None
+        if step == opts.iters or step % max(1, opts.iters // 10) == 0:
+            preview = (images[0].detach().permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
+        ctx.progress("gaussians", step, opts.iters, preview)
+    with torch.no_grad():  # DreamGaussian's last prune: opacity < 0.01 or world size > 0.1
+        g = opt.gaussians()
+        keep = (g.opacities >= opts.min_opacity) & (g.scales.max(-1).values <= 0.1)
+        if not keep.any():
+            raise NumericalError("stage 1 left no Gaussian opaque enough to keep", {"stage": "gaussians"})
+        g = Gaussians(*(getattr(g, k)[keep].detach() for k in ("means", "quats", "log_scales", "opacity_logits",
+                                                              "sh")))
+    return g, {"gaussians": len(g), **{f"final_{k}": v for k, v in logs.items()}}
+
+
+def _prior(ctx: RunContext, kind: str, name: str, path: str | None, guidance_scale: float | None):
+    """Load (or reuse from ``ctx.cache``) the prior registry entry ``name``; returns ``(prior, weights info)``."""
+    from .. import weights
+
+    folder = weights.resolve(name, path)
+    key = f"dreamgaussian:{name}:{folder.resolve()}:{ctx.device}"
+    if key not in ctx.cache:
+        if kind == "zero123":
+            from ..guidance.priors.zero123 import Zero123Prior as cls
+        elif kind == "mvdream":
+            from ..guidance.priors.mvdream import MVDreamPrior as cls
+        else:
+            from ..guidance.priors.sd import StableDiffusionPrior as cls
+        extra = {"stable": weights.get_entry(name).extra.get("stable", False)} if kind == "zero123" else {}
+        ctx.cache[key] = cls(folder, device=ctx.device, **extra)
+    prior = ctx.cache[key]
+    default = {"mvdream": 100.0}.get(kind, type(prior).guidance_scale)  # DreamGaussian's MVDream CFG is 100
+    prior.guidance_scale = guidance_scale or default
+    entry = weights.get_entry(name)
+    return prior, {"name": name, "path": str(folder), "tiny": weights.is_tiny(folder), "license": entry.license}
+
+
+def build_guide(opts: _DreamGaussianOptions, request: JobRequest, ctx: RunContext, generator: torch.Generator,
+                reference: torch.Tensor | None) -> Guide:
+    """The priors of this run (module docstring) with the chosen schedule and distillation."""
+    from ..guidance.distillation import CSD, SDS
+    from ..guidance.schedules import make_schedule
+
+    def distillation(prior, kind: str):
+        if opts.distillation == "csd":  # the classifier score at the prior's guidance scale
+            return CSD(guidance_scale=prior.guidance_scale)
+        return SDS(weighting="uniform") if kind == "mvdream" else SDS()  # DreamGaussian's MVDream SDS has no w(t)
+
+    terms, info = [], []
+    prompt, negative = request.prompt or "", request.negative_prompt or ""
+    if isinstance(opts, DreamGaussianImageOptions):
+        prior, w = _prior(ctx, "zero123", opts.prior, opts.weights_path, opts.guidance_scale)
+        ref_rgb = reference[:, :3] * reference[:, 3:] + (1 - reference[:, 3:])   # Zero123 expects white
+        prior.set_reference(ref_rgb, elevation=opts.elevation, azimuth=0.0, radius=opts.radius)
+        terms.append(Term("zero123", prior, opts.lambda_zero123, distillation(prior, "zero123"), radius=opts.radius))
+        info.append(w)
+        if opts.lambda_sd > 0:
+            if not prompt:
+                raise BadInput("lambda_sd > 0 mixes in the SD text prior, which needs a prompt", {"field": "prompt"})
+            sd, w = _prior(ctx, "sd", "sd21-base", opts.sd_weights_path, opts.guidance_scale)
+            terms.append(Term("sd", sd, opts.lambda_sd, distillation(sd, "sd"), prompt, negative))
+            info.append(w)
+    else:
+        kind = "mvdream" if opts.prior == "mvdream" else "sd"
+        prior, w = _prior(ctx, kind, opts.prior, opts.weights_path, opts.guidance_scale)
+        terms.append(Term(kind, prior, 1.0, distillation(prior, kind), prompt, negative,
+                          view_dependent=opts.view_dependent_prompt))
+        info.append(w)
+    main = terms[0].prior
+    kw = {"t_min": opts.t_range[0], "t_max": opts.t_range[1], "num_train_timesteps": main.num_train_timesteps}
+    if opts.timestep_schedule == "dreamtime":
+        kw["alphas_cumprod"] = main.alphas_cumprod.cpu()
+    ctx.cache["_meta_extra"] = {"weights": info}
+    return Guide(terms, make_schedule(opts.timestep_schedule, **kw), generator)
+
+
+def bake_cameras(radius: float, fovy: float, size: int, elevations=(0.0, 45.0, -45.0), azimuths: int = 8):
+    """Rings of ``azimuths`` views at each of ``elevations`` plus straight above and below (DreamGaussian's 26:
+    elevations 0 and ±45, 8 azimuths 45° apart)."""
+    from ..geometry.cameras import orbit_cameras
+
+    ring = torch.arange(azimuths) * 360.0 / azimuths
+    el = torch.tensor([e for e in elevations for _ in range(azimuths)] + [89.9, -89.9])
+    az = torch.cat([ring] * len(elevations) + [torch.zeros(2)])
+    return orbit_cameras(el, az, radius, fovy, size, size)
+
+
+def bake_from_gaussians(gaussians, mesh, opts: _DreamGaussianOptions, ctx: RunContext, chunk: int = 4):
+    """The shared bake stage fed with renders of the Gaussians from :func:`bake_cameras` (straight RGBA)."""
+    from dataclasses import replace
+
+    from .stages.bake_texture import BakeConfig, bake_texture
+    from .stages.fit_gaussians import render_gaussians
+
+    cams = bake_cameras(opts.radius, opts.fovy, opts.bake_size, opts.bake_elevations, opts.bake_azimuths)
+    views = []
+    with torch.no_grad():
+        for s in range(0, len(cams), chunk):
+            sub = cams[s:s + chunk].to(ctx.device)
+            rgb, alpha, _ = render_gaussians(gaussians, sub, torch.zeros(len(sub), 3, device=ctx.device))
+            straight = torch.where(alpha > 1e-4, rgb / alpha.clamp_min(1e-4), torch.zeros_like(rgb)).clamp(0, 1)
+            views.append(torch.cat([straight, alpha], -1).cpu())
+            ctx.progress("bake", min(s + chunk, len(cams)), len(cams))
+    texture, metrics = bake_texture(mesh, cams, torch.cat(views), BakeConfig(resolution=opts.texture_size))
+    return replace(mesh, texture=texture), metrics
+
+
+def refine_in_uv_space(mesh, opts: _DreamGaussianOptions, guide: Guide, sampler: OrbitSampler,
+                       reference: torch.Tensor | None, generator: torch.Generator, ctx: RunContext):
+    """Stage 2 through the shared refine loop: each step renders one random orbit view (MVDream: four) plus, for an
+    image, the reference view; the targets are the priors' SDEdit refinements of the novel renders (DreamGaussian's
+    strength schedule) and the reference image. White background, as the priors expect."""
+    from ..geometry.cameras import Cameras
+    from .stages.refine_texture import RefineConfig, refine_texture
+
+    if opts.iters_refine == 0:
+        return mesh, {}
+    dev, size, steps = ctx.device, opts.refine_size, opts.iters_refine
+    if reference is not None:
+        ref_cam = sampler.reference(size)
+        ref = F.interpolate(reference, (size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    drawn: dict[int, tuple] = {}
+
+    def cameras(step: int):
+        cams, el, az = sampler.sample(size, generator)
+        drawn[step] = (cams, el, az)
+        ids = [f"novel{i}" for i in range(len(cams))]
+        if reference is not None:
+            cams = Cameras(torch.cat([cams.K, ref_cam.K]), torch.cat([cams.c2w, ref_cam.c2w]), size, size)
+            ids.append("reference")
+        return ids, cams.to(dev)
+
+    def targets(step: int, ids: list, cams, renders: torch.Tensor) -> torch.Tensor:
+        novel, el, az = drawn.pop(step)
+        n = len(novel)
+        strength = dreamgaussian_strength((step + 1) / steps, opts.refine_steps, *opts.refine_strength)
+        refined = guide.targets(renders[:n].permute(0, 3, 1, 2), novel.to(dev), el, az, strength, opts.refine_steps)
+        target = sum(w * t for w, t in refined) / sum(w for w, _ in refined)
+        out = torch.cat([target.permute(0, 2, 3, 1), torch.ones_like(target[:, :1].permute(0, 2, 3, 1))], -1)
+        if reference is not None:
+            out = torch.cat([out, ref.to(out)])
+        preview = (renders[0].clamp(0, 1) * 255).byte().cpu().numpy()
+        ctx.progress("refine", step + 1, steps, preview)
+        return out
+
+    cfg = RefineConfig(steps=steps, lr_texture=opts.texture_lr, background=(1.0, 1.0, 1.0))
+    return refine_texture(mesh.to(dev), cameras, targets, cfg, generator, check_cancelled=ctx.check_cancelled)
+
+
+class _DreamGaussian(Pipeline):
+    """The two methods share everything but the inputs, the options' defaults and the priors."""
+
+    def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
+        return None
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        from .stages.export import export_results
+        from .stages.extract_mesh import MeshExtractConfig, extract_mesh
+        from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
+
+        opts = self.Options(**request.options)
+        gen = torch.Generator().manual_seed(request.seed)
+        out: dict[str, Path] = {}
+        with ctx.stage("preprocess"):
+            reference = self._reference(request, opts, ctx, out)
+        with ctx.stage("load"):
+            guide = build_guide(opts, request, ctx, gen, reference)
+        sampler = OrbitSampler(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy, opts.min_ver, opts.max_ver,
+                               views=guide.terms[0].prior.num_frames)
+        with ctx.stage("gaussians"):
+            gaussians, metrics = optimise_gaussians(opts, guide, sampler, reference, gen, ctx)
+        with ctx.stage("mesh"):
+            ctx.progress("mesh", 0, 1)
+            tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
+                              MeshExtractConfig(resolution=opts.mesh_resolution, level=opts.mesh_level,
+                                                target_faces=opts.target_faces))
+            ctx.progress("mesh", 1, 1)
+        with ctx.stage("uv_unwrap"):
+            mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
+        with ctx.stage("bake"):
+            mesh, bake_metrics = bake_from_gaussians(gaussians, mesh, opts, ctx)
+        with ctx.stage("refine"):
+            mesh, refine_metrics = refine_in_uv_space(mesh, opts, guide, sampler, reference, gen, ctx)
+        with ctx.stage("export"):
+            out.update(export_results(ctx.out_dir, mesh, gaussians, opts.preview_views, opts.preview_size))
+        ctx.cache.setdefault("_metrics", {}).update(metrics, **bake_metrics, **refine_metrics,
+                                                    faces=int(len(mesh.faces)), vertices=int(len(mesh.vertices)))
+        return out
+
+
+@register
+class DreamGaussianImage(_DreamGaussian):
+    name = "dreamgaussian"
+    title = "DreamGaussian (image to 3D)"
+    description = ("Generative Gaussian splatting from one image (ICLR 2024): Gaussians optimised by Zero123 score "
+                   "distillation and the reference view, meshed, textured and refined in UV space. Zero123-XL is "
+                   "MIT; Stable Zero123 is non-commercial.")
+    inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
+              "prompt": "optional: mixes in the SD 2.1 text prior when lambda_sd > 0"}
+    required_inputs = ("image",)
+    Options = DreamGaussianImageOptions
+    #: the default prior; Stable Zero123 and SD 2.1 (``prior``, ``lambda_sd``) are resolved when chosen
+    weights = ("zero123-xl",)
+
+    def _reference(self, request, opts, ctx, out):
+        from ..geometry.image_prep import prepare_reference
+
+        rgba = prepare_reference(request.files["image"], opts.ref_size, opts.border_ratio, opts.recenter,
+                                 opts.rembg_model)
+        out["input.png"] = _save_png(ctx.out_dir / "input.png", rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:])
+        return torch.from_numpy(rgba).permute(2, 0, 1)[None].contiguous()
+
+
+@register
+class DreamGaussianText(_DreamGaussian):
+    name = "dreamgaussian-text"
+    title = "DreamGaussian (text to 3D)"
+    description = ("Generative Gaussian splatting from a prompt (ICLR 2024): Gaussians optimised by SD 2.1 or "
+                   "MVDream score distillation, meshed, textured and refined in UV space.")
+    inputs = {"prompt": "what to generate"}
+    required_inputs = ("prompt",)
+    Options = DreamGaussianTextOptions
+    #: the default prior; MVDream (``prior``) is resolved when chosen
+    weights = ("sd21-base",)
