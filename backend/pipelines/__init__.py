@@ -10,7 +10,8 @@ from .base import JobRequest, Options, Pipeline, RunContext, seed_everything
 
 #: modules that define methods; each calls :func:`register` at import time (``GEN3D_EXTRA_METHODS``, a
 #: comma-separated list of modules, adds more: test pipelines, plug-ins)
-METHOD_MODULES: list[str] = ["backend.pipelines.reconstruct", "backend.pipelines.lrm"]
+METHOD_MODULES: list[str] = ["backend.pipelines.reconstruct", "backend.pipelines.lrm",
+                              "backend.pipelines.dreamgaussian"]
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False
