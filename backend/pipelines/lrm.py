@@ -24,8 +24,6 @@ from .base import JobRequest, Options, Pipeline, RunContext
 
 log = logging.getLogger(__name__)
 
-MODELS = ("openlrm-small", "openlrm-base", "openlrm-large", "triposr")
-
 
 class LRMOptions(Options):
     model: Literal["openlrm-small", "openlrm-base", "openlrm-large", "triposr"] = Field(
@@ -119,7 +117,9 @@ class LRMPipeline(Pipeline):
     inputs = {"image": "one RGBA image of an object (alpha = its mask; opaque images need rembg installed locally)"}
     required_inputs = ("image",)
     Options = LRMOptions
-    weights = MODELS
+    #: the default model's; the API refuses a job when a listed entry is missing, and the other models are optional
+    #: (a job asking for a missing one fails with MissingWeights naming its download command)
+    weights = ("triposr",)
 
     def _model(self, opts: LRMOptions, ctx: RunContext):
         from ..models.lrm import load_lrm
