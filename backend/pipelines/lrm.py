@@ -78,7 +78,10 @@ def triplane_mesh(field, resolution: int, level: float, smooth_iterations: int, 
         verts = verts @ field.model_from_world.cpu()
     mesh = trimesh.Trimesh(verts.numpy(), faces.astype(np.int64), process=False)
     voxel = 2 * r / (resolution - 1)
-    return cleanup_mesh(mesh, 0.01 * voxel, 0.02, smooth_iterations, target_faces)
+    cleaned = cleanup_mesh(mesh, 0.01 * voxel, 0.02, smooth_iterations, target_faces)
+    log.info("lrm mesh: %d faces at level %g on %d^3, %d after cleanup", len(faces), level, resolution,
+             len(cleaned.faces))
+    return cleaned
 
 
 def bake_colour_field(mesh, colour_fn: Callable[[torch.Tensor], torch.Tensor], resolution: int) -> torch.Tensor:
