@@ -7,6 +7,7 @@ Prints a table of
   (``emitted_at``; same machine, same clock), over every progress event of a 100-step job;
 - status polls: sequential ``GET /v1/jobs/{id}`` on one keep-alive connection, polls/s and latency, and the
   server process's CPU time per poll (what the latency would be without other load, less the client's share);
+- a floor for the polls: an unknown route (a structured 404 through the same server, middleware and client);
 - tiny-job throughput: 50 one-step jobs submitted at once, jobs/s from the first submit to the last finish.
 
 Targets (issue 6): a status poll under 5 ms median, SSE events within 100 ms of the worker emitting them.
@@ -73,10 +74,10 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def polls(srv: Server, seconds: float) -> tuple[list[float], float | None]:
-    """Poll latencies, and the server's CPU time per poll (independent of how loaded the machine is)."""
-    job = srv.wait(srv.submit(sleepy(steps=1))["id"])
-    url = job["urls"]["self"]
+def polls(srv: Server, seconds: float, url: str | None = None) -> tuple[list[float], float | None]:
+    """Poll latencies of ``url`` (default: a finished job's status), and the server's CPU time per poll."""
+    if url is None:
+        url = srv.wait(srv.submit(sleepy(steps=1))["id"])["urls"]["self"]
     lat = []
     cpu0 = cpu_seconds(srv.proc.pid)
     end = time.perf_counter() + seconds
@@ -84,7 +85,7 @@ def polls(srv: Server, seconds: float) -> tuple[list[float], float | None]:
         t = time.perf_counter()
         r = srv.client.get(url)
         lat.append(time.perf_counter() - t)
-        assert r.status_code == 200
+        assert r.status_code in (200, 404)
     cpu1 = cpu_seconds(srv.proc.pid)
     return lat, (cpu1 - cpu0) / len(lat) if cpu0 is not None and cpu1 is not None else None
 
@@ -111,6 +112,7 @@ def main() -> int:
         first = first_event_latency(srv, args.first_events)
         sse = sse_delivery(srv)
         poll, poll_cpu = polls(srv, args.poll_s)
+        floor, floor_cpu = polls(srv, args.poll_s, url="/v1/no-such-route")
         tput = throughput(srv, args.jobs)
     ms = lambda v: f"{v * 1000:.1f}"  # noqa: E731
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
@@ -127,6 +129,10 @@ def main() -> int:
     print(f"| status polls per second (one client) | {len(poll) / args.poll_s:.0f} | | | | |")
     if poll_cpu is not None:
         print(f"| server CPU per status poll (ms) | {ms(poll_cpu)} | | | {len(poll)} | |")
+    print(f"| floor: unknown route, same server and client (ms) | {ms(statistics.median(floor))} | "
+          f"{ms(pct(floor, .95))} | {ms(max(floor))} | {len(floor)} | |")
+    if floor_cpu is not None:
+        print(f"| floor: server CPU per request (ms) | {ms(floor_cpu)} | | | {len(floor)} | |")
     print(f"| tiny-job throughput (jobs/s, {args.jobs} one-step jobs) | {tput:.1f} | | | | |")
     print(json.dumps({"first_event_ms": statistics.median(first) * 1000, "sse_ms": statistics.median(sse) * 1000,
                       "poll_ms": statistics.median(poll) * 1000, "polls_per_s": len(poll) / args.poll_s,
