@@ -87,16 +87,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _median_ms(fn, reps: int, device: str) -> float:
+def _median_ms(fn, reps: int, device: str):
+    """Median wall and process-CPU milliseconds of fn (CPU time is what a busy shared machine distorts least)."""
     fn()
     _sync(device)
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
 def _timings(render, scene, size, reps, device):
@@ -118,6 +120,8 @@ def _timings(render, scene, size, reps, device):
 
 def run_one(cfg: dict) -> dict:
     device, n, size, reps = cfg["device"], cfg["n"], cfg["size"], cfg["reps"]
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
     scene = make_scene(n, size, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -127,7 +131,7 @@ def run_one(cfg: dict) -> dict:
     def ours(*a):
         return rasterization(*a, backend=cfg["backend"])
 
-    out["fwd_ms"], out["fwdbwd_ms"] = _timings(ours, scene, size, reps, device)
+    (out["fwd_ms"], out["fwd_cpu_ms"]), (out["fwdbwd_ms"], out["fwdbwd_cpu_ms"]) = _timings(ours, scene, size, reps, device)
     if device.startswith("cuda"):
         out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -138,7 +142,8 @@ def run_one(cfg: dict) -> dict:
     out["isects"] = int(meta["flatten_ids"].numel())
     out["visible"] = visible
     if cfg["dense"] and visible * size * size <= DENSE_MAX_PAIRS:
-        out["dense_fwd_ms"], out["dense_fwdbwd_ms"] = _timings(dense_render, scene, size, max(1, reps // 2), device)
+        (out["dense_fwd_ms"], out["dense_fwd_cpu_ms"]), (out["dense_fwdbwd_ms"], out["dense_fwdbwd_cpu_ms"]) = \
+            _timings(dense_render, scene, size, max(1, reps // 2), device)
     return out
 
 
@@ -157,6 +162,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
     ap.add_argument("--devices", default=None, help="comma list (default: every available device)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -166,27 +172,32 @@ def main(argv=None):
     sizes = [128, 256] if args.quick else [128, 256, 512]
     reps = args.reps or (3 if args.quick else 5)
     devices = args.devices.split(",") if args.devices else _devices()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}")
-    head = (f"{'device':6} {'N':>7} {'size':>5} {'visible':>7} {'isects':>8} {'fwd ms':>8} {'fwd+bwd ms':>10} "
-            f"{'peak MB':>8} {'dense fwd':>9} {'dense f+b':>9} {'speedup f+b':>11}")
+    threads = args.threads or torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} CPU threads, cpu count {os.cpu_count()}, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print("times are medians in ms: wall (cpu = process CPU time); speedup = dense / ours, fwd+bwd wall")
+    head = (f"{'device':6} {'N':>7} {'size':>5} {'isects':>8} {'fwd':>15} {'fwd+bwd':>15} {'peak MB':>8} "
+            f"{'dense fwd':>15} {'dense fwd+bwd':>15} {'speedup':>8}")
     print(head)
     print("-" * len(head))
+
+    def cell(r, key):
+        return f"{r[key]:7.0f} ({r[key.replace('_ms', '_cpu_ms')]:5.0f})" if key in r else f"{'-':>15}"
+
     for device in devices:
         for n in ns:
             for size in sizes:
                 cfg = {"device": device, "n": n, "size": size, "reps": reps, "dense": not args.no_dense,
-                       "backend": "torch"}
+                       "backend": "torch", "threads": args.threads}
                 res = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True,
                                      text=True)
                 if res.returncode != 0:
                     print(f"{device:6} {n:>7} {size:>5}  failed: {res.stderr.strip().splitlines()[-1:]}")
                     continue
                 r = json.loads(res.stdout.strip().splitlines()[-1])
-                dense_f = f"{r['dense_fwd_ms']:9.1f}" if "dense_fwd_ms" in r else f"{'-':>9}"
-                dense_b = f"{r['dense_fwdbwd_ms']:9.1f}" if "dense_fwdbwd_ms" in r else f"{'-':>9}"
-                speed = f"{r['dense_fwdbwd_ms'] / r['fwdbwd_ms']:10.1f}x" if "dense_fwdbwd_ms" in r else f"{'-':>11}"
-                print(f"{device:6} {n:>7} {size:>5} {r['visible']:>7} {r['isects']:>8} {r['fwd_ms']:8.1f} "
-                      f"{r['fwdbwd_ms']:10.1f} {r['peak_mb']:8.0f} {dense_f} {dense_b} {speed}", flush=True)
+                speed = f"{r['dense_fwdbwd_ms'] / r['fwdbwd_ms']:7.1f}x" if "dense_fwdbwd_ms" in r else f"{'-':>8}"
+                print(f"{device:6} {n:>7} {size:>5} {r['isects']:>8} {cell(r, 'fwd_ms')} {cell(r, 'fwdbwd_ms')} "
+                      f"{r['peak_mb']:8.0f} {cell(r, 'dense_fwd_ms')} {cell(r, 'dense_fwdbwd_ms')} {speed}", flush=True)
 
 
 if __name__ == "__main__":
