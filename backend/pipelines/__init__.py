@@ -11,7 +11,7 @@ from .base import JobRequest, Options, Pipeline, RunContext, seed_everything
 #: modules that define methods; each calls :func:`register` at import time (``GEN3D_EXTRA_METHODS``, a
 #: comma-separated list of modules, adds more: test pipelines, plug-ins)
 METHOD_MODULES: list[str] = ["backend.pipelines.reconstruct", "backend.pipelines.lrm",
-                              "backend.pipelines.dreamgaussian"]
+                              "backend.pipelines.dreamgaussian", "backend.pipelines.texture"]
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False
