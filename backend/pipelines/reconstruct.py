@@ -52,7 +52,7 @@ class ReconstructOptions(Options):
     preview_size: int = Field(256, ge=64, le=1024, description="size of each preview tile")
 
     presets = {
-        "fast": {"fit_steps": 150, "num_points": 3000, "max_gaussians": 20_000, "sh_degree": 0,
+        "fast": {"fit_steps": 100, "num_points": 3000, "max_gaussians": 20_000, "sh_degree": 0,
                  "fit_resolutions": [0.25, 0.5], "densify_every": 50, "mesh_resolution": 96,
                  "target_faces": 10_000, "texture_resolution": 512, "refine_steps": 20, "refine_resolution": 0.5,
                  "preview_size": 192},

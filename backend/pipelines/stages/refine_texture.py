@@ -125,7 +125,7 @@ def refine_texture(mesh: TexturedMesh, cameras: Cameras | CamerasFn, targets_fn:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress:
             progress(step + 1, cfg.steps, None)
     with torch.no_grad():
