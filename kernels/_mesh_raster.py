@@ -208,22 +208,30 @@ def _row_spans(c, a, tl, x0, x1, W: int):
     """Exact ``[xs, xe]`` of the pixel centres on each row inside all three edges (empty if ``xe < xs``).
 
     ``c, a, tl``: three ``[R]`` tensors each (one per edge): value at X = 0, slope, tie ownership. Each edge test
-    is monotone in X, so the inside set of a row is an interval; its ends come from the float64 root of each
-    edge, settled by evaluating the float test itself one pixel either side (the root errs by far less).
+    is monotone in X, so the inside set of a row is an interval whose ends follow from each edge's root, computed
+    in float64. The float test itself can disagree with the exact root only within ``|X| * eps`` of it, so where a
+    root lies that close to a pixel centre (always so for exact ties) the float test decides.
     """
+    tol = 1e-6 * max(W, 64)
     xs, xe, empty = x0, x1, None
     for ci, ai, ti in zip(c, a, tl):
-        up, down, flat = ai > 0, ai < 0, ai == 0
-        root = (-ci.double() / torch.where(flat, torch.ones_like(ai), ai).double()).clamp(-2, W + 1)
+        up, down = ai > 0, ai < 0
+        root = (-ci.double() / ai.double()).clamp(-2, W + 1)
+        nearest = torch.round(root)
         k = torch.where(up, torch.ceil(root), torch.floor(root)).long()
-        step = torch.where(up, 1, -1)  # from k one pixel further outside is k - step
-        first = torch.where(_inside(ci, ai, ti, k - step), k - step,
-                            torch.where(_inside(ci, ai, ti, k), k, k + step))
-        xs = torch.where(up, torch.maximum(xs, first), xs)
-        xe = torch.where(down, torch.minimum(xe, first), xe)
-        out = flat & ~_inside(ci, ai, ti, torch.zeros_like(k))
-        empty = out if empty is None else empty | out
-    return xs, torch.where(empty, xs - 1, xe)
+        close = ((root - nearest).abs() <= tol).nonzero().squeeze(1)
+        if len(close):
+            n = nearest.index_select(0, close).long()
+            ins = _inside(ci.index_select(0, close), ai.index_select(0, close), ti.index_select(0, close), n)
+            inward = torch.where(up.index_select(0, close), 1, -1)
+            k.index_copy_(0, close, torch.where(ins, n, n + inward))
+        xs = torch.where(up, torch.maximum(xs, k), xs)
+        xe = torch.where(down, torch.minimum(xe, k), xe)
+        flat = ai == 0
+        if flat.any():
+            out = flat & ~_inside(ci, ai, ti, torch.zeros_like(k))
+            empty = out if empty is None else empty | out
+    return xs, xe if empty is None else torch.where(empty, xs - 1, xe)
 
 
 @torch.no_grad()
@@ -264,48 +272,50 @@ def visibility(v: torch.Tensor, batch: torch.Tensor, B: int, H: int, W: int) -> 
     return torch.where(zbuf == _NO_HIT, -1, zbuf & _LOW32)
 
 
-def _edge_functions(v, fx, fy):
-    """Homogeneous edge functions at NDC pixel centres: ``a_i = det(v_j, v_k, (fx, fy, 1))`` and their NDC
-    derivatives, as lists of three ``[N]`` tensors (``v [N, 3, 4]``)."""
-    x, y, w = v[..., 0].unbind(1), v[..., 1].unbind(1), v[..., 3].unbind(1)
-    px = [x[i] - fx * w[i] for i in range(3)]
-    py = [y[i] - fy * w[i] for i in range(3)]
-    a, dx, dy = [], [], []
+def plane_coefficients(v: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Per-triangle linear forms in pixel coordinates, ``[P, 12]`` for ``v [P, 3, 4]``.
+
+    Columns ``0:3, 3:6, 6:9`` are ``(c_i, a_i, b_i)`` with the homogeneous edge function
+    ``e_i(X, Y) = det(v_j, v_k, (fx, fy, 1)) = c_i + a_i X + b_i Y`` at pixel centre ``(X, Y)``, so the
+    perspective-correct barycentrics are ``e_i / sum(e)``; differentiable w.r.t. ``v``. Columns ``9:12`` (no
+    gradient) give ``z/w = z_c + z_x X + z_y Y``.
+    """
+    x, y, z, w = (t.unbind(1) for t in v.unbind(-1))
+    sx, ox, sy, oy = 2.0 / W, 1.0 / W - 1.0, 2.0 / H, 1.0 / H - 1.0
+    c, a, b = [], [], []
     for i in range(3):
         j, k = (i + 1) % 3, (i + 2) % 3
-        a.append(px[j] * py[k] - py[j] * px[k])
-        dx.append(py[j] * w[k] - w[j] * py[k])
-        dy.append(w[j] * px[k] - px[j] * w[k])
-    return a, dx, dy
-
-
-def barycentrics(v: torch.Tensor, pix: torch.Tensor, H: int, W: int, grad_db: bool):
-    """Perspective-correct ``(u, v)``, ``z/w`` and ``(du/dX, du/dY, dv/dX, dv/dY)`` at pixel centres.
-
-    ``v [N, 3, 4]`` clip-space vertices of the triangle covering each pixel, ``pix [N]`` flat pixel index
-    ``(b * H + row) * W + col``. Returns ``[N, 3]`` (u, v, z/w) and ``[N, 4]``; differentiable w.r.t. ``v``
-    (the derivatives only when ``grad_db``; z/w never, as in nvdiffrast).
-    """
-    dt = v.dtype
-    col = pix % W
-    fx = (2 * col + 1).to(dt) / W - 1
-    fy = (2 * ((pix - col) // W % H) + 1).to(dt) / H - 1
-    a, dx, dy = _edge_functions(v, fx, fy)
-    inv = 1 / (a[0] + a[1] + a[2])
-    u, vv = a[0] * inv, a[1] * inv
+        C = x[j] * y[k] - x[k] * y[j]
+        A = y[j] * w[k] - y[k] * w[j]
+        Bc = x[k] * w[j] - x[j] * w[k]
+        c.append(C + A * ox + Bc * oy)
+        a.append(A * sx)
+        b.append(Bc * sy)
     with torch.no_grad():
-        z, w = v[..., 2].unbind(1), v[..., 3].unbind(1)
-        depth = (a[0] * z[0] + a[1] * z[1] + a[2] * z[2]) / (a[0] * w[0] + a[1] * w[1] + a[2] * w[2])
-    bu, bv = u, vv
-    if not grad_db:
-        bu, bv, inv = bu.detach(), bv.detach(), inv.detach()
-        dx, dy = [t.detach() for t in dx], [t.detach() for t in dy]
-    # d b_i / d f = (da_i/df - b_i * d(sum a)/df) / sum a ; f -> pixels: d fx / dX = 2 / W
-    sx, sy = inv * (2.0 / W), inv * (2.0 / H)
-    tx, ty = dx[0] + dx[1] + dx[2], dy[0] + dy[1] + dy[2]
-    db = torch.stack([(dx[0] - bu * tx) * sx, (dy[0] - bu * ty) * sy, (dx[1] - bv * tx) * sx,
-                      (dy[1] - bv * ty) * sy], 1)
-    return torch.stack([u, vv, depth], 1), db
+        det = sum(w[i] * c[i] for i in range(3))  # sum_i w_i e_i(X, Y) is the constant det(v0, v1, v2)
+        zp = [sum(z[i] * t[i] for i in range(3)) / det for t in (c, a, b)]
+    return torch.stack(c + a + b + zp, 1)
+
+
+def barycentrics(k: torch.Tensor, pix: torch.Tensor, H: int, W: int, grad_db: bool):
+    """Perspective-correct ``(u, v)``, ``z/w`` ``[N, 3]`` and ``(du/dX, du/dY, dv/dX, dv/dY)`` ``[N, 4]`` at
+    pixel centres, from the :func:`plane_coefficients` ``k [N, 12]`` of the triangle covering each flat pixel
+    index ``pix = (b * H + row) * W + col``. Differentiable w.r.t. ``k[:, :9]`` (the derivatives only when
+    ``grad_db``)."""
+    dt = k.dtype
+    X = (pix % W).to(dt)
+    Y = (pix // W % H).to(dt)
+    e = k[:, 0:3] + k[:, 3:6] * X[:, None] + k[:, 6:9] * Y[:, None]
+    inv = 1 / (e[:, 0] + e[:, 1] + e[:, 2])
+    u, v = e[:, 0] * inv, e[:, 1] * inv
+    depth = (k[:, 9] + k[:, 10] * X + k[:, 11] * Y).detach()
+    kd, bu, bv = (k, u, v) if grad_db else (k.detach(), u.detach(), v.detach())
+    invd = inv if grad_db else inv.detach()
+    sa = kd[:, 3] + kd[:, 4] + kd[:, 5]
+    sb = kd[:, 6] + kd[:, 7] + kd[:, 8]
+    db = torch.stack([(kd[:, 3] - bu * sa) * invd, (kd[:, 6] - bu * sb) * invd,
+                      (kd[:, 4] - bv * sa) * invd, (kd[:, 7] - bv * sb) * invd], 1)
+    return torch.stack([u, v, depth], 1), db
 
 
 def rasterize(pos, tri, resolution, ranges=None, grad_db=True):
@@ -317,8 +327,8 @@ def rasterize(pos, tri, resolution, ranges=None, grad_db=True):
         prim = visibility(prim_vertices(pos.detach(), tri, batch, face), batch, B, H, W)
     pix = (prim >= 0).nonzero().squeeze(1)
     p = prim.index_select(0, pix)
-    v = prim_vertices(pos, tri, batch.index_select(0, p), face.index_select(0, p))
-    uvz, db = barycentrics(v, pix, H, W, grad_db)
+    k = plane_coefficients(prim_vertices(pos, tri, batch, face), H, W)  # per triangle, then one gather per pixel
+    uvz, db = barycentrics(k.index_select(0, p), pix, H, W, grad_db)
     tid = (face.index_select(0, p) + 1).to(pos.dtype)
     out = pos.new_zeros(B * H * W, 4).index_put((pix,), torch.cat([uvz, tid[:, None]], 1))
     out_db = pos.new_zeros(B * H * W, 4).index_put((pix,), db)

@@ -391,7 +391,7 @@ def test_gradcheck_rasterize_barycentrics_and_derivatives():
         r, db = mesh.rasterize(p, tri, (6, 7), **T)
         return r[..., :2], db
 
-    assert torch.autograd.gradcheck(f, (pos,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(f, (pos,), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_gradcheck_interpolate():
@@ -405,7 +405,7 @@ def test_gradcheck_interpolate():
     def f(a, uv, db):
         return mesh.interpolate(a, torch.cat([uv, fixed], -1), tri, db, diff_attrs=[0, 2], **T)
 
-    assert torch.autograd.gradcheck(f, (attr, uv, db), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(f, (attr, uv, db), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize("mode", ["linear", "linear-mipmap-linear"])
@@ -436,7 +436,7 @@ def test_gradcheck_antialias():
 
     out = f(color, pos)
     assert not torch.equal(out, color), "no silhouette pixel was antialiased"
-    assert torch.autograd.gradcheck(f, (color, pos), eps=1e-7, atol=1e-5)
+    assert torch.autograd.gradcheck(f, (color, pos), eps=1e-7, atol=1e-5, fast_mode=True)
 
 
 def test_textured_render_sends_gradients_to_every_input():
