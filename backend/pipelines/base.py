@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from ..errors import BadInput, Cancelled
 
@@ -75,6 +75,8 @@ class JobRequest(BaseModel):
     preset: str = "standard"
     options: dict[str, Any] = Field(default_factory=dict)
     cameras: list[WireCamera] = Field(default_factory=list, max_length=512)
+    cursor: list[FiniteFloat] | None = Field(None, min_length=3, max_length=3, description=(
+        "the 3D cursor (world, metres): where a generated object lands (see backend.geometry.placement)"))
     files: dict[str, str] = Field(default_factory=dict)
 
 
