@@ -9,19 +9,21 @@ Rasterization is split in two:
    The depth ``z/w = sum(a_i z_i) / sum(a_i w_i)`` is tested against ``[-1, 1]`` per pixel, which clips exactly at
    the near and far planes. Ties on an edge (``a_i == 0``) go to the triangle whose inward edge normal points
    right (or down when vertical), the top-left rule, so a pixel centre on a shared edge is covered exactly once.
-   Work is bounded: triangles become (triangle, row) spans, spans become candidate pixels in chunks of at most
+   Work is bounded: triangles become (triangle, row) spans whose exact pixel interval comes from the edge roots
+   (checked with the float test where a root sits on a pixel centre), spans become pixels in chunks of at most
    ``_PIXEL_BUDGET``, and a running depth buffer of packed ``(depth, triangle)`` int64 keys keeps the nearest.
-2. *Barycentrics* (differentiable): for the covered pixels only, the perspective-correct barycentrics
-   ``u = a0 / sum(a)``, ``v = a1 / sum(a)`` and their pixel derivatives are evaluated with torch ops from ``pos``,
-   so gradients reach vertex positions exactly as nvdiffrast's analytic backward does (``z/w`` and the triangle id
-   carry no gradient, as in nvdiffrast).
+2. *Barycentrics* (differentiable): each triangle's edge functions are linear forms ``c + a X + b Y`` of the
+   pixel coordinates whose coefficients are torch functions of ``pos``; for the covered pixels only, the
+   perspective-correct barycentrics ``u = a0 / sum(a)``, ``v = a1 / sum(a)`` and their pixel derivatives are
+   evaluated from one gather of those coefficients, so gradients reach vertex positions as with nvdiffrast's
+   analytic backward (``z/w`` and the triangle id carry no gradient, as in nvdiffrast).
 """
 
 from __future__ import annotations
 
 import torch
 
-#: candidate (triangle, pixel) pairs evaluated at once: bounds the working memory (~40 bytes each)
+#: (triangle, pixel) pairs depth-tested at once: bounds the working memory (~50 bytes each)
 _PIXEL_BUDGET = 1 << 20
 #: (triangle, row) spans set up at once
 _ROW_BUDGET = 1 << 20
