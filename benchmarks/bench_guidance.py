@@ -3,6 +3,7 @@
     python benchmarks/bench_guidance.py                   # best device; fp16 on CUDA, fp32 on CPU
     python benchmarks/bench_guidance.py --quick           # batch 1, 3 repetitions (use on CPU: real-size UNets are slow)
     python benchmarks/bench_guidance.py --smoke-only      # only: every prior on tiny weights on this device
+    python benchmarks/bench_guidance.py --no-smoke --quick --models mvdream   # one real-size UNet
 
 Real-size architectures (no download): the SD 2.1-base UNet (64^2 latents), the Zero123 UNet (8 input channels,
 32^2 latents, config from tests/data/checkpoint_keys/zero123-unet.json), the MVDream multi-view UNet (4 views,
@@ -58,7 +59,7 @@ def _time(fn, device, reps):
     return statistics.median(out)
 
 
-def bench_real_size(device, dtype, batch, reps):
+def bench_real_size(device, dtype, batch, reps, models):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from backend.models.mvdream_unet import MultiViewUNetModel
@@ -69,11 +70,14 @@ def bench_real_size(device, dtype, batch, reps):
               if k != "use_checkpoint"}
     with torch.device(device):
         vae = AutoencoderKL(**SD_VAE).to(dtype).eval().requires_grad_(False)
-    rows = []
+    print(f"\nreal-size step costs on {device} ({dtype}), batch {batch}:")
+    print(f"{'prior':<10} {'images':>6} {'px':>5} {'unet_cfg s':>11} {'vae_fb s':>9} {'peak_mb':>9}", flush=True)
     for name, build, latent, size, views in [
             ("sd21-base", lambda: UNet2DConditionModel(**SD21_UNET), 64, 512, 1),
             ("zero123", lambda: UNet2DConditionModel(**zero123_cfg), 32, 256, 1),
             ("mvdream", lambda: MultiViewUNetModel(**mv_cfg), 32, 256, 4)]:
+        if name not in models:
+            continue
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -96,12 +100,8 @@ def bench_real_size(device, dtype, batch, reps):
         vae_s = _time(lambda: vae.encode(renders * 2 - 1).latent_dist.sample().float().square().sum().backward(),
                       device, reps)
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-        rows.append((name, n, size, unet_s, vae_s, peak))
+        print(f"{name:<10} {n:>6} {size:>5} {unet_s:>11.4f} {vae_s:>9.4f} {peak:>9.0f}", flush=True)
         del unet
-    print(f"\nreal-size step costs on {device} ({dtype}), batch {batch}:")
-    print(f"{'prior':<10} {'images':>6} {'px':>5} {'unet_cfg s':>11} {'vae_fb s':>9} {'peak_mb':>9}")
-    for name, n, size, u, v, p in rows:
-        print(f"{name:<10} {n:>6} {size:>5} {u:>11.4f} {v:>9.4f} {p:>9.0f}")
 
 
 def smoke(device):
@@ -164,14 +164,17 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--smoke-only", action="store_true")
     p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--models", default="sd21-base,zero123,mvdream", help="comma-separated real-size UNets to time")
+    p.add_argument("--no-smoke", action="store_true", help="skip the tiny-weights smoke run")
     args = p.parse_args()
     from backend.device import pick_device
 
     device = pick_device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    ok = smoke(device)
+    ok = True if args.no_smoke else smoke(device)
     if not args.smoke_only:
-        bench_real_size(device, dtype, args.batch or (1 if args.quick else 4), 3 if args.quick else 10)
+        bench_real_size(device, dtype, args.batch or (1 if args.quick else 4), 3 if args.quick else 10,
+                        args.models.split(","))
     return 0 if ok else 1
 
 
