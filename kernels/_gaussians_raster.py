@@ -79,7 +79,7 @@ def bin_splats(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
     tiles_per_splat = torch.zeros(n_img * n, dtype=torch.long, device=dev)
     tiles_per_splat[fid] = per_splat
 
-    # one entry per (splat, tile) in splat order; the first tile of splat i is tile0[i] = image * T + y0 * tx + x0
+    # one entry per (splat, tile), in splat order, enumerating each splat's tile rectangle row by row
     first = torch.div(fid, n, rounding_mode="floor") * (tiles_x * tiles_y) + y0 * tiles_x + x0
     owner = torch.repeat_interleave(torch.arange(fid.numel(), device=dev), per_splat)
     local = torch.arange(owner.numel(), device=dev) - (torch.cumsum(per_splat, 0) - per_splat).index_select(0, owner)
@@ -119,45 +119,47 @@ def tile_pixel_features(tile_size: int, dtype: torch.dtype, device) -> torch.Ten
 
 
 class Splats:
-    """Flat per-splat inputs of the compositor, each with one padding row appended (index ``pad``)."""
+    """Flat per-splat inputs of the compositor as one table [S+1, 7+D] (row ``pad`` = padding):
+    columns mean x, mean y, conic a, b, c, log opacity, D colour channels, 1 (the alpha channel)."""
 
     def __init__(self, means2d, conics, log_opacities, colors):
         self.pad = means2d.shape[0]
-        self.means2d = torch.cat([means2d, means2d.new_zeros(1, 2)])
-        self.conics = torch.cat([conics, conics.new_zeros(1, 3)])
-        self.log_op = torch.cat([log_opacities, log_opacities.new_full((1,), _PAD_LOG_ALPHA)])
-        self.colors = torch.cat([torch.cat([colors, colors.new_ones(colors.shape[0], 1)], 1), colors.new_zeros(1, colors.shape[1] + 1)])
+        rows = torch.cat([means2d, conics, log_opacities[:, None], colors, colors.new_ones(self.pad, 1)], dim=1)
+        padding = rows.new_zeros(1, rows.shape[1])
+        padding[0, 5] = _PAD_LOG_ALPHA
+        self.table = torch.cat([rows, padding])
+        self.channels = colors.shape[1] + 1
+
+    def rows(self, sid):
+        """[B,K,7+D] table rows of splats sid [B,K] (index_select is the fast gather on CPU)."""
+        return self.table.index_select(0, sid.reshape(-1)).view(sid.shape + (self.table.shape[1],))
+
+    def split_grads(self, grads):
+        """[S+1, 6+D] accumulated gradients -> (means2d [S,2], conics [S,3], log opacity [S], colours [S,D])."""
+        grads = grads[:-1]
+        return grads[:, :2], grads[:, 2:5], grads[:, 5], grads[:, 6:]
 
 
-def _rows(table, ids):
-    """table[ids] for a 2D table and an index tensor of any shape (index_select is the fast gather on CPU)."""
-    return table.index_select(0, ids.reshape(-1)).view(ids.shape + table.shape[1:])
+def _log_alpha_coeffs(rows, centres):
+    """q [B,K,6]: log alpha_raw over tile-local pixel monomials for splat rows [B,K,7+D]; centres [B,2].
 
-
-def _log_alpha_coeffs(sp: Splats, sid, centres):
-    """q [B,K,6]: log alpha_raw of splats sid [B,K] over tile-local pixel monomials; tile centres [B,2].
-
-    Returns q and the intermediates its backward needs (offset from the tile centre d, conic, gradient g).
+    Returns q and the intermediates its backward needs (offset from the tile centre, conic, gradient).
     """
-    flat = sid.reshape(-1)
-    d = sp.means2d.index_select(0, flat).view(sid.shape + (2,)) - centres[:, None, :]
-    a, b, c = sp.conics.index_select(0, flat).view(sid.shape + (3,)).unbind(-1)
-    dx, dy = d.unbind(-1)
+    dx = rows[..., 0] - centres[:, None, 0]
+    dy = rows[..., 1] - centres[:, None, 1]
+    a, b, c = rows[..., 2], rows[..., 3], rows[..., 4]
     gx, gy = a * dx + b * dy, b * dx + c * dy
-    log_op = sp.log_op.index_select(0, flat).view(sid.shape)
-    q = torch.stack([log_op - 0.5 * (dx * gx + dy * gy), gx, gy, -0.5 * a, -b, -0.5 * c], dim=-1)
+    q = torch.stack([rows[..., 5] - 0.5 * (dx * gx + dy * gy), gx, gy, -0.5 * a, -b, -0.5 * c], dim=-1)
     return q, (dx, dy, a, b, c, gx, gy)
 
 
 def _log_alpha_coeffs_vjp(dq, saved):
-    """Pull dq [B,K,6] back to (d means2d [B,K,2], d conics [B,K,3], d log opacity [B,K])."""
+    """Pull dq [B,K,6] back to [B,K,6] = d (mean x, mean y, conic a, b, c, log opacity)."""
     dx, dy, a, b, c, gx, gy = saved
     d0, dgx, dgy, da, db, dc = dq.unbind(-1)
-    ddx = dgx * a + dgy * b - d0 * gx
-    ddy = dgx * b + dgy * c - d0 * gy
-    dcon = torch.stack([dgx * dx - 0.5 * (d0 * dx * dx + da), dgx * dy + dgy * dx - d0 * dx * dy - db,
-                        dgy * dy - 0.5 * (d0 * dy * dy + dc)], dim=-1)
-    return torch.stack([ddx, ddy], dim=-1), dcon, d0
+    return torch.stack([dgx * a + dgy * b - d0 * gx, dgx * b + dgy * c - d0 * gy,
+                        dgx * dx - 0.5 * (d0 * dx * dx + da), dgx * dy + dgy * dx - d0 * dx * dy - db,
+                        dgy * dy - 0.5 * (d0 * dy * dy + dc), d0], dim=-1)
 
 
 def _blend_chunk(q, trans, feats2):
@@ -240,7 +242,7 @@ def _tile_centres(plan: TilePlan, tile_ids, dtype):
 
 def _splat_ids(plan: TilePlan, sp: Splats, idx):
     """Splat index of each isect index in idx (-1 = padding -> the padding splat)."""
-    return torch.where(idx >= 0, _rows(plan.isect_splats, idx.clamp_min(0)), sp.pad)
+    return torch.where(idx >= 0, plan.isect_splats.index_select(0, idx.clamp_min(0).reshape(-1)).view(idx.shape), sp.pad)
 
 
 def _grad_state(alpha, odds, kept):
@@ -260,10 +262,10 @@ def composite_forward(sp: Splats, plan: TilePlan, save_budget: int = 0):
     Also returns, per tile group, the list of _Chunk records for the backward while their size stays
     within ``save_budget`` bytes (None for the groups the backward has to recompute).
     """
-    dtype, dev = sp.means2d.dtype, sp.means2d.device
+    dtype, dev = sp.table.dtype, sp.table.device
     p = plan.tile_size**2
     feats2 = tile_pixel_features(plan.tile_size, dtype, dev) * _LOG2E
-    acc = sp.means2d.new_zeros(plan.n_tiles, sp.colors.shape[1], p)
+    acc = sp.table.new_zeros(plan.n_tiles, sp.channels, p)
     records, saved_bytes = [], 0
     for group in plan.groups:
         tile_ids = group[0]
@@ -275,9 +277,10 @@ def composite_forward(sp: Splats, plan: TilePlan, save_budget: int = 0):
         for idx in walk:
             trans, centres, pos = walk.carry
             sid = _splat_ids(plan, sp, idx)
-            q, _ = _log_alpha_coeffs(sp, sid, centres)
+            rows = sp.rows(sid)
+            q, _ = _log_alpha_coeffs(rows, centres)
             alpha, odds, trans_buf, weights, kept = _blend_chunk(q, trans, feats2)
-            out.index_add_(0, pos, torch.bmm(_rows(sp.colors, sid).transpose(1, 2), weights))
+            out.index_add_(0, pos, torch.bmm(rows[..., 6:].transpose(1, 2), weights))
             walk.carry[0] = trans_buf[:, -1]
             if record is not None:
                 odds, clamped = _grad_state(alpha, odds, kept)
@@ -289,11 +292,12 @@ def composite_forward(sp: Splats, plan: TilePlan, save_budget: int = 0):
 
 
 def _chunk_grads(sp, sid, centres, weights, odds, clamped, grads, totals, prefix, feats, out):
-    """Accumulate one chunk's gradients into ``out`` (means2d, conics, log opacity, colours); returns
-    the running sum of w * dL/dw after the chunk. grads [B,D+1,P] = dL/d(colour sums, alpha)."""
+    """Accumulate one chunk's gradients into ``out`` [S+1, 6+D]; returns the running sum of w * dL/dw
+    after the chunk. grads [B,D+1,P] = dL/d(colour sums, alpha)."""
     d = grads.shape[1] - 1
-    q, saved = _log_alpha_coeffs(sp, sid, centres)
-    wv = torch.bmm(_rows(sp.colors, sid), grads).mul_(weights)  # w * dL/dw, [B,K,P]
+    rows = sp.rows(sid)
+    _, saved = _log_alpha_coeffs(rows, centres)
+    wv = torch.bmm(rows[..., 6:], grads).mul_(weights)  # w * dL/dw, [B,K,P]
     if clamped is not None:
         wv.masked_fill_(clamped, 0.0)
     b, k, p = wv.shape
@@ -303,28 +307,22 @@ def _chunk_grads(sp, sid, centres, weights, odds, clamped, grads, totals, prefix
         torch.add(upto[:, i], wv[:, i], out=upto[:, i + 1])
     # d loss / d log alpha_raw = alpha dL/dalpha = w v - alpha / (1 - alpha) * (sum of w v behind)
     dlog = wv.sub_(torch.rsub(upto[:, 1:], totals[:, None]).mul_(odds))
-    dm, dcon, dlo = _log_alpha_coeffs_vjp(torch.matmul(dlog, feats), saved)
-    flat = sid.reshape(-1)
-    g_means, g_conics, g_logop, g_colors = out
-    g_means.index_add_(0, flat, dm.reshape(-1, 2))
-    g_conics.index_add_(0, flat, dcon.reshape(-1, 3))
-    g_logop.index_add_(0, flat, dlo.reshape(-1))
-    g_colors.index_add_(0, flat, torch.bmm(weights, grads[:, :d].transpose(1, 2)).reshape(-1, d))
+    g_geom = _log_alpha_coeffs_vjp(torch.matmul(dlog, feats), saved)
+    g_col = torch.bmm(weights, grads[:, :d].transpose(1, 2))
+    out.index_add_(0, sid.reshape(-1), torch.cat([g_geom, g_col], dim=-1).reshape(-1, 6 + d))
     return upto[:, -1]
 
 
 def composite_backward(sp: Splats, plan: TilePlan, acc, grad_acc, records):
     """Gradients wrt the splats' (means2d, conics, log opacities, colors); groups without forward
     records are recomputed chunk by chunk."""
-    dtype, dev = sp.means2d.dtype, sp.means2d.device
+    dtype, dev = sp.table.dtype, sp.table.device
     p = plan.tile_size**2
-    d = sp.colors.shape[1] - 1
     feats = tile_pixel_features(plan.tile_size, dtype, dev)
     feats2 = feats * _LOG2E
     grad_acc = grad_acc.contiguous()
     total = (grad_acc * acc).sum(dim=1)  # [n_tiles, P]: sum over all splats of w * dL/dw
-    out = (torch.zeros_like(sp.means2d), torch.zeros_like(sp.conics), torch.zeros_like(sp.log_op),
-           sp.colors.new_zeros(sp.colors.shape[0], d))
+    out = sp.table.new_zeros(sp.table.shape[0], 5 + sp.channels)
     for group, record in zip(plan.groups, records):
         tile_ids = group[0]
         n = tile_ids.numel()
@@ -341,12 +339,12 @@ def composite_backward(sp: Splats, plan: TilePlan, acc, grad_acc, records):
         for idx in walk:
             trans, prefix, centres, grads, totals = walk.carry
             sid = _splat_ids(plan, sp, idx)
-            q, _ = _log_alpha_coeffs(sp, sid, centres)
+            q, _ = _log_alpha_coeffs(sp.rows(sid), centres)
             alpha, odds, trans_buf, weights, kept = _blend_chunk(q, trans, feats2)
             odds, clamped = _grad_state(alpha, odds, kept)
             walk.carry[0] = trans_buf[:, -1]
             walk.carry[1] = _chunk_grads(sp, sid, centres, weights, odds, clamped, grads, totals, prefix, feats, out)
-    return tuple(g[:-1] for g in out)
+    return sp.split_grads(out)
 
 
 class _Composite(torch.autograd.Function):

@@ -4,12 +4,15 @@
 kernels when gsplat is importable and the tensors are on CUDA, and otherwise runs the torch
 implementation (CPU, MPS, CUDA), which is the reference the fast path is tested against. The torch
 implementation follows gsplat's current kernels: EWA projection with the ``eps2d`` low-pass (and the
-antialiased mode's compensation), opacity-aware radii, tile binning, depth-sorted front to back compositing with alpha clamped at 0.99, contributions under 1/255 skipped and early stop at
+antialiased mode's compensation), opacity-aware radii, tile binning, depth-sorted front to back
+compositing with alpha clamped at 0.99, contributions under 1/255 skipped and early stop at
 transmittance 1e-4 (see ``_gaussians_raster`` for how it is made fast on a CPU).
 
 Differences from gsplat, all in the torch backend: no leading batch dimensions (means [N,3], cameras [C,...]);
 ``packed`` defaults to False here and the torch backend always returns the unpacked layout (meta tensors
-[C,N,...]); ``absgrad``, ``sparse_grad``, ``distributed`` and non-pinhole cameras are gsplat-only.
+[C,N,...]); ``absgrad``, ``sparse_grad``, ``distributed`` and non-pinhole cameras are gsplat-only;
+gsplat's kernels also skip a splat where its exponent rounds below zero (conics are positive definite,
+so only at rounding level), which the torch backend does not.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def rasterization(
     if backend not in ("auto", "torch", "gsplat"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
     use_gsplat = backend == "gsplat" or (backend == "auto" and means.is_cuda and gsplat_available())
+    log.debug("rasterization: %d Gaussians, %d cameras, %dx%d, backend %s", means.shape[-2], viewmats.shape[-3],
+              width, height, "gsplat" if use_gsplat else "torch")
     if use_gsplat:
         if not gsplat_available():
             raise ImportError("backend='gsplat' needs the gsplat package (pip install gsplat) and a CUDA device")
