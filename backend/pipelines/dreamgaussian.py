@@ -398,6 +398,7 @@ class _DreamGaussian(Pipeline):
         return None
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        from ..geometry.placement import CanonicalView, record_placement
         from .stages.export import export_results
         from .stages.extract_mesh import MeshExtractConfig, extract_mesh
         from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
@@ -427,6 +428,8 @@ class _DreamGaussian(Pipeline):
             mesh, refine_metrics = refine_in_uv_space(mesh, opts, guide, sampler, reference, gen, ctx)
         with ctx.stage("export"):
             out.update(export_results(ctx.out_dir, mesh, gaussians, opts.preview_views, opts.preview_size))
+            out.update(record_placement(request, ctx, mesh.vertices,
+                                        CanonicalView(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy)))
         ctx.cache.setdefault("_metrics", {}).update(metrics, **bake_metrics, **refine_metrics,
                                                     faces=int(len(mesh.faces)), vertices=int(len(mesh.vertices)))
         return out

@@ -140,6 +140,7 @@ class LRMPipeline(Pipeline):
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.cameras import orbit_cameras
         from ..geometry.image_prep import read_image
+        from ..geometry.placement import CanonicalView, fov_from_focal, record_placement
         from ..models.lrm.preprocess import preprocess_image
         from ..representations.mesh import TexturedMesh
         from .stages.export import export_results, write_png
@@ -194,6 +195,8 @@ class LRMPipeline(Pipeline):
             mesh = TexturedMesh(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, texture)
             out.update(export_results(ctx.out_dir, mesh, preview_views=opts.preview_views,
                                       preview_size=opts.preview_size or 256))
+            out.update(record_placement(request, ctx, mesh.vertices, CanonicalView(
+                0.0, cfg.source_camera_distance, fov_from_focal(cfg.source_focal))))
         ctx.cache.setdefault("_metrics", {}).update({"faces": int(len(mesh.faces)),
                                                      "vertices": int(len(mesh.vertices)),
                                                      "triplane_shape": list(planes.shape)})
