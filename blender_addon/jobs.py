@@ -274,6 +274,8 @@ class JobManager:
                                                            os.path.join(out_dir, "preview.png"))))
                 except BackendError as e:
                     log.debug("preview download failed: %s", e)
+            if "placement.json" in names:  # where the object stands (backend/geometry/placement.py), beside the GLB
+                client.download(job_id, "placement.json", os.path.join(out_dir, "placement.json"))
             path = client.download(job_id, glb, os.path.join(out_dir, os.path.basename(glb)))
             q.put(("result", key, path))
         except BackendError as e:
