@@ -21,7 +21,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from . import reimport, scene_io, views
 from .backend_process import BackendProcess, backend_argv
 from .client import TERMINAL_STATES, BackendError, Client
-from .jobs import JobRecord, manager, method_kind, method_weights
+from .jobs import JobRecord, manager, method_inputs, method_kind, method_weights
 from .preferences import get_prefs, make_client, output_dir, user_dir
 from .properties import option_overrides
 
@@ -250,16 +250,18 @@ class _JobOperator:
                                {"command": command} if command else {})
         return method
 
-    def request(self, context, method: str, **extra) -> dict:
-        settings = context.scene.gen3d
-        options = option_overrides(settings, method)
+    def request(self, context, method: dict) -> dict:
+        """The JSON part of the job: the panel's seed, preset, changed options (plus ``options_json``) and, for
+        methods that take one, the prompt."""
+        settings, name = context.scene.gen3d, method["name"]
+        options = option_overrides(settings, name)
         if self.options_json:
             options.update(json.loads(self.options_json))
-        req = {"method": method, "seed": settings.seed, "preset": settings.preset, "options": options}
-        for key in ("prompt", "negative_prompt"):
-            if getattr(settings, key):
-                req[key] = getattr(settings, key)
-        req.update(extra)
+        req = {"method": name, "seed": settings.seed, "preset": settings.preset, "options": options}
+        if "prompt" in method_inputs(method):
+            for key in ("prompt", "negative_prompt"):
+                if getattr(settings, key):
+                    req[key] = getattr(settings, key)
         return req
 
     def new_out_dir(self, context, kind: str) -> str:
@@ -369,7 +371,7 @@ class GEN3D_OT_generate(_JobOperator, bpy.types.Operator):
                 raise ValueError(f"method {method['name']!r} needs a reference image")
             if "prompt" in inputs and not s.prompt:
                 raise ValueError(f"method {method['name']!r} needs a prompt")
-            return dict(kind="generate", method=method["name"], request=self.request(context, method["name"]),
+            return dict(kind="generate", method=method["name"], request=self.request(context, method),
                         files=files, out_dir=out, placement="cursor")
 
         return self.run(context, prepare)
@@ -399,13 +401,12 @@ class GEN3D_OT_reconstruct(_JobOperator, bpy.types.Operator):
             out = self.new_out_dir(context, "reconstruct")
             folder = os.path.join(out, "inputs", "views")
             if s.views_source == "RENDER":
-                hidden = [c for c in (bpy.data.collections.get(reimport.COLLECTION),) if c is not None]
-                paths = views.render_views(scene, cams, folder, hide_collections=hidden)
+                paths = views.render_views(scene, cams, folder)
             else:
                 paths = views.camera_images(cams, folder)
             wires = [scene_io.camera_to_wire(c, scene) for c in cams]
             zip_path = views.write_views_zip(folder, wires, paths, os.path.join(out, "inputs", "views.zip"))
-            return dict(kind="reconstruct", method=method["name"], request=self.request(context, method["name"]),
+            return dict(kind="reconstruct", method=method["name"], request=self.request(context, method),
                         files={"views": zip_path}, out_dir=out, placement="in_place")
 
         return self.run(context, prepare)
@@ -433,12 +434,12 @@ class GEN3D_OT_refine_texture(_JobOperator, bpy.types.Operator):
             s, obj = context.scene.gen3d, context.active_object
             if obj is None or obj.type != "MESH":
                 raise ValueError("select a mesh object to refine")
-            method = self.find_method(context, "texture", "texture")
+            method = self.find_method(context, "texture", s.texture_method)
             out = self.new_out_dir(context, "refine")
             mesh_path = os.path.join(out, "inputs", "mesh.glb")
             scene_io.export_evaluated_mesh_glb(obj, context.evaluated_depsgraph_get(), mesh_path)
             files = {"mesh": mesh_path, **_reference_image(context, os.path.join(out, "inputs"))}
-            return dict(kind="refine", method=method["name"], request=self.request(context, method["name"]),
+            return dict(kind="refine", method=method["name"], request=self.request(context, method),
                         files=files, out_dir=out, placement="in_place", source_object=obj.name,
                         hide_source=s.hide_source)
 

@@ -103,10 +103,14 @@ class GEN3D_PT_scene(_Gen3DPanel, bpy.types.Panel):
             draw_options(box, s, recon)
         box.operator("gen3d.reconstruct", icon="OUTLINER_OB_CAMERA")
         box = layout.box()
+        if any(method_kind(m) == "texture" for m in manager.status.methods):
+            box.prop(s, "texture_method", text="")
+            m = manager.status.method(s.texture_method)
+            ready, reason, _ = method_weights(m) if m else (True, "", "")
+            if not ready:
+                box.label(text=reason, icon="ERROR")
+            draw_options(box, s, s.texture_method)
         box.prop(s, "hide_source")
-        tex = next((m["name"] for m in manager.status.methods if method_kind(m) == "texture"), None)
-        if tex:
-            draw_options(box, s, tex)
         box.operator("gen3d.refine_texture", icon="TEXTURE")
         layout.operator("gen3d.render_dataset", icon="RENDER_RESULT")
 

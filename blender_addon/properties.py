@@ -17,21 +17,30 @@ from .jobs import manager, method_kind
 
 PRESET_ITEMS = [("fast", "Fast", "Quick preview quality"), ("standard", "Standard", "Balanced"),
                 ("high", "High", "Best quality, slowest")]
-_ENUM_CACHE: dict[str, list] = {}  # Blender needs the dynamic enum item strings kept alive
+#: Blender keeps pointers to the strings of dynamic enum items: every list handed out stays alive here, and the
+#: same content always gets the same list (cleared at unregister)
+_ENUM_CACHE: dict[tuple, list] = {}
+
+
+def _enum_items(items: list[tuple[str, str, str]]) -> list:
+    return _ENUM_CACHE.setdefault(tuple(items), items)
 
 
 def _method_items(self, context):
     items = [(m["name"], m.get("title") or m["name"], m.get("description") or "")
              for m in manager.status.methods if method_kind(m) == "generate"]
-    _ENUM_CACHE["methods"] = items or [("NONE", "(no method)", "Refresh the backend status")]
-    return _ENUM_CACHE["methods"]
+    return _enum_items(items or [("NONE", "(no method)", "Refresh the backend status")])
+
+
+def _texture_method_items(self, context):
+    items = [(m["name"], m.get("title") or m["name"], m.get("description") or "")
+             for m in manager.status.methods if method_kind(m) == "texture"]
+    return _enum_items(items or [("NONE", "(no texture method)", "The backend offers no texture method")])
 
 
 def _option_enum_items(self, context):
     values = json.loads(self.choices or "[]")
-    key = self.method + "." + self.name
-    _ENUM_CACHE[key] = [(str(v), str(v), "") for v in values] or [("", "(none)", "")]
-    return _ENUM_CACHE[key]
+    return _enum_items([(str(v), str(v), "") for v in values] or [("", "(none)", "")])
 
 
 def _on_method_or_preset(self, context):
@@ -100,6 +109,8 @@ class Gen3DSettings(bpy.types.PropertyGroup):
     views_source: EnumProperty(name="Views", items=[
         ("RENDER", "Render Scene", "Render the scene from each camera with a transparent background"),
         ("IMAGES", "Camera Images", "Use each camera's background image")], default="RENDER")
+    texture_method: EnumProperty(name="Texture Method", items=_texture_method_items,
+                                 description="Method that re-textures the selected mesh")
     hide_source: BoolProperty(name="Hide Original", default=True,
                               description="Hide the source mesh once the refined one is imported")
 

@@ -34,13 +34,18 @@ def import_glb(context, path: str, *, name: str = "Gen3D", placement: str = "in_
     """
     scene = context.scene
     coll = gen3d_collection(scene)
-    layer_coll = _find_layer_collection(context.view_layer.layer_collection, coll)
+    view_layer = context.view_layer
+    layer_coll = _find_layer_collection(view_layer.layer_collection, coll)
+    previous_active = view_layer.active_layer_collection
     if layer_coll is not None:
         layer_coll.exclude = False
-        context.view_layer.active_layer_collection = layer_coll
+        view_layer.active_layer_collection = layer_coll
     before_objects = set(bpy.data.objects)
     before_images = set(bpy.data.images)
-    result = bpy.ops.import_scene.gltf(filepath=path)
+    try:
+        result = bpy.ops.import_scene.gltf(filepath=path)
+    finally:  # the user's next new objects must not land in the Gen3D collection
+        view_layer.active_layer_collection = previous_active
     if "FINISHED" not in result:
         raise RuntimeError(f"the glTF importer could not read {path}")
     new = [o for o in bpy.data.objects if o not in before_objects]
@@ -64,11 +69,11 @@ def import_glb(context, path: str, *, name: str = "Gen3D", placement: str = "in_
     for obj in context.selected_objects:
         obj.select_set(False)
     for obj in new:
-        if obj.name in context.view_layer.objects:
+        if obj.name in view_layer.objects:
             obj.select_set(True)
     meshes = [o for o in new if o.type == "MESH"]
-    if meshes and meshes[0].name in context.view_layer.objects:
-        context.view_layer.objects.active = meshes[0]
+    if meshes and meshes[0].name in view_layer.objects:
+        view_layer.objects.active = meshes[0]
     return new
 
 

@@ -33,20 +33,16 @@ def transforms_json(cameras: list[dict], file_paths: list[str]) -> dict:
     return {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}
 
 
-def render_views(scene, cameras, folder: str, hide_collections=()) -> list[str]:
+def render_views(scene, cameras, folder: str) -> list[str]:
     """Render ``scene`` from each camera object with a transparent film into ``folder/images/NNN.png`` (RGBA).
 
-    Render settings, the active camera and the hidden collections are restored afterwards.
-    Returns paths relative to ``folder``.
+    Render settings and the active camera are restored afterwards. Returns paths relative to ``folder``.
     """
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     r = scene.render
     saved = (scene.camera, r.film_transparent, r.filepath, r.image_settings.file_format,
              r.image_settings.color_mode, r.image_settings.color_depth, r.use_file_extension)
-    saved_hidden = [(c, c.hide_render) for c in hide_collections]
     try:
-        for c in hide_collections:
-            c.hide_render = True
         r.film_transparent = True
         r.image_settings.file_format = "PNG"
         r.image_settings.color_mode = "RGBA"
@@ -65,8 +61,6 @@ def render_views(scene, cameras, folder: str, hide_collections=()) -> list[str]:
     finally:
         (scene.camera, r.film_transparent, r.filepath, r.image_settings.file_format, r.image_settings.color_mode,
          r.image_settings.color_depth, r.use_file_extension) = saved
-        for c, hidden in saved_hidden:
-            c.hide_render = hidden
 
 
 def camera_image(cam_obj) -> bpy.types.Image | None:
