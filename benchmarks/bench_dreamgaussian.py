@@ -122,7 +122,10 @@ def main() -> int:
     random_root = work / "weights"
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()} "
           f"{'GPU' if device.type == 'cuda' else 'CPU threads'}), torch {torch.__version__}")
+    user_dir = os.environ.get(weights.WEIGHTS_DIR_ENV)
     for method in args.methods:
+        if user_dir is not None:  # look for real weights where the user keeps them, for every method
+            os.environ[weights.WEIGHTS_DIR_ENV] = user_dir
         prior = args.prior if args.prior and (method == "dreamgaussian") == ("zero123" in args.prior) else (
             "zero123-xl" if method == "dreamgaussian" else "sd21-base")
         path = weights.find(prior)
@@ -131,10 +134,10 @@ def main() -> int:
             path = write_real_size(prior, random_root)
             print(f"{prior}: real weights absent; random weights of the real UNet/VAE written in "
                   f"{time.perf_counter() - t0:.0f} s")
+            os.environ[weights.WEIGHTS_DIR_ENV] = str(random_root)
             kind = "random (real-size UNet/VAE)"
         else:
-            kind = "real"
-        os.environ[weights.WEIGHTS_DIR_ENV] = str(path.parent)
+            kind = f"real ({path})"
         opts = get(method).Options.resolve(args.preset, {})
         iters, refine = (10, 2) if args.quick else (None, None)
         meta = run(method, prior, device, args.preset, iters, refine, work / method, image)

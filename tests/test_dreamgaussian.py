@@ -124,7 +124,7 @@ def weights_dir(tmp_path_factory) -> Path:
     from backend import weights
 
     root = tmp_path_factory.mktemp("dg_weights")
-    for name in ("zero123-xl", "sd21-base"):
+    for name in ("zero123-xl", "sd21-base", "mvdream"):
         weights.write_tiny(name, root)
     return root
 
@@ -170,6 +170,47 @@ def _blender_import(glb: Path):
     (material,) = obj.data.materials
     bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     return obj, bsdf.inputs["Base Color"].links[0].from_node.image
+
+
+def test_text_guides_schedules_distillations_and_mvdream(tmp_path, weights_dir, monkeypatch):
+    from backend.guidance.distillation import CSD, SDS
+    from backend.pipelines import JobRequest, RunContext
+    from backend.pipelines.dreamgaussian import DreamGaussianTextOptions, build_guide
+
+    monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(weights_dir))
+    ctx, gen = RunContext(out_dir=tmp_path), torch.Generator().manual_seed(0)
+    request = JobRequest(method="dreamgaussian-text", prompt="a cup")
+    sampler = OrbitSampler(radius=2.5)
+
+    def timesteps(guide, sampler, n_images):
+        out = []
+        for p in (0.0, 0.6, 1.0):
+            cams, el, az = sampler.sample(32, gen)
+            images = torch.rand(n_images, 3, 32, 32, requires_grad=True)
+            loss, logs = guide.losses(images, cams, el, az, p)
+            if p == 0.0:
+                loss.backward()
+                assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+            out.append(next(v for k, v in logs.items() if k.endswith("_t")))
+        return out
+
+    # the default: DreamGaussian's deterministic linear anneal t = round((1 - p) T) within [20, 980]
+    guide = build_guide(DreamGaussianTextOptions(), request, ctx, gen, None)
+    assert isinstance(guide.terms[0].distillation, SDS) and guide.terms[0].prior.guidance_scale == 100
+    assert timesteps(guide, sampler, 1) == [980, 400, 20]
+    # DreamTime and CSD: deterministic, non-increasing
+    guide = build_guide(DreamGaussianTextOptions(timestep_schedule="dreamtime", distillation="csd"), request, ctx,
+                        gen, None)
+    assert isinstance(guide.terms[0].distillation, CSD)
+    ts = timesteps(guide, sampler, 1)
+    assert ts == sorted(ts, reverse=True) and ts[0] > ts[-1]
+    # MVDream: four views 90 degrees apart share one timestep; DreamGaussian's SDS without w(t), CFG 100
+    guide = build_guide(DreamGaussianTextOptions(prior="mvdream"), request, ctx, gen, None)
+    assert guide.terms[0].distillation.weighting == "uniform" and guide.terms[0].prior.guidance_scale == 100
+    assert timesteps(guide, OrbitSampler(radius=2.5, views=4), 4) == [980, 400, 20]
+    cams, el, az = OrbitSampler(radius=2.5, views=4).sample(32, gen)
+    (weight, target), = guide.targets(torch.rand(4, 3, 32, 32), cams, el, az, strength=0.2, steps=5)
+    assert weight == 1.0 and target.shape == (4, 3, 32, 32) and 0 <= float(target.min()) <= float(target.max()) <= 1
 
 
 def test_image_to_3d_end_to_end_and_reproducible(tmp_path, weights_dir, cat_png, monkeypatch):

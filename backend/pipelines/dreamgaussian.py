@@ -30,7 +30,7 @@ from ..errors import BadInput, NumericalError
 from ..files import atomic_path
 from . import register
 from .base import JobRequest, Options, Pipeline, RunContext
-from .dreamgaussian_guidance import Guide, OrbitSampler, Term, dreamgaussian_strength
+from .dreamgaussian_guidance import Guide, OrbitSampler, Term
 
 log = logging.getLogger(__name__)
 
@@ -349,58 +349,27 @@ def bake_from_gaussians(gaussians, mesh, opts: _DreamGaussianOptions, ctx: RunCo
     return replace(mesh, texture=texture), metrics
 
 
-def refine_in_uv_space(mesh, opts: _DreamGaussianOptions, guide: Guide, sampler: OrbitSampler,
-                       reference: torch.Tensor | None, generator: torch.Generator, ctx: RunContext):
-    """Stage 2 through the shared refine loop: each step renders one random orbit view (MVDream: four) plus, for an
-    image, the reference view; the targets are the priors' SDEdit refinements of the novel renders (DreamGaussian's
-    strength schedule) and the reference image. White background, as the priors expect."""
-    from ..geometry.cameras import Cameras
-    from .stages.refine_texture import RefineConfig, refine_texture
-
-    if opts.iters_refine == 0:
-        return mesh, {}
-    dev, size, steps = ctx.device, opts.refine_size, opts.iters_refine
-    if reference is not None:
-        ref_cam = sampler.reference(size)
-        ref = F.interpolate(reference, (size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-    drawn: dict[int, tuple] = {}
-
-    def cameras(step: int):
-        cams, el, az = sampler.sample(size, generator)
-        drawn[step] = (cams, el, az)
-        ids = [f"novel{i}" for i in range(len(cams))]
-        if reference is not None:
-            cams = Cameras(torch.cat([cams.K, ref_cam.K]), torch.cat([cams.c2w, ref_cam.c2w]), size, size)
-            ids.append("reference")
-        return ids, cams.to(dev)
-
-    def targets(step: int, ids: list, cams, renders: torch.Tensor) -> torch.Tensor:
-        novel, el, az = drawn.pop(step)
-        n = len(novel)
-        strength = dreamgaussian_strength((step + 1) / steps, opts.refine_steps, *opts.refine_strength)
-        refined = guide.targets(renders[:n].permute(0, 3, 1, 2), novel.to(dev), el, az, strength, opts.refine_steps)
-        target = sum(w * t for w, t in refined) / sum(w for w, _ in refined)
-        out = torch.cat([target.permute(0, 2, 3, 1), torch.ones_like(target[:, :1].permute(0, 2, 3, 1))], -1)
-        if reference is not None:
-            out = torch.cat([out, ref.to(out)])
-        preview = (renders[0].clamp(0, 1) * 255).byte().cpu().numpy()
-        ctx.progress("refine", step + 1, steps, preview)
-        return out
-
-    cfg = RefineConfig(steps=steps, lr_texture=opts.texture_lr, background=(1.0, 1.0, 1.0))
-    return refine_texture(mesh.to(dev), cameras, targets, cfg, generator, check_cancelled=ctx.check_cancelled)
-
-
 class _DreamGaussian(Pipeline):
     """The two methods share everything but the inputs, the options' defaults and the priors."""
 
     def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
         return None
 
+    @staticmethod
+    def _reference_view(reference: torch.Tensor | None, sampler: OrbitSampler, size: int):
+        """Stage 2's fixed view: the input image (``[1,4,S,S]``) resized to ``size`` at the reference camera."""
+        from .stages.prior_refine import ReferenceView
+
+        if reference is None:
+            return None
+        rgba = F.interpolate(reference, (size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+        return ReferenceView(sampler.reference(size), rgba)
+
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView, record_placement
         from .stages.export import export_results
         from .stages.extract_mesh import MeshExtractConfig, extract_mesh
+        from .stages.prior_refine import PriorRefineConfig, refine_with_prior
         from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
 
         opts = self.Options(**request.options)
@@ -425,7 +394,10 @@ class _DreamGaussian(Pipeline):
         with ctx.stage("bake"):
             mesh, bake_metrics = bake_from_gaussians(gaussians, mesh, opts, ctx)
         with ctx.stage("refine"):
-            mesh, refine_metrics = refine_in_uv_space(mesh, opts, guide, sampler, reference, gen, ctx)
+            mesh, refine_metrics = refine_with_prior(
+                mesh, guide, sampler, PriorRefineConfig(opts.iters_refine, opts.refine_size, opts.refine_steps,
+                                                        opts.refine_strength, opts.texture_lr),
+                gen, ctx, self._reference_view(reference, sampler, opts.refine_size))
         with ctx.stage("export"):
             out.update(export_results(ctx.out_dir, mesh, gaussians, opts.preview_views, opts.preview_size))
             out.update(record_placement(request, ctx, mesh.vertices,
