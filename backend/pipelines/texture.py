@@ -189,12 +189,12 @@ def seen_mask(mesh: TexturedMesh, cam: Cameras, rgba: torch.Tensor) -> torch.Ten
     return (cover > 0.5) & (rgba[..., 3:] > 0.5)
 
 
-def zero123_reference(rgba: torch.Tensor, known: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero123's conditioning image ``[1,3,size,size]``: the object (``known``) cropped, recentred as
-    DreamGaussian's ``process.py`` (border 0.2) and put on white."""
+def zero123_reference(image: torch.Tensor, known: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero123's conditioning image ``[1,3,size,size]`` from ``image [H,W,4]``: the object (``known [1,H,W,1]``)
+    cropped, recentred as DreamGaussian's ``process.py`` (border 0.2) and put on white."""
     from ..geometry.image_prep import DEFAULT_BORDER_RATIO, recentre, resize_rgba
 
-    obj = torch.cat([rgba[0, ..., :3], known[0].float()], -1).numpy()
+    obj = torch.cat([image[..., :3], known[0].float()], -1).numpy()
     out = resize_rgba(recentre(obj, 1.0 - DEFAULT_BORDER_RATIO, "reference image"), size)
     rgb = out[..., :3] * out[..., 3:] + (1 - out[..., 3:])
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
