@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import threading
 import time
@@ -17,13 +18,14 @@ import uuid
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from mathutils import Vector
 
 from . import reimport, scene_io, views
 from .backend_process import BackendProcess, backend_argv
 from .client import TERMINAL_STATES, BackendError, Client
 from .jobs import JobRecord, manager, method_inputs, method_kind, method_weights
 from .preferences import get_prefs, make_client, output_dir, user_dir
-from .properties import option_overrides
+from .properties import method_schema, option_overrides
 
 LOG_TEXT = "Gen3D backend log"
 _process: list[BackendProcess] = []  # the one BackendProcess of this session, created on first use
@@ -344,10 +346,27 @@ def _reference_image(context, folder: str) -> dict[str, str]:
     return {}
 
 
+def _with_camera(scene, method: dict, request: dict) -> dict:
+    """Generate from the active camera: adds the 3D ``cursor`` and, when the scene has a perspective camera, that
+    camera with role ``reference`` (the backend places the object as the camera sees the reference image); a method
+    with an ``elevation`` option not set in the request gets the camera's pitch (positive = looking down)."""
+    request["cursor"] = list(scene.cursor.location)
+    cam = scene.camera
+    if cam is None or cam.type != "CAMERA" or cam.data.type != "PERSP":
+        return request
+    request["cameras"] = [{**scene_io.camera_to_wire(cam, scene), "role": "reference"}]
+    if "elevation" in (method_schema(method).get("properties") or {}):
+        forward = cam.matrix_world.to_3x3() @ Vector((0.0, 0.0, -1.0))
+        pitch = math.degrees(math.asin(max(-1.0, min(1.0, -forward.normalized().z))))
+        request.setdefault("options", {}).setdefault("elevation", round(max(-80.0, min(80.0, pitch)), 3))
+    return request
+
+
 class GEN3D_OT_generate(_JobOperator, bpy.types.Operator):
     bl_idname = "gen3d.generate"
     bl_label = "Generate"
-    bl_description = "Generate a textured mesh from the prompt and/or reference image; it appears at the 3D cursor"
+    bl_description = ("Generate a textured mesh from the prompt and/or reference image; with a scene camera it "
+                      "stands where the camera sees the reference (else at the 3D cursor)")
 
     @classmethod
     def poll(cls, context):
@@ -371,8 +390,9 @@ class GEN3D_OT_generate(_JobOperator, bpy.types.Operator):
                 raise ValueError(f"method {method['name']!r} needs a reference image")
             if "prompt" in inputs and not s.prompt:
                 raise ValueError(f"method {method['name']!r} needs a prompt")
-            return dict(kind="generate", method=method["name"], request=self.request(context, method),
-                        files=files, out_dir=out, placement="cursor")
+            request = _with_camera(context.scene, method, self.request(context, method))
+            return dict(kind="generate", method=method["name"], request=request, files=files, out_dir=out,
+                        placement="cursor")
 
         return self.run(context, prepare)
 
@@ -532,10 +552,18 @@ class GEN3D_OT_import_result(bpy.types.Operator):
         provenance = {"gen3d_job_id": rec.job_id, "gen3d_method": rec.method,
                       "gen3d_prompt": rec.request.get("prompt") or "", "gen3d_seed": int(rec.request.get("seed", 0)),
                       "gen3d_backend_version": rec.backend_version, "gen3d_kind": rec.kind}
+        placed = os.path.join(os.path.dirname(rec.result_path), "placement.json")
+        matrix = None
+        if rec.kind == "generate" and os.path.isfile(placed):
+            with open(placed, encoding="utf-8") as f:
+                placement = json.load(f)
+            matrix, camera = placement["matrix"], placement.get("camera") or {}
+            provenance.update(gen3d_placement=placement.get("mode", ""), gen3d_camera=camera.get("name") or "",
+                              gen3d_camera_json=json.dumps(camera))
         try:
             objs = reimport.import_glb(context, rec.result_path, name=result_name(rec), placement=rec.placement,
                                        cursor=rec.cursor, provenance=provenance,
-                                       hide=rec.source_object if rec.hide_source else "")
+                                       hide=rec.source_object if rec.hide_source else "", matrix=matrix)
         except (RuntimeError, OSError) as e:
             rec.state, rec.error, rec.error_code = "failed", f"import failed: {e}", "import_failed"
             self.report({"ERROR"}, rec.error)

@@ -1,7 +1,8 @@
 """Bring a finished job's GLB into the scene (main thread only).
 
 The glTF importer converts glTF's Y-up back to Blender's Z-up, so a backend result written in the scene's world
-frame lands in place. New objects go to the "Gen3D" collection; generated objects are moved to the 3D cursor,
+frame lands in place. New objects go to the "Gen3D" collection; generated objects get the backend's placement
+(``placement.json``: generate from the active camera, backend/geometry/placement.py) or are moved to the 3D cursor,
 reconstructions and refinements stay where they are. Images are packed into the .blend and provenance is stored
 as custom properties.
 """
@@ -9,6 +10,7 @@ as custom properties.
 from __future__ import annotations
 
 import bpy
+from mathutils import Matrix
 
 COLLECTION = "Gen3D"
 PROVENANCE = ("gen3d_job_id", "gen3d_method", "gen3d_prompt", "gen3d_seed", "gen3d_backend_version", "gen3d_kind")
@@ -25,11 +27,12 @@ def gen3d_collection(scene: bpy.types.Scene) -> bpy.types.Collection:
 
 
 def import_glb(context, path: str, *, name: str = "Gen3D", placement: str = "in_place", cursor=(0.0, 0.0, 0.0),
-               provenance: dict | None = None, hide: str = "") -> list[bpy.types.Object]:
+               provenance: dict | None = None, hide: str = "", matrix=None) -> list[bpy.types.Object]:
     """Import ``path`` into the Gen3D collection; returns the new objects.
 
     ``name``: name for the new objects (the glTF node names mean nothing to the user).
     ``placement``: ``"cursor"`` moves the imported roots by ``cursor``; ``"in_place"`` keeps world coordinates.
+    ``matrix``: a 4x4 object-to-world (rows) applied to the imported roots instead of ``placement``.
     ``provenance``: custom properties set on every new object. ``hide``: name of an object to hide (refinements).
     """
     scene = context.scene
@@ -56,7 +59,9 @@ def import_glb(context, path: str, *, name: str = "Gen3D", placement: str = "in_
                 c.objects.unlink(obj)
         if obj.name not in coll.objects:
             coll.objects.link(obj)
-        if placement == "cursor" and obj.parent is None:
+        if matrix is not None and obj.parent is None:
+            obj.matrix_world = Matrix(matrix) @ obj.matrix_world
+        elif placement == "cursor" and obj.parent is None:
             obj.location = tuple(a + b for a, b in zip(obj.location, cursor))
         for k, v in (provenance or {}).items():
             obj[k] = v
