@@ -114,7 +114,8 @@ def image_metrics(rgb, alpha, gt) -> tuple[float, float]:
     return float(-10 * torch.log10(mse)), iou
 
 
-def run_preset(preset: str, views: Path, out: Path, held_cams, held_imgs, spot_points, diag: float) -> dict:
+def run_preset(preset: str, views: Path, out: Path, held_cams, held_imgs, spot_points, diag: float,
+               overrides: dict) -> dict:
     import numpy as np
     import torch
     import trimesh
@@ -128,12 +129,12 @@ def run_preset(preset: str, views: Path, out: Path, held_cams, held_imgs, spot_p
 
     t0 = time.perf_counter()
     ctx = RunContext(out_dir=out)
-    run_job(JobRequest(method="reconstruct", preset=preset, files={"views": str(views)}), ctx)
+    run_job(JobRequest(method="reconstruct", preset=preset, options=overrides, files={"views": str(views)}), ctx)
     wall = time.perf_counter() - t0
     meta = json.loads((out / "meta.json").read_text())
     mesh = load_glb(out / "mesh.glb")
     g = load_ply(out / "gaussians.ply")
-    row = {"preset": preset, "wall_s": round(wall, 1), "timings": meta["timings"], "faces": len(mesh.faces),
+    row = {"preset": preset + (f" {overrides}" if overrides else ""), "wall_s": round(wall, 1), "timings": meta["timings"], "faces": len(mesh.faces),
            "gaussians": len(g)}
     with torch.no_grad():
         ps, ious, gps, gious = [], [], [], []
@@ -159,6 +160,7 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["fast", "standard"])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--keep", help="folder to keep inputs and results in (default: a temporary one)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="option override for every preset")
     ap.add_argument("--render-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.render_worker:
@@ -170,6 +172,7 @@ def main() -> None:
     import trimesh
 
     from backend.commands.demo import ring_cameras, spot_mesh
+    from backend.commands.run import parse_set
     from backend.geometry.transforms import save_transforms
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_reconstruct_"))
@@ -179,17 +182,18 @@ def main() -> None:
     train = ring_cameras(center, diag, args.size)                       # 2 rings x 8, elevations 15 and 45
     held = ring_cameras(center, diag, args.size, elevations=(30.0,), per_ring=8, offset_deg=22.5 / 2)
     t = time.perf_counter()
-    train_imgs = render_spot_with_bpy(train, args.size, root / "bpy_train")
+    views = root / "views"
+    if not (views / "transforms.json").exists():  # --keep reuses earlier renders
+        save_transforms(views, train, render_spot_with_bpy(train, args.size, root / "bpy_train"))
     held_imgs = render_spot_with_bpy(held, args.size, root / "bpy_held")
     print(f"bpy renders: {time.perf_counter() - t:.1f} s", flush=True)
-    views = root / "views"
-    save_transforms(views, train, train_imgs)
     spot_tm = trimesh.Trimesh(spot.vertices.numpy(), spot.faces.numpy(), process=False)
     spot_points = trimesh.sample.sample_surface(spot_tm, 100_000, seed=0)[0]
 
     rows = []
     for preset in args.presets:
-        rows.append(run_preset(preset, views, root / f"out_{preset}", held, held_imgs, spot_points, diag))
+        rows.append(run_preset(preset, views, root / f"out_{preset}", held, held_imgs, spot_points, diag,
+                               parse_set(args.set)))
         print(json.dumps(rows[-1]), flush=True)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class MeshExtractConfig:
     resolution: int = 128          #: voxels along the longest side of the Gaussians' bounding box
-    level: float = 0.5             #: iso level of the density
+    level: float = 0.5             #: iso level of the density (lowered for sparse Gaussians, see extract_mesh)
     min_opacity: float = 0.005     #: Gaussians below this opacity are ignored
     block: int = 8                 #: voxels per block side for the Gaussian/block pairing
     min_component_ratio: float = 0.02  #: components with fewer faces than this share of the largest are dropped
@@ -163,10 +163,15 @@ def extract_mesh(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
         lo = pmin - 2 * voxel
         dims = tuple(int(x) for x in torch.ceil((pmax - pmin) / voxel).long() + 5)
         density = density_grid(means, quats, scales, opacities, lo, voxel, dims, cfg.block).cpu().numpy()
-    density = _fill_hollow(density, cfg.level)
-    verts, faces = mcubes.marching_cubes(density, cfg.level)
+    # sparse Gaussians (short fits) leave the density between them below the level: lower it to a quarter of
+    # the typical density at the Gaussians' centres so the surface stays connected
+    idx = torch.round((means - lo) / voxel).long().cpu()
+    centre_density = float(np.median(density[idx[:, 0], idx[:, 1], idx[:, 2]]))
+    level = min(cfg.level, 0.25 * centre_density)
+    density = _fill_hollow(density, level)
+    verts, faces = mcubes.marching_cubes(density, level)
     if len(faces) == 0:
-        raise NumericalError(f"the Gaussians' density never reaches the level {cfg.level}",
+        raise NumericalError(f"the Gaussians' density never reaches the level {level}",
                              {"max_density": float(density.max())})
     verts = verts * voxel + lo.cpu().numpy()
     mesh = trimesh.Trimesh(verts, faces.astype(np.int64), process=False)

@@ -96,8 +96,10 @@ def _scene_box(cameras: Cameras) -> tuple[torch.Tensor, float]:
 
 
 def carve_visual_hull(cameras: Cameras, masks: torch.Tensor, resolution: int = 64) -> tuple[torch.Tensor, float]:
-    """Voxel centres ``[M,3]`` inside every view's mask (a point outside a view's image is not carved by it),
-    and the voxel size. ``masks [N,H,W]`` in [0,1]."""
+    """Voxel centres ``[M,3]`` on the surface of the visual hull, and the voxel size. ``masks [N,H,W]`` in [0,1].
+
+    The object is assumed to be inside every view (object-centric captures): a point outside a view's image is
+    carved like a point outside its mask."""
     center, half = _scene_box(cameras)
     voxel = 2 * half / resolution
     ax = torch.arange(resolution, dtype=torch.float32) * voxel - half + voxel / 2
@@ -108,7 +110,7 @@ def carve_visual_hull(cameras: Cameras, masks: torch.Tensor, resolution: int = 6
         uv, z = uv[0], z[0]
         inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cameras.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cameras.height)
         m = _sample(masks[i][..., None], uv, cameras.width, cameras.height)[:, 0]
-        keep &= ~inside | (m > 0.5)
+        keep &= inside & (m > 0.5)
     grid = keep.reshape(resolution, resolution, resolution)
     # surface voxels: occupied with an empty 6-neighbour
     padded = F.pad(grid[None, None].float(), (1, 1, 1, 1, 1, 1))
