@@ -58,8 +58,9 @@ TEXT_PRIORS = {"sd21-base": "sd", "mvdream": "mvdream"}
 
 class TextureOptions(Options):
     prior: Literal["auto", "zero123-xl", "stable-zero123", "sd21-base", "mvdream"] = Field(
-        "auto", description=("diffusion prior: auto = Zero123-XL with a reference image, else SD 2.1-base; MVDream "
-                             "refines four views at once; Stable Zero123 is non-commercial"))
+        "auto", description=("diffusion prior: auto = Zero123-XL with a reference image (a prompt then counts only "
+                             "with lambda_sd > 0), else SD 2.1-base; MVDream refines four views at once; Stable "
+                             "Zero123 is non-commercial"))
     weights_path: str | None = Field(None, description="explicit folder of the prior (else the registry)")
     lambda_sd: float = Field(0.0, ge=0, description=(
         "with Zero123 and a prompt: weight of the SD 2.1 text prior mixed in (DreamGaussian's lambda_sd)"))
@@ -253,7 +254,8 @@ class TexturePipeline(Pipeline):
         with ctx.stage("load_mesh"):
             source = read_mesh(request.files["mesh"])
         with ctx.stage("uv_unwrap"):
-            problem = uv_problem(source)
+            ctx.progress("uv_unwrap", 0, 1)
+            problem, vmap = uv_problem(source), None
             if problem is None:
                 mesh = replace(source, texture=None, vertex_colors=None)
                 extra.update(uv_source="input", vertices_changed=False)
@@ -265,13 +267,10 @@ class TexturePipeline(Pipeline):
                 normals = source.normals[vmap] if source.normals is not None else unwrapped.normals
                 mesh = TexturedMesh(source.vertices[vmap], unwrapped.faces, normals, unwrapped.uvs)
                 extra.update(uv_source="xatlas", uv_problem=problem, vertices_changed=True)
-                out["vertex_map.json"] = write_json(ctx.out_dir / "vertex_map.json", {
-                    "source_vertex": vmap.tolist(),
-                    "note": "faces keep their order; output vertex i is input vertex source_vertex[i]"})
-            if mesh.normals is None:
-                mesh = mesh.with_vertex_normals()
         centre, scale = normaliser(mesh.vertices)
         unit = replace(mesh, vertices=(mesh.vertices - centre) * scale)
+        if unit.normals is None:  # for rendering and baking only; the output keeps the input's (or none)
+            unit = unit.with_vertex_normals()
 
         reference = None
         with ctx.stage("reference"):
@@ -289,6 +288,7 @@ class TexturePipeline(Pipeline):
                 extra["reference_elevation_azimuth"] = [round(float(x), 2) for x in orbit_angles(cam.c2w)[0, :2]]
 
         with ctx.stage("init_texture"):
+            ctx.progress("init_texture", 0, 1)
             init = opts.init
             if init == "auto":
                 init = "existing" if source.texture is not None else "reference" if reference else "neutral"
@@ -312,6 +312,7 @@ class TexturePipeline(Pipeline):
             before = replace(unit, texture=texture)
 
         with ctx.stage("load"):
+            ctx.progress("load", 0, 1)
             guide, sampler_elevation, radius, info = self._guide(opts, request, ctx, gen, reference)
         extra["weights"] = info
         with ctx.stage("refine"):
@@ -327,6 +328,11 @@ class TexturePipeline(Pipeline):
                                     strength=(1.0 - opts.strength, 1.0 - opts.strength / 4), lr=opts.texture_lr)
             after, metrics = refine_with_prior(before, guide, sampler, cfg, gen, ctx, ref_view)
         with ctx.stage("export"):
+            ctx.progress("export", 0, 1)
+            if vmap is not None:
+                out["vertex_map.json"] = write_json(ctx.out_dir / "vertex_map.json", {
+                    "source_vertex": vmap.tolist(),
+                    "note": "faces keep their order; output vertex i is input vertex source_vertex[i]"})
             surface = uv_space_surface(unit, R)
             texture = pull_push_fill(after.texture.detach().cpu(), surface.valid.cpu()).clamp(0, 1)
             result = replace(mesh, texture=texture)
