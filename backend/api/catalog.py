@@ -14,17 +14,18 @@ log = logging.getLogger(__name__)
 
 
 def weight_status(name: str) -> dict[str, Any]:
-    """``{"name", "ready", "command"}``; ``ready`` is None when the registry cannot tell."""
+    """``{"name", "ready", "tiny", "command"}``; ``ready`` is None when the registry cannot tell, ``tiny`` marks
+    smoke-test weights (``python -m backend weights tiny``)."""
     try:
         from .. import weights
     except ImportError:  # the registry is optional for test pipelines
-        return {"name": name, "ready": None, "command": None}
+        return {"name": name, "ready": None, "tiny": False, "command": None}
     try:
         d = weights.describe(name)
     except Gen3DError as e:
         log.warning("weights %r: %s", name, e.message)
-        return {"name": name, "ready": False, "command": None}
-    return {"name": name, "ready": d["status"] != "missing", "command": d["command"]}
+        return {"name": name, "ready": False, "tiny": False, "command": None}
+    return {"name": name, "ready": d["status"] != "missing", "tiny": d["tiny"], "command": d["command"]}
 
 
 def method_info(name: str) -> dict[str, Any]:
@@ -32,6 +33,7 @@ def method_info(name: str) -> dict[str, Any]:
     info["weights"] = [weight_status(w) for w in info["weights"]]
     readiness = [w["ready"] for w in info["weights"]]
     info["ready"] = False if False in readiness else (None if None in readiness else True)
+    info["tiny"] = any(w["tiny"] for w in info["weights"])
     return info
 
 

@@ -52,6 +52,10 @@ def run_job(request: JobRequest, ctx: RunContext) -> dict[str, Path]:
     except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - needs a GPU
         raise InternalError("the GPU ran out of memory; try the 'fast' preset or a smaller resolution",
                             {"error": str(e)}, code="out_of_memory") from e
+    except Exception as e:
+        log.exception("method %s failed", request.method)
+        raise InternalError(f"{request.method} failed: {type(e).__name__}: {e}",
+                            {"exception": type(e).__name__}) from e
     meta: dict[str, Any] = {
         "method": request.method,
         "prompt": request.prompt,
@@ -66,5 +70,37 @@ def run_job(request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         "artifacts": sorted(artifacts),
     }
     meta.update(ctx.cache.pop("_meta_extra", {}) or {})
+    meta["tiny_weights"] = _uses_tiny(pipeline.weights, meta.get("weights"))
+    if meta["tiny_weights"]:
+        meta["notice"] = SMOKE_NOTICE
+        if "preview.png" in artifacts:
+            stamp_preview(artifacts["preview.png"])
     artifacts["meta.json"] = write_json(ctx.out_dir / "meta.json", meta)
     return artifacts
+
+
+SMOKE_NOTICE = "smoke-test weights: tiny random models, the output is not a real generation"
+
+
+def _uses_tiny(declared, used) -> bool:
+    """Whether the run used tiny smoke-test weights: any entry the pipeline declares, or any it reported using in
+    ``meta["weights"]`` (a dict or a list of dicts with a ``tiny`` flag)."""
+    from .. import weights
+
+    used = used if isinstance(used, list) else [used] if isinstance(used, dict) else []
+    return any(w.get("tiny") for w in used) or weights.uses_tiny(declared)
+
+
+def stamp_preview(path: Path) -> None:
+    """Write a 'SMOKE-TEST WEIGHTS' banner across the top of a preview image, in place (atomically)."""
+    from PIL import Image, ImageDraw
+
+    from ..files import atomic_path
+
+    img = Image.open(path).convert("RGBA")
+    draw = ImageDraw.Draw(img)
+    height = max(12, img.height // 12)
+    draw.rectangle([0, 0, img.width, height], fill=(200, 30, 30, 255))
+    draw.text((4, max(0, height // 2 - 6)), "SMOKE-TEST WEIGHTS - not a real generation", fill=(255, 255, 255, 255))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
