@@ -194,7 +194,7 @@ def _pump_until(manager, cond, timeout=60.0):
 
 
 def _build_scene(bpy):
-    """A box with an image texture off the origin, 12 cameras on two rings looking at it."""
+    """A box with an image texture off the origin, 12 cameras on three rings looking at it."""
     from mathutils import Vector
 
     for o in list(bpy.data.objects):  # (reading the factory settings would disable the add-on too)
@@ -226,11 +226,11 @@ def _build_scene(bpy):
     mat.node_tree.links.new(tex.outputs["Color"], nodes["Principled BSDF"].inputs["Base Color"])
     obj.data.materials.append(mat)
     target = Vector(obj.location)
-    for i in range(12):
+    for i in range(12):  # three rings of four, one below the box so that its bottom is seen too
         import math
 
-        el = math.radians(20 if i < 6 else 55)
-        az = 2 * math.pi * (i % 6) / 6 + (0.5 if i >= 6 else 0.0)
+        el = math.radians((-25, 20, 55)[i // 4])
+        az = 2 * math.pi * (i % 4) / 4 + 0.4 * (i // 4)
         pos = target + 3.0 * Vector((math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)))
         cam_data = bpy.data.cameras.new(f"Cam{i:02d}")
         cam_data.lens = 50
