@@ -153,7 +153,7 @@ def _from_trimesh(tm: trimesh.Trimesh, yup: bool, path: Path) -> TexturedMesh:
     return TexturedMesh(v, torch.from_numpy(np.asarray(tm.faces, dtype=np.int64)), normals, uvs, texture, colors)
 
 
-def _load_trimesh(path: Path, file_type: str) -> trimesh.Trimesh:
+def _load_trimesh(path: Path, file_type: str, pack_textures: bool = True) -> trimesh.Trimesh:
     if not path.is_file():
         raise BadInput(f"{path}: file not found", {"file": str(path)})
     try:
@@ -166,8 +166,28 @@ def _load_trimesh(path: Path, file_type: str) -> trimesh.Trimesh:
         if not parts:
             raise BadInput(f"{path}: no triangle mesh in the file", {"file": str(path)})
         # several parts: trimesh packs their textures into one atlas (vertex normals are then recomputed)
-        loaded = parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
+        if len(parts) == 1:
+            loaded = parts[0]
+        else:
+            loaded = trimesh.util.concatenate(parts) if pack_textures else _concatenate_keeping_uvs(parts)
     return loaded
+
+
+def _concatenate_keeping_uvs(parts: list[trimesh.Trimesh]) -> trimesh.Trimesh:
+    """Parts joined in order with their own UVs (when every part has them) and the files' normals (when every part
+    has them); materials and textures are dropped."""
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
+    faces = np.concatenate([p.faces + o for p, o in zip(parts, offsets)])
+    normals = None
+    if all("vertex_normals" in p._cache for p in parts):
+        normals = np.concatenate([p.vertex_normals for p in parts])
+    uvs = [getattr(p.visual, "uv", None) for p in parts]
+    visual = None
+    if all(uv is not None and len(uv) == len(p.vertices) for uv, p in zip(uvs, parts)):
+        visual = trimesh.visual.TextureVisuals(uv=np.concatenate(uvs),
+                                               material=trimesh.visual.material.PBRMaterial())
+    return trimesh.Trimesh(np.concatenate([p.vertices for p in parts]), faces, vertex_normals=normals,
+                           visual=visual, process=False)
 
 
 def _transformed(tm: trimesh.Trimesh, T: np.ndarray) -> trimesh.Trimesh:
@@ -187,10 +207,15 @@ def save_glb(mesh: TexturedMesh, path: str | os.PathLike) -> Path:
     return write_bytes(path, data)
 
 
-def load_glb(path: str | os.PathLike) -> TexturedMesh:
-    """Read a GLB/glTF (all primitives merged, node transforms applied) into the Z-up world."""
+def load_glb(path: str | os.PathLike, pack_textures: bool = True) -> TexturedMesh:
+    """Read a GLB/glTF (all primitives merged in order, node transforms applied) into the Z-up world.
+
+    Several primitives (one per material) are merged with their textures packed into one atlas, which moves
+    their UVs; ``pack_textures=False`` keeps every primitive's own UVs and drops the textures instead.
+    """
     path = Path(path)
-    return _from_trimesh(_load_trimesh(path, path.suffix.lstrip(".").lower() or "glb"), yup=True, path=path)
+    tm = _load_trimesh(path, path.suffix.lstrip(".").lower() or "glb", pack_textures)
+    return _from_trimesh(tm, yup=True, path=path)
 
 
 # --- OBJ + MTL + PNG ---------------------------------------------------------------------------------------------
