@@ -90,6 +90,34 @@ def test_a_mesh_without_uvs_is_unwrapped_and_mapped_back(tmp_path):
     assert meta["weights"][0]["name"] == "mvdream"
 
 
+def test_a_glb_with_one_primitive_per_material_keeps_every_primitives_uvs(tmp_path):
+    import trimesh
+
+    rng = np.random.default_rng(0)
+    parts, uvs = [], []
+    for i, colour in enumerate(([255, 0, 0, 255], [0, 255, 0, 255])):
+        box = trimesh.creation.box()
+        box.apply_translation([2.0 * i, 0, 0])
+        uv = rng.random((len(box.vertices), 2))
+        box.visual = trimesh.visual.TextureVisuals(uv=uv, material=trimesh.visual.material.PBRMaterial(
+            baseColorFactor=colour))
+        parts.append(box)
+        uvs.append(uv)
+    src = tmp_path / "two.glb"
+    src.write_bytes(trimesh.Scene(parts).export(file_type="glb"))
+    out = tmp_path / "out"
+    run_job(JobRequest(method="texture", prompt="a crate", files={"mesh": str(src)},
+                       options={**SMALL, "iters_refine": 0}), RunContext(out_dir=out))
+    after = load_glb(out / "mesh.glb")
+    # each vertex (found by its position; the boxes are disjoint) has its own primitive's UV, not an atlas's
+    from backend.geometry.cameras import zup_to_yup
+
+    uv_at = {tuple(np.round(v, 5)): uv for part, uv_part in zip(parts, uvs) for v, uv in zip(part.vertices, uv_part)}
+    expected = np.array([uv_at[tuple(np.round(v, 5))] for v in zup_to_yup(after.vertices).numpy()])
+    assert len(after.vertices) == 16 and np.abs(after.uvs.numpy() - expected).max() < 1e-6
+    assert _meta(out)["uv_source"] == "input" and after.texture.shape == (64, 64, 3)
+
+
 # --- the reference image's projection against an analytic camera --------------------------------------------------
 CENTRE = np.array([3.0, -2.0, 1.0])
 OCCLUDER_Y, OCCLUDER_HALF = CENTRE[1] - 0.5, 0.3

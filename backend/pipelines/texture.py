@@ -36,7 +36,7 @@ from pydantic import Field
 from ..errors import BadInput, InternalError
 from ..files import write_json
 from ..geometry.cameras import Cameras, orbit_angles
-from ..representations.mesh import TexturedMesh, load_mesh, save_glb
+from ..representations.mesh import TexturedMesh, load_glb, load_mesh, save_glb
 from . import register
 from .base import JobRequest, Options, Pipeline, RunContext
 
@@ -94,8 +94,9 @@ class TextureOptions(Options):
 
 # --- the mesh ------------------------------------------------------------------------------------------------------
 def read_mesh(path: str) -> TexturedMesh:
-    """Load the input mesh; :class:`BadInput` when it has no usable triangles."""
-    mesh = load_mesh(path)
+    """Load the input mesh (a GLB's primitives merged keeping their own UVs); :class:`BadInput` when it has no
+    usable triangles."""
+    mesh = load_glb(path, pack_textures=False) if Path(path).suffix.lower() in (".glb", ".gltf") else load_mesh(path)
     if len(mesh.vertices) == 0 or len(mesh.faces) == 0:
         raise BadInput(f"mesh {Path(path).name}: no triangles", {"field": "mesh"})
     if not torch.isfinite(mesh.vertices).all():
