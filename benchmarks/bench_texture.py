@@ -8,8 +8,9 @@ Modes: ``text`` (prompt "a cow with brown spots", initial texture = Spot's own),
 Spot rendered from a camera off to the front-left, Spot's texture dropped so the initial texture is the
 reference's projection). Weights: the registry's real checkpoints when found, else random weights of the real
 UNet/VAE (``bench_dreamgaussian.write_real_size``); speed does not depend on the weights.
-Columns: each stage of meta.json; for ``refine`` also seconds per step (mean, min, max over the steps, from the
-progress callback), and with --quick the stage is extrapolated to the preset's step count.
+Columns: each stage of meta.json; for ``refine`` also seconds per step (mean, min, max over the steps after the
+first, from the progress callback); with --quick the stage is extrapolated to the preset's step count as the first
+step (warm-up included) plus the mean of the others.
 """
 
 from __future__ import annotations
@@ -140,13 +141,15 @@ def main() -> int:
               f"{opts.refine_size} px{', quick: refine extrapolated' if args.quick else ''}) on {device}:")
         print(f"{'step':<14} {'seconds':>9}")
         total = 0.0
+        st = meta["step_times"]
         for stage, seconds in meta["timings"].items():
             if stage == "total":
                 continue
-            full = seconds / n_run * n_full if stage == "refine" and n_run else seconds
+            full = seconds
+            if stage == "refine" and st and n_full > n_run:   # the first step (warm-up) + the mean of the others
+                full = seconds - sum(st) + np.mean(st) * (n_full - 1)
             total += full
             print(f"{stage:<14} {full:>9.2f}")
-        st = meta["step_times"]
         if st:
             print(f"{'refine / step':<14} {np.mean(st):>9.3f}   (min {min(st):.3f}, max {max(st):.3f}, over the "
                   f"{len(st)} steps after the first)")
