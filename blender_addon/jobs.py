@@ -274,8 +274,11 @@ class JobManager:
                                                            os.path.join(out_dir, "preview.png"))))
                 except BackendError as e:
                     log.debug("preview download failed: %s", e)
-            if "placement.json" in names:  # where the object stands (backend/geometry/placement.py), beside the GLB
-                client.download(job_id, "placement.json", os.path.join(out_dir, "placement.json"))
+            # beside the GLB: where the object stands (backend/geometry/placement.py); a refinement's texture and
+            # meta.json, so that an unchanged mesh only gets a new image on its material
+            for extra in ("placement.json",) + (("texture.png", "meta.json") if rec.kind == "refine" else ()):
+                if extra in names:
+                    client.download(job_id, extra, os.path.join(out_dir, extra))
             path = client.download(job_id, glb, os.path.join(out_dir, os.path.basename(glb)))
             q.put(("result", key, path))
         except BackendError as e:

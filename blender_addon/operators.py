@@ -459,7 +459,13 @@ class GEN3D_OT_refine_texture(_JobOperator, bpy.types.Operator):
             mesh_path = os.path.join(out, "inputs", "mesh.glb")
             scene_io.export_evaluated_mesh_glb(obj, context.evaluated_depsgraph_get(), mesh_path)
             files = {"mesh": mesh_path, **_reference_image(context, os.path.join(out, "inputs"))}
-            return dict(kind="refine", method=method["name"], request=self.request(context, method),
+            request = self.request(context, method)
+            if "image" in files:  # the reference image was taken through the active camera
+                cam = context.scene.camera
+                if cam is None or cam.type != "CAMERA":
+                    raise ValueError("a reference image needs the camera it was taken from: set an active camera")
+                request["cameras"] = [{**scene_io.camera_to_wire(cam, context.scene), "role": "reference"}]
+            return dict(kind="refine", method=method["name"], request=request,
                         files=files, out_dir=out, placement="in_place", source_object=obj.name,
                         hide_source=s.hide_source)
 
@@ -560,6 +566,12 @@ class GEN3D_OT_import_result(bpy.types.Operator):
             matrix, camera = placement["matrix"], placement.get("camera") or {}
             provenance.update(gen3d_placement=placement.get("mode", ""), gen3d_camera=camera.get("name") or "",
                               gen3d_camera_json=json.dumps(camera))
+        folder = os.path.dirname(rec.result_path)
+        source = bpy.data.objects.get(rec.source_object) if rec.kind == "refine" else None
+        if source is not None and reimport.same_mesh_result(folder):
+            reimport.apply_texture(source, os.path.join(folder, "texture.png"), provenance)
+            rec.objects = [source.name]
+            return {"FINISHED"}
         try:
             objs = reimport.import_glb(context, rec.result_path, name=result_name(rec), placement=rec.placement,
                                        cursor=rec.cursor, provenance=provenance,

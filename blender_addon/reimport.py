@@ -9,6 +9,9 @@ as custom properties.
 
 from __future__ import annotations
 
+import json
+import os
+
 import bpy
 from mathutils import Matrix
 
@@ -90,3 +93,43 @@ def _find_layer_collection(layer_coll, coll):
         if found is not None:
             return found
     return None
+
+
+def same_mesh_result(folder: str) -> bool:
+    """True when a refinement in ``folder`` kept the input's vertices and UVs (its meta.json says so) and wrote
+    ``texture.png``: the new image can then go straight onto the source object's material."""
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return meta.get("vertices_changed") is False and os.path.isfile(os.path.join(folder, "texture.png"))
+
+
+def apply_texture(obj: bpy.types.Object, path: str, provenance: dict | None = None) -> bpy.types.Image:
+    """Put the image at ``path`` (packed) into the base colour of every material of ``obj``.
+
+    The previous base-colour input is kept: its nodes stay in the material, only unlinked from the BSDF, so the
+    user can switch back. An object without a material gets a new one. Call inside one undoable operator.
+    """
+    image = bpy.data.images.load(path)
+    image.name = f"{obj.name} (Gen3D texture)"
+    image.pack()
+    if not obj.data.materials:
+        obj.data.materials.append(bpy.data.materials.new(f"{obj.name} Gen3D"))
+    for mat in {m for m in obj.data.materials if m is not None}:
+        if mat.node_tree is None:
+            mat.use_nodes = True
+        nodes, links = mat.node_tree.nodes, mat.node_tree.links
+        bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+        if bsdf is None:
+            bsdf = nodes.new("ShaderNodeBsdfPrincipled")
+            out = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new("ShaderNodeOutputMaterial")
+            links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+        tex = nodes.new("ShaderNodeTexImage")
+        tex.image, tex.label = image, "Gen3D texture"
+        tex.location = (bsdf.location.x - 320, bsdf.location.y + 40)
+        links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    for k, v in (provenance or {}).items():
+        obj[k] = v
+    return image
