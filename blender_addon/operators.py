@@ -472,21 +472,88 @@ class GEN3D_OT_refine_texture(_JobOperator, bpy.types.Operator):
         return self.run(context, prepare)
 
 
+def _backend_cli(prefs) -> list[str]:
+    """The backend's command line (``... -m backend``) from the launch preferences; raises BackendError if unset."""
+    return backend_argv(prefs.python_path if prefs.launch_mode == "PYTHON" else "",
+                        prefs.launch_command if prefs.launch_mode == "COMMAND" else "")
+
+
 class GEN3D_OT_render_dataset(bpy.types.Operator):
     bl_idname = "gen3d.render_dataset"
     bl_label = "Render Edge-Map Dataset"
-    bl_description = "Render a geometry-controlled (Canny edge map) training dataset from the selected objects"
+    bl_description = ("Render the selected meshes (or the active collection's) into a geometry-controlled dataset: "
+                      "RGBA, Canny edges, depth, normals, masks and 3D annotations per view (the backend's "
+                      "'dataset render', run with its Python)")
+
+    views_per_model: IntProperty(name="Views per Model", default=8, min=1, max=1000)
+    size: IntProperty(name="Resolution", default=512, min=32, max=4096)
+    engine: EnumProperty(name="Engine", default="CYCLES", items=[
+        ("CYCLES", "Cycles", "Cycles on the CPU (what 3D-DST uses)"), ("WORKBENCH", "Workbench", "fast")])
+    mode: MODE_PROP
+
+    @staticmethod
+    def _objects(context):
+        objs = [o for o in context.selected_objects if o.type == "MESH"]
+        if not objs and context.collection is not None:
+            objs = [o for o in context.collection.all_objects if o.type == "MESH"]
+        return objs
 
     @classmethod
     def poll(cls, context):
-        if manager.status.method("dataset") is None:
-            cls.poll_message_set("needs the dataset method (not in this backend yet)")
-        else:
-            cls.poll_message_set("needs the dataset method; this add-on version does not drive it yet")
-        return False
+        try:
+            _backend_cli(get_prefs(context))
+        except BackendError as e:
+            cls.poll_message_set(e.message)
+            return False
+        if not cls._objects(context):
+            cls.poll_message_set("select mesh objects (or make a collection with meshes active)")
+            return False
+        return True
 
     def execute(self, context):
-        return {"CANCELLED"}
+        import subprocess
+
+        out = os.path.join(output_dir(get_prefs(context)), f"{time.strftime('%Y%m%d-%H%M%S')}-dataset")
+        models = os.path.join(out, "models", bpy.path.clean_name(context.collection.name if context.collection
+                                                                   else "objects"))
+        depsgraph = context.evaluated_depsgraph_get()
+        for obj in self._objects(context):
+            scene_io.export_evaluated_mesh_glb(obj, depsgraph, os.path.join(models, bpy.path.clean_name(obj.name)
+                                                                            + ".glb"))
+        argv = _backend_cli(get_prefs(context)) + [
+            "dataset", "render", "--models", os.path.dirname(models), "--out", os.path.join(out, "data"),
+            "--views-per-model", str(self.views_per_model), "--size", str(self.size), "--engine", self.engine]
+        log_path = os.path.join(out, "dataset.log")
+        with open(log_path, "w", encoding="utf-8") as log_file:
+            self._proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+        self._out, self._log = out, log_path
+        if sync_mode(self.mode):
+            self._proc.wait()
+            return self._finish()
+        self._timer = context.window_manager.event_timer_add(0.5, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        self.report({"INFO"}, f"rendering the dataset into {out} (ESC cancels)")
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC":
+            self._proc.terminate()
+        if event.type != "TIMER" and event.type != "ESC" or self._proc.poll() is None:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        return self._finish()
+
+    def _finish(self):
+        with open(self._log, encoding="utf-8", errors="replace") as f:
+            lines = [ln.strip() for ln in f.read().replace("\r", "\n").splitlines() if ln.strip()]
+        last = lines[-1] if lines else ""
+        if self._proc.returncode != 0:
+            self.report({"ERROR"}, f"dataset rendering failed: {last or f'exit {self._proc.returncode}'} "
+                                   f"(log: {self._log})")
+            return {"CANCELLED"}
+        self.report({"INFO"}, last)
+        return {"FINISHED"}
 
 
 class GEN3D_OT_cancel(bpy.types.Operator):

@@ -84,11 +84,23 @@ def test_install_enable_and_unregister_leaves_nothing(addon_zip, tmp_path):
     assert r["scene_prop"] and r["timer_registered"]
     assert r["prefs_bl_idname"] == ADDON_MODULE
     assert r["user_dir"].startswith(str(tmp_path / "home"))
-    assert r["dataset_poll"] is False and "needs the dataset method" in r["dataset_poll_error"]
+    assert r["dataset_poll"] is False and "Python" in r["dataset_poll_error"]  # no backend configured yet
     after = r["after"]
     assert after["classes"] == [] and after["operators"] == [] and not after["scene_prop"]
     assert not after["timer_registered"] and after["handlers"] == r["before"]["handlers"]
     assert after["threads"] == [] and not after["enabled"]
+
+
+def test_render_dataset_operator_writes_an_annotated_dataset(addon_zip, tmp_path):
+    r = run_scenario(Path(__file__), "scenario_dataset", str(addon_zip), str(tmp_path / "out"),
+                     home=tmp_path / "home")
+    assert r["result"] == ["FINISHED"], r
+    lines = [json.loads(x) for x in Path(r["manifest"]).read_text().splitlines()]
+    assert sorted((x["model_id"], x["view"]) for x in lines) == [("Cube", 0), ("Cube", 1), ("Tall", 0), ("Tall", 1)]
+    root = Path(r["manifest"]).parent
+    for x in lines:
+        ann = json.loads((root / x["annotation"]).read_text())
+        assert ann["bbox_2d"] is not None and (root / x["edges"]).is_file()
 
 
 # -- scenarios (run in a subprocess: python tests/test_addon_install.py NAME ARGS...) ------------------------------
@@ -135,6 +147,22 @@ def scenario_install(zip_path: str) -> dict:
     after = _snapshot()
     after["timer_registered"] = bpy.app.timers.is_registered(timer)
     return {"installed": sorted(installed), **during, "before": before, "after": after}
+
+
+def scenario_dataset(zip_path: str, out: str) -> dict:
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+    prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    prefs.launch_mode, prefs.python_path, prefs.output_dir = "PYTHON", sys.executable, out
+    bpy.ops.mesh.primitive_cube_add()
+    bpy.ops.mesh.primitive_cylinder_add(location=(3, 0, 0), depth=3)
+    bpy.context.active_object.name = "Tall"
+    bpy.data.objects["Cube"].select_set(True)
+    result = bpy.ops.gen3d.render_dataset(views_per_model=2, size=48, engine="WORKBENCH", mode="SYNC")
+    manifest = next(Path(out).glob("*-dataset/data/manifest.jsonl"))
+    return {"result": sorted(result), "manifest": str(manifest)}
 
 
 if __name__ == "__main__":
