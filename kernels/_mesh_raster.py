@@ -72,7 +72,7 @@ class GatherCombine(torch.autograd.Function):
     def forward(ctx, src, idx, w):
         K, N = idx.shape
         idx = idx.reshape(-1)
-        taps = src.index_select(0, idx).view(K, N, -1)
+        taps = src.index_select(0, idx).view(K, N, src.shape[1])  # explicit C: N may be 0 (nothing covered)
         out = w[0, :, None] * taps[0]
         for k in range(1, K):
             out += w[k, :, None] * taps[k]
@@ -84,7 +84,7 @@ class GatherCombine(torch.autograd.Function):
         src, idx, w, taps = ctx.saved_tensors
         g_src = g_w = None
         if ctx.needs_input_grad[0]:
-            contrib = (w[:, :, None] * g[None]).view(-1, src.shape[1])
+            contrib = (w[:, :, None] * g[None]).reshape(-1, src.shape[1])
             g_src = torch.zeros_like(src).index_add_(0, idx, contrib)
         if ctx.needs_input_grad[2]:
             if taps.shape[-1] <= 4:  # dot over a short channel axis: unrolled beats a strided reduction

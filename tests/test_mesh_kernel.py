@@ -542,3 +542,19 @@ def test_torch_backend_matches_nvdiffrast_on_cuda(data_dir):
     assert (a_t - a_n).abs().mean() < 2e-3
     cos = torch.nn.functional.cosine_similarity(gp_t.flatten(), gp_n.flatten(), dim=0)
     assert cos > 0.95 and torch.nn.functional.cosine_similarity(gt_t.flatten(), gt_n.flatten(), dim=0) > 0.99
+
+
+def test_nothing_covered_gives_zeros_and_zero_gradients():
+    """A triangle between pixel centres covers nothing: interpolate/texture/antialias still run and backpropagate."""
+    pos = torch.tensor([[[0.01, 0.01, 0.5, 1.0], [0.02, 0.01, 0.5, 1.0], [0.01, 0.02, 0.5, 1.0]]],
+                       dtype=torch.float64, requires_grad=True)
+    tri = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+    rast, db = mesh.rasterize(pos, tri, (8, 8), backend="torch")
+    assert not bool((rast[..., 3] > 0).any())
+    attr = torch.rand(1, 3, 2, dtype=torch.float64, requires_grad=True)
+    uv, uv_da = mesh.interpolate(attr, rast, tri, db, diff_attrs="all")
+    tex = torch.rand(1, 4, 4, 3, dtype=torch.float64, requires_grad=True)
+    color = mesh.texture(tex, uv, uv_da, filter_mode="linear-mipmap-linear", boundary_mode="clamp")
+    out = mesh.antialias(torch.cat([color, (rast[..., 3:] > 0).to(color)], -1), rast, pos, tri)
+    out.sum().backward()
+    assert uv.abs().sum() == 0 and attr.grad.abs().sum() == 0 and pos.grad.abs().sum() == 0

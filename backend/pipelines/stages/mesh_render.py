@@ -30,15 +30,6 @@ def clip_positions(vertices: torch.Tensor, cameras: Cameras, near: float = 0.01,
     return torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1) @ P.transpose(1, 2)
 
 
-def _interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_db=None, diff_attrs=None):
-    """``kernels.mesh.interpolate``, also when nothing was rasterized (zeros then)."""
-    if bool((rast[..., 3] > 0).any()):
-        return km.interpolate(attr, rast, tri, rast_db, diff_attrs=diff_attrs)
-    out = torch.zeros(*rast.shape[:3], attr.shape[-1], dtype=attr.dtype, device=attr.device) + 0 * attr.sum()
-    da = torch.zeros(*rast.shape[:3], 2 * attr.shape[-1] if diff_attrs else 0, dtype=attr.dtype, device=attr.device)
-    return out, da
-
-
 def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor | None = None,
                 texture: torch.Tensor | None = None, vertices: torch.Tensor | None = None,
                 mipmap: bool = True, antialias: bool = True) -> MeshRender:
@@ -52,14 +43,14 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor |
     if tex is not None:
         uv = torch.stack([mesh.uvs[:, 0], 1 - mesh.uvs[:, 1]], -1)
         if mipmap:
-            uvi, uv_da = _interpolate(uv[None], rast, tri, rast_db, diff_attrs="all")
+            uvi, uv_da = km.interpolate(uv[None], rast, tri, rast_db, diff_attrs="all")
             color = km.texture(tex[None], uvi, uv_da, filter_mode="linear-mipmap-linear", boundary_mode="clamp")
         else:
-            uvi, _ = _interpolate(uv[None], rast, tri)
+            uvi, _ = km.interpolate(uv[None], rast, tri)
             color = km.texture(tex[None], uvi, filter_mode="linear", boundary_mode="clamp")
     else:
         vc = mesh.vertex_colors if mesh.vertex_colors is not None else torch.full_like(v, 0.7)
-        color, _ = _interpolate(vc[None], rast, tri)
+        color, _ = km.interpolate(vc[None], rast, tri)
     covered = (rast[..., 3:] > 0).to(color.dtype)
     bg = torch.zeros(len(cameras), 3, dtype=color.dtype, device=color.device) if background is None else background
     rgba = torch.cat([color * covered + bg[:, None, None, :] * (1 - covered), covered], -1)
@@ -67,6 +58,6 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor |
         rgba = km.antialias(rgba, rast, pos, tri)
     w2c = cameras.viewmats().to(v)
     z_cam = (v @ w2c[:, 2, :3].T + w2c[:, 2, 3]).T.contiguous()  # [C,V] camera depth of each vertex
-    depth, _ = _interpolate(z_cam[..., None], rast, tri)
+    depth, _ = km.interpolate(z_cam[..., None], rast, tri)
     depth = torch.where(rast[..., 3] > 0, depth[..., 0], torch.full_like(depth[..., 0], float("inf")))
     return MeshRender(rgba[..., :3], rgba[..., 3:], depth, rast)
