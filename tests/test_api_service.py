@@ -184,8 +184,13 @@ def test_worker_killed_mid_job_fails_it_and_a_fresh_worker_runs_the_next(srv):
 
 
 def test_job_ignoring_cancellation_has_its_worker_stopped(srv):
-    job = srv.submit(sleepy(steps=1, step_s=10.0))  # one 10 s step: no cancellation check for 10 s
-    srv.wait(job["id"], states=("running",))
+    # steps of 6 s: the cancellation check comes right after a progress report, so once step 1 is reported the
+    # job is asleep with no check for ~6 s, longer than the 2 s grace (cancelling before step 1 could be caught by
+    # the first check, which is the other, graceful path)
+    job = srv.submit(sleepy(steps=3, step_s=6.0))
+    deadline = time.monotonic() + 60
+    while srv.job(job["id"]).get("step", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     pid = srv.client.get("/v1/health").json()["worker"]["pid"]
     srv.client.post(job["urls"]["cancel"])
     job = srv.wait(job["id"], timeout=30)
