@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite runs servers, workers and bpy processes side by side on small machines; OpenMP threads that busy-wait
+# for each other then starve everything (seen: 0.5 s tasks taking 30 s). One thread per process (inherited by the
+# subprocesses) keeps the suite's time predictable; it changes nothing outside the tests.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
