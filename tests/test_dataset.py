@@ -169,3 +169,12 @@ def test_generate_without_weights_names_the_download(rendered, tmp_path, monkeyp
                        capture_output=True, text=True)
     assert r.returncode == 3
     assert "python -m backend weights download sd15" in r.stderr.strip().splitlines()[-1]
+
+
+def test_two_worker_processes_match_the_single_process_run(rendered, models, tmp_path):
+    """Spawned workers each import their own bpy, even though this process already has one (its Blender script
+    folders on sys.path must not shadow the module in the children)."""
+    out, _ = rendered
+    counts = render_dataset(models, tmp_path, SETTINGS, workers=2)
+    assert counts["ok"] == 2 and counts["failed"] == 1
+    assert (tmp_path / "manifest.jsonl").read_text() == (out / "manifest.jsonl").read_text()

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_path, write_json
+from . import import_bpy
 from . import scene as sc
 from .annotations import dst_intrinsics, pose_to_c2w, view_annotation
 from .poses import sample_poses, seed_for
@@ -95,7 +96,7 @@ def render_model(task: dict) -> dict:
     :class:`RenderSettings` as dict). Returns ``{"model_id", "status": "ok", "views": [annotation file, ...]}`` or
     ``{"status": "failed", "error": ...}``; a model whose ``done.json`` exists is skipped (resumable).
     """
-    import bpy
+    bpy = import_bpy()
 
     s = RenderSettings(**task["settings"])
     out = Path(task["out"])
@@ -154,7 +155,7 @@ def render_model(task: dict) -> dict:
 def render_turntable(model_path: Path, out_png: Path, views: int = 8, size: int = 256, elevation: float = 20.0,
                      engine: str = "CYCLES", samples: int = 16) -> Path:
     """A one-row grid of ``views`` renders around any GLB/OBJ/PLY (normalised, Z up), written as PNG."""
-    import bpy
+    bpy = import_bpy()
 
     sc.reset()
     sc.normalise(sc.load_model(Path(model_path)))
