@@ -16,24 +16,39 @@ from backend.pipelines.stages.refine_texture import (RefineConfig, images_as_tar
 from backend.representations.mesh import TexturedMesh
 
 
+def _sphere_discs(center: torch.Tensor, radius: float, n: int):
+    """Flat Gaussian discs tangent to a sphere (local z axis along the normal): means, quats, scales."""
+    normal = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    z = torch.tensor([0.0, 0.0, 1.0]).expand_as(normal)
+    axis = torch.nn.functional.normalize(torch.linalg.cross(z, normal, dim=-1), dim=-1)
+    angle = torch.acos((normal * z).sum(-1).clamp(-1, 1))
+    quats = torch.cat([torch.cos(angle / 2)[:, None], torch.sin(angle / 2)[:, None] * axis], -1)
+    return center + radius * normal, quats, torch.tensor([0.05, 0.05, 0.004]).expand(n, 3)
+
+
 def test_sphere_of_gaussians_meshes_to_that_sphere_in_place():
     torch.manual_seed(0)
     center, radius, n = torch.tensor([0.3, -0.2, 1.1]), 0.6, 4000
-    normal = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
-    # flat discs tangent to the sphere: local z axis along the normal
-    z = torch.tensor([0.0, 0.0, 1.0]).expand_as(normal)
-    axis = torch.linalg.cross(z, normal, dim=-1)
-    angle = torch.acos((normal * z).sum(-1).clamp(-1, 1))
-    axis = torch.nn.functional.normalize(axis, dim=-1)
-    quats = torch.cat([torch.cos(angle / 2)[:, None], torch.sin(angle / 2)[:, None] * axis], -1)
-    scales = torch.tensor([0.05, 0.05, 0.004]).expand(n, 3)
-    mesh = extract_mesh(center + radius * normal, quats, scales, torch.full((n,), 0.9),
-                        MeshExtractConfig(resolution=48, target_faces=3000))
+    means, quats, scales = _sphere_discs(center, radius, n)
+    mesh = extract_mesh(means, quats, scales, torch.full((n,), 0.9), MeshExtractConfig(resolution=48, target_faces=3000))
     r = np.linalg.norm(mesh.vertices - center.numpy(), axis=1)
     assert abs(r.mean() - radius) < 0.02 * radius and r.std() < 0.04 * radius
     assert 2500 <= len(mesh.faces) <= 3100 and mesh.is_winding_consistent
     assert mesh.volume > 0  # outward normals
     np.testing.assert_allclose(mesh.bounds.mean(0), center.numpy(), atol=0.02)
+
+
+def test_far_outlier_gaussians_are_left_out_of_the_grid():
+    """The grid spans the 0.1-99.9 % quantiles of the centres: a few far outliers neither crash nor stretch it."""
+    torch.manual_seed(1)
+    center, radius, n = torch.tensor([0.0, 0.0, 0.0]), 0.5, 2000
+    means, quats, scales = _sphere_discs(center, radius, n)
+    means = torch.cat([means, torch.tensor([[8.0, 0.0, 0.0], [0.0, -9.0, 3.0]])])
+    quats = torch.cat([quats, torch.tensor([[1.0, 0, 0, 0]] * 2)])
+    scales = torch.cat([scales, torch.full((2, 3), 0.05)])
+    mesh = extract_mesh(means, quats, scales, torch.full((n + 2,), 0.9),
+                        MeshExtractConfig(resolution=32, target_faces=2000))
+    assert np.abs(mesh.vertices).max() < 0.7
 
 
 # --- a textured square in the z = 0 plane, seen by pinhole cameras (images by ray casting) ------------------------

@@ -166,7 +166,9 @@ def extract_mesh(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     # sparse Gaussians (short fits) leave the density between them below the level: lower it to a quarter of
     # the typical density at the Gaussians' centres so the surface stays connected
     idx = torch.round((means - lo) / voxel).long().cpu()
-    centre_density = float(np.median(density[idx[:, 0], idx[:, 1], idx[:, 2]]))
+    inside = ((idx >= 0) & (idx < torch.tensor(dims))).all(-1)  # the grid leaves out the 0.1 % outliers
+    idx = idx[inside]
+    centre_density = float(np.median(density[idx[:, 0], idx[:, 1], idx[:, 2]])) if len(idx) else 0.0
     level = min(cfg.level, 0.25 * centre_density)
     density = _fill_hollow(density, level)
     verts, faces = mcubes.marching_cubes(density, level)
