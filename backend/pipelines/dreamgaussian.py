@@ -189,12 +189,13 @@ def optimise_gaussians(opts: _DreamGaussianOptions, guide: Guide, sampler: Orbit
     """Stage 1: Gaussians from a ball, optimised by ``guide``'s score distillation (+ the reference view's colour
     and mask when ``reference [1,4,S,S]`` (straight RGBA) is given). Returns ``(Gaussians, metrics)``."""
     from ..representations.gaussians import Gaussians
-    from .stages.fit_gaussians import FitConfig, _densify_and_prune, _Optimizer, render_gaussians
+    from .stages.fit_gaussians import FitConfig, GaussianOptimizer, densify_and_prune, render_gaussians
 
     dev = ctx.device
     g = ball_gaussians(opts.num_pts, opts.init_radius, generator).to(dev)
-    opt = _Optimizer(g, {"means": opts.position_lr[0], "quats": opts.rotation_lr, "log_scales": opts.scaling_lr,
-                         "opacity_logits": opts.opacity_lr, "sh": opts.feature_lr})
+    opt = GaussianOptimizer(g, {"means": opts.position_lr[0], "quats": opts.rotation_lr,
+                                "log_scales": opts.scaling_lr, "opacity_logits": opts.opacity_lr,
+                                "sh": opts.feature_lr})
     # DreamGaussian's densify_and_prune with extent E: clone below / split above percent_dense·E, prune opacity
     # below min_opacity or world size above 0.1·E
     dens = FitConfig(grad_threshold=opts.densify_grad_threshold, percent_dense=opts.percent_dense,
@@ -240,7 +241,7 @@ def optimise_gaussians(opts: _DreamGaussianOptions, guide: Guide, sampler: Orbit
             grad_cnt += c
             if step % opts.densification_interval == 0:
                 with torch.no_grad():
-                    cl, sp, pr = _densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), dens,
+                    cl, sp, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), dens,
                                                     opts.densify_extent, generator)
                 log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, cl, sp, pr,
                           len(opt.params["means"]))
@@ -260,7 +261,7 @@ def optimise_gaussians(opts: _DreamGaussianOptions, guide: Guide, sampler: Orbit
     return g, {"gaussians": len(g), **{f"final_{k}": v for k, v in logs.items()}}
 
 
-def _prior(ctx: RunContext, kind: str, name: str, path: str | None, guidance_scale: float | None):
+def load_prior(ctx: RunContext, kind: str, name: str, path: str | None, guidance_scale: float | None):
     """Load (or reuse from ``ctx.cache``) the prior registry entry ``name``; returns ``(prior, weights info)``."""
     from .. import weights
 
@@ -296,7 +297,7 @@ def build_guide(opts: _DreamGaussianOptions, request: JobRequest, ctx: RunContex
     terms, info = [], []
     prompt, negative = request.prompt or "", request.negative_prompt or ""
     if isinstance(opts, DreamGaussianImageOptions):
-        prior, w = _prior(ctx, "zero123", opts.prior, opts.weights_path, opts.guidance_scale)
+        prior, w = load_prior(ctx, "zero123", opts.prior, opts.weights_path, opts.guidance_scale)
         ref_rgb = reference[:, :3] * reference[:, 3:] + (1 - reference[:, 3:])   # Zero123 expects white
         prior.set_reference(ref_rgb, elevation=opts.elevation, azimuth=0.0, radius=opts.radius)
         terms.append(Term("zero123", prior, opts.lambda_zero123, distillation(prior, "zero123"), radius=opts.radius))
@@ -304,12 +305,12 @@ def build_guide(opts: _DreamGaussianOptions, request: JobRequest, ctx: RunContex
         if opts.lambda_sd > 0:
             if not prompt:
                 raise BadInput("lambda_sd > 0 mixes in the SD text prior, which needs a prompt", {"field": "prompt"})
-            sd, w = _prior(ctx, "sd", "sd21-base", opts.sd_weights_path, opts.guidance_scale)
+            sd, w = load_prior(ctx, "sd", "sd21-base", opts.sd_weights_path, opts.guidance_scale)
             terms.append(Term("sd", sd, opts.lambda_sd, distillation(sd, "sd"), prompt, negative))
             info.append(w)
     else:
         kind = "mvdream" if opts.prior == "mvdream" else "sd"
-        prior, w = _prior(ctx, kind, opts.prior, opts.weights_path, opts.guidance_scale)
+        prior, w = load_prior(ctx, kind, opts.prior, opts.weights_path, opts.guidance_scale)
         terms.append(Term(kind, prior, 1.0, distillation(prior, kind), prompt, negative,
                           view_dependent=opts.view_dependent_prompt))
         info.append(w)

@@ -352,7 +352,7 @@ class TexturePipeline(Pipeline):
     def _guide(self, opts: TextureOptions, request: JobRequest, ctx: RunContext, gen: torch.Generator, reference):
         """``(Guide, sampler elevation, orbit radius, weights info)`` for the chosen prior (DreamGaussian's terms)."""
         from ..guidance.schedules import make_schedule
-        from .dreamgaussian import _prior
+        from .dreamgaussian import load_prior
         from .dreamgaussian_guidance import Guide, Term
 
         prompt, negative = request.prompt or "", request.negative_prompt or ""
@@ -361,7 +361,7 @@ class TexturePipeline(Pipeline):
         if name in IMAGE_PRIORS:
             radius = opts.radius or 2.0
             cam, image, known = reference
-            prior, w = _prior(ctx, "zero123", name, opts.weights_path, opts.guidance_scale)
+            prior, w = load_prior(ctx, "zero123", name, opts.weights_path, opts.guidance_scale)
             elevation, azimuth, _ = orbit_angles(cam.c2w)[0].tolist()
             prior.set_reference(zero123_reference(image, known, prior.image_size), elevation=elevation,
                                 azimuth=azimuth, radius=radius)
@@ -370,13 +370,13 @@ class TexturePipeline(Pipeline):
                 if not prompt:
                     raise BadInput("lambda_sd > 0 mixes in the SD text prior, which needs a prompt",
                                    {"field": "prompt"})
-                sd, w = _prior(ctx, "sd", "sd21-base", None, opts.guidance_scale)
+                sd, w = load_prior(ctx, "sd", "sd21-base", None, opts.guidance_scale)
                 terms.append(Term("sd", sd, opts.lambda_sd, prompt=prompt, negative_prompt=negative))
                 info.append(w)
         else:
             radius = opts.radius or 2.5
             kind = TEXT_PRIORS[name]
-            prior, w = _prior(ctx, kind, name, opts.weights_path, opts.guidance_scale)
+            prior, w = load_prior(ctx, kind, name, opts.weights_path, opts.guidance_scale)
             terms, info = [Term(kind, prior, 1.0, prompt=prompt, negative_prompt=negative)], [w]
             if reference is not None:
                 elevation = float(orbit_angles(reference[0].c2w)[0, 0])

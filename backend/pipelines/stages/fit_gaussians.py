@@ -196,7 +196,7 @@ def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | 
 _FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
 
 
-class _Optimizer:
+class GaussianOptimizer:
     """Adam over a Gaussians' fields that survives densification (moments follow the Gaussians they belong to)."""
 
     def __init__(self, g: Gaussians, lrs: dict[str, float]):
@@ -235,7 +235,7 @@ class _Optimizer:
             self.params[name] = param
 
 
-def _densify_and_prune(opt: _Optimizer, grad_avg: torch.Tensor, cfg: FitConfig, radius: float,
+def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitConfig, radius: float,
                        generator: torch.Generator) -> tuple[int, int, int]:
     p = {k: v.detach() for k, v in opt.params.items()}
     scales = p["log_scales"].exp()
@@ -280,7 +280,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     g, radius = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree, generator)
     g = g.to(device)
     lr_means0 = cfg.lr_means * radius
-    opt = _Optimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
+    opt = GaussianOptimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
                          "opacity_logits": cfg.lr_opacity, "sh": cfg.lr_sh})
     # progressive resolution: one (cameras, images) pair per level, each used for an equal share of the steps
     levels = []
@@ -343,7 +343,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
                 grad_cnt += seen.sum(0)
             if step >= cfg.densify_from and (step + 1) % cfg.densify_every == 0:
                 with torch.no_grad():
-                    c, s, pr = _densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator)
+                    c, s, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator)
                 log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, c, s, pr,
                           len(opt.params["means"]))
                 grad_sum = torch.zeros(len(opt.params["means"]), device=device)
