@@ -24,59 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def bpy_render(spec_path: str) -> None:
-    """Worker (own process): render ``spec['cameras']`` (OpenCV K/c2w, Z-up world) of Spot into ``spec['out']``."""
-    import bpy
-    import numpy as np
-    from mathutils import Matrix
-
-    spec = json.load(open(spec_path))
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.ops.wm.obj_import(filepath=spec["obj"], forward_axis="NEGATIVE_Z", up_axis="Y")
-    obj = [o for o in bpy.context.scene.objects if o.type == "MESH"][0]
-    mat = bpy.data.materials.new("tex")
-    nt = mat.node_tree
-    nt.nodes.clear()
-    img = nt.nodes.new("ShaderNodeTexImage")
-    img.image = bpy.data.images.load(spec["texture"])
-    img.interpolation = "Linear"
-    emit = nt.nodes.new("ShaderNodeEmission")
-    out = nt.nodes.new("ShaderNodeOutputMaterial")
-    nt.links.new(img.outputs["Color"], emit.inputs["Color"])
-    nt.links.new(emit.outputs["Emission"], out.inputs["Surface"])
-    nt.nodes.active = img
-    obj.data.materials.clear()
-    obj.data.materials.append(mat)
-    scene = bpy.context.scene
-    r = scene.render
-    W = H = spec["size"]
-    r.resolution_x, r.resolution_y, r.resolution_percentage = W, H, 100
-    r.film_transparent = True
-    r.image_settings.file_format = "PNG"
-    r.image_settings.color_mode = "RGBA"
-    scene.view_settings.view_transform = "Standard"
-    scene.view_settings.look = "None"
-    r.engine = "BLENDER_WORKBENCH"
-    scene.display.render_aa = "8"
-    scene.display.shading.light = "FLAT"
-    scene.display.shading.color_type = "TEXTURE"
-    cam_data = bpy.data.cameras.new("cam")
-    cam = bpy.data.objects.new("cam", cam_data)
-    scene.collection.objects.link(cam)
-    scene.camera = cam
-    for i, (K, c2w) in enumerate(zip(spec["K"], spec["c2w"])):
-        K = np.array(K)
-        cam_data.sensor_fit = "HORIZONTAL"
-        cam_data.sensor_width = 36.0
-        cam_data.lens = K[0, 0] * 36.0 / W
-        cam_data.shift_x = -(K[0, 2] - W / 2) / W
-        cam_data.shift_y = (K[1, 2] - H / 2) / W
-        cam_data.clip_start, cam_data.clip_end = 0.01, 100.0
-        cam.matrix_world = Matrix((np.array(c2w) @ np.diag([1.0, -1.0, -1.0, 1.0])).tolist())
-        r.filepath = str(Path(spec["out"]) / f"{i:03d}.png")
-        bpy.ops.render.render(write_still=True)
-
-
 def render_spot_with_bpy(cameras, size: int, folder: Path):
     """``[N,H,W,4]`` straight RGBA float renders of Spot at ``cameras`` by Blender."""
     import numpy as np
@@ -85,11 +32,11 @@ def render_spot_with_bpy(cameras, size: int, folder: Path):
 
     data = REPO / "backend" / "data" / "spot"
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"obj": str(data / "spot_triangulated.obj"), "texture": str(data / "spot_texture.png"), "size": size,
-            "K": cameras.K.tolist(), "c2w": cameras.c2w.tolist(), "out": str(folder)}
+    spec = {"obj": str(data / "spot_triangulated.obj"), "texture": str(data / "spot_texture.png"), "width": size,
+            "height": size, "K": cameras.K.tolist(), "c2w": cameras.c2w.tolist(), "out": str(folder)}
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    subprocess.run([sys.executable, __file__, "--render-worker", str(spec_path)], check=True,
+    subprocess.run([sys.executable, "-m", "backend.blender.unlit", str(spec_path)], check=True,
                    stdout=subprocess.DEVNULL)
     imgs = [np.asarray(Image.open(folder / f"{i:03d}.png").convert("RGBA"), dtype=np.float32) / 255.0
             for i in range(len(cameras))]
@@ -161,10 +108,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--keep", help="folder to keep inputs and results in (default: a temporary one)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="option override for every preset")
-    ap.add_argument("--render-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.render_worker:
-        return bpy_render(args.render_worker)
 
     import platform
 

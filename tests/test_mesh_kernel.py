@@ -485,14 +485,14 @@ def spot_blender(tmp_path_factory, data_dir):
     from PIL import Image
     S = 256
     cams = orbit_cameras(15, 200, 3.2, 40, S, S, target=(0.0, -0.19, 0.11))
-    out = tmp_path_factory.mktemp("spot") / "spot.png"
+    folder = tmp_path_factory.mktemp("spot")
+    out = folder / "000.png"
     spec = dict(obj=str(data_dir / "spot" / "spot_triangulated.obj"), texture=str(data_dir / "spot" / "spot_texture.png"),
                 colorspace="Non-Color", view_transform="Raw", aa="OFF", width=S, height=S,
-                K=cams.K[0].tolist(), c2w=cams.c2w[0].tolist(), out=str(out))
-    (out.parent / "spec.json").write_text(json.dumps(spec))
-    script = Path(__file__).with_name("bpy_render_spot.py")
-    proc = subprocess.run([sys.executable, str(script), str(out.parent / "spec.json")], capture_output=True,
-                          text=True, timeout=300)
+                K=cams.K[:1].tolist(), c2w=cams.c2w[:1].tolist(), out=str(folder))
+    (folder / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "backend.blender.unlit", str(folder / "spec.json")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and out.exists(), proc.stderr[-2000:]
     return cams, np.asarray(Image.open(out).convert("RGBA")).astype(np.float32) / 255
 
