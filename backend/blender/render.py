@@ -12,11 +12,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from ..files import atomic_path, write_json
+from ..geometry import edges
 from . import import_bpy
 from . import scene as sc
 from .annotations import dst_intrinsics, pose_to_c2w, view_annotation
@@ -56,8 +56,7 @@ def _read_rgba(path: Path) -> np.ndarray:
 def canny_edges(rgba: np.ndarray, low: int = 100, high: int = 200, aperture: int = 3) -> np.ndarray:
     """Canny edge map ``[H,W] uint8`` (0/255) of an RGBA render composited on black, as ControlNet-canny expects."""
     rgb = rgba[..., :3].astype(np.float32) * (rgba[..., 3:4].astype(np.float32) / 255.0)
-    gray = cv2.cvtColor(rgb.round().astype(np.uint8), cv2.COLOR_RGB2GRAY)
-    return cv2.Canny(gray, low, high, apertureSize=aperture)
+    return edges.canny_edges(rgb.round().astype(np.uint8), low, high, aperture)
 
 
 def geometry_maps(verts: np.ndarray, tris: np.ndarray, K: np.ndarray, c2w: np.ndarray, width: int, height: int):

@@ -22,12 +22,12 @@ CANNY_ENTRIES = {"sd15": "controlnet-canny-sd15", "sdxl-base": "controlnet-canny
 
 def canny(images: torch.Tensor, low: int = 100, high: int = 200) -> torch.Tensor:
     """Canny edges of ``[B,3,H,W]`` in [0,1] -> ``[B,3,H,W]`` in {0,1} (white edges on black, ControlNet's input)."""
-    import cv2
+    from ...geometry.edges import canny_edges
 
     out = []
     for img in images.detach().float().clamp(0, 1).cpu():
-        gray = cv2.cvtColor((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY)
-        out.append(torch.from_numpy(cv2.Canny(gray, low, high) > 0).float())
+        rgb = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        out.append(torch.from_numpy(canny_edges(rgb, low, high) > 0).float())
     return torch.stack(out)[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
