@@ -32,6 +32,7 @@ class BakeConfig:
     sharpness: float = 4.0        #: exponent on the view cosine
     min_cosine: float = 0.1       #: views more grazing than this are ignored
     depth_tolerance: float = 0.01  #: x mesh bounding-box diagonal, for the visibility test
+    edge_power: float = 4.0       #: views are weighted by their sampled coverage (alpha) to this power
     views_per_batch: int = 4
 
 
@@ -81,11 +82,16 @@ def project_views(mesh: TexturedMesh, surface: TexelSurface, cameras: Cameras, i
         visible = inside & (z > 0) & (z <= d_map + tol)
         to_cam = F.normalize(cams.centers[:, None, :] - p[None], dim=-1)
         cos = (to_cam * n[None]).sum(-1)
-        rgba = _sample(images[s:s + cfg.views_per_batch], uv, cams.width, cams.height)
+        # premultiplied sampling: a texel near the mask edge must not average in the (black) colour of empty pixels
+        img = images[s:s + cfg.views_per_batch]
+        alpha = img[..., 3:].clamp(0, 1)
+        rgba = _sample(torch.cat([img[..., :3] * alpha, alpha], -1), uv, cams.width, cams.height)
         w = torch.where(visible & (cos > cfg.min_cosine), cos.clamp_min(0) ** cfg.sharpness, torch.zeros_like(cos))
-        w = w * rgba[..., 3].clamp(0, 1)
+        # colour = premultiplied / alpha, weighted by alpha ** edge_power: partly covered pixels count less
+        a = rgba[..., 3]
+        w = w * a.clamp_min(1e-8) ** (cfg.edge_power - 1)
         acc += (w[..., None] * rgba[..., :3]).sum(0)
-        wsum += w.sum(0)
+        wsum += (w * a).sum(0)
     color = torch.zeros(R, R, 3)
     weight = torch.zeros(R, R)
     color[surface.valid] = acc / wsum.clamp_min(1e-8)[:, None]
