@@ -10,7 +10,7 @@ import torch
 
 from backend.geometry.cameras import Cameras, orbit_cameras
 from backend.pipelines.stages.bake_texture import BakeConfig, bake_texture, pull_push_fill
-from backend.pipelines.stages.extract_mesh import MeshExtractConfig, extract_mesh
+from backend.pipelines.stages.extract_mesh import MeshExtractConfig, extract_mesh, ray_max_density
 from backend.pipelines.stages.refine_texture import (RefineConfig, images_as_targets, photometric_error,
                                                      refine_texture)
 from backend.representations.mesh import TexturedMesh
@@ -51,6 +51,42 @@ def test_far_outlier_gaussians_are_left_out_of_the_grid():
     assert np.abs(mesh.vertices).max() < 0.7
 
 
+def _ring_cameras(size: int) -> Cameras:
+    return orbit_cameras([10, 40, -20, 70, 25, 0], [0, 60, 130, 200, 260, 320], 3.0, 40, size, size)
+
+
+def test_ray_maximum_of_a_density_grid_matches_the_analytic_peak():
+    """A Gaussian blob on a grid: the maximum along a ray is exp(-d^2 / 2 s^2), d = the ray's distance to its centre."""
+    c, s, n = torch.tensor([0.1, -0.05, 0.2]), 0.3, 64
+    lo, voxel = torch.full((3,), -1.0), 2.0 / (n - 1)
+    x = lo[0] + voxel * torch.arange(n)
+    X, Y, Z = torch.meshgrid(x, x, x, indexing="ij")
+    grid = torch.exp(-((X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2) / (2 * s * s))
+    cams = _ring_cameras(24)
+    peaks = ray_max_density(grid, lo, voxel, cams)
+    o, d = cams.pixel_rays()
+    dist = torch.linalg.cross(c - o, d, dim=-1).norm(dim=-1)
+    np.testing.assert_allclose(peaks.numpy(), torch.exp(-dist ** 2 / (2 * s * s)).numpy(), atol=0.02)
+
+
+def test_the_mesh_level_follows_the_object_masks():
+    """Blurry Gaussians on a sphere of radius 0.5 have no single right density level; given masks of a sphere of
+    radius R (by ray casting), the extracted mesh takes that radius."""
+    n = 2000
+    k = torch.arange(n) + 0.5  # evenly spread (Fibonacci) points
+    z, phi = 1 - 2 * k / n, math.pi * (1 + 5 ** 0.5) * k
+    means = 0.5 * torch.stack([(1 - z * z).sqrt() * torch.cos(phi), (1 - z * z).sqrt() * torch.sin(phi), z], -1)
+    quats, scales = torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4), torch.full((n, 3), 0.04)
+    cams = _ring_cameras(64)
+    o, d = cams.pixel_rays()
+    dist = torch.linalg.cross(-o, d, dim=-1).norm(dim=-1)
+    for radius in (0.545, 0.58):
+        mesh = extract_mesh(means, quats, scales, torch.full((n,), 0.5), MeshExtractConfig(resolution=64),
+                            cams, dist < radius)
+        r = np.linalg.norm(mesh.vertices, axis=1)
+        assert abs(r.mean() - radius) < 0.008, (radius, r.mean())
+
+
 # --- a textured square in the z = 0 plane, seen by pinhole cameras (images by ray casting) ------------------------
 def _pattern(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """A smooth colour field over the unit square ``[..., 3]``."""
@@ -87,6 +123,18 @@ def test_bake_reproduces_a_known_texture_through_a_known_uv_map():
     err = (texture - _texel_truth(32)).abs()
     assert metrics["bake_coverage"] > 0.99
     assert err[2:-2, 2:-2].mean() < 0.02 and err.max() < 0.15
+
+
+def test_bake_does_not_darken_texels_at_the_mask_edge():
+    """Empty pixels are black in straight-alpha images; texels projecting between an edge pixel and an empty one
+    must keep the object's colour (premultiplied sampling), even where the mask is smaller than the mesh."""
+    cams, images = _square_views()
+    o, d = cams.pixel_rays()
+    p = o + (-o[..., 2] / d[..., 2])[..., None] * d
+    inner = (p[..., 0].abs() <= 0.8) & (p[..., 1].abs() <= 0.8)   # the masks cover less than the square
+    images = torch.cat([torch.full_like(images[..., :3], 0.9) * inner[..., None], inner[..., None].float()], -1)
+    texture, _ = bake_texture(_square_mesh(), cams, images, BakeConfig(resolution=32))
+    np.testing.assert_allclose(texture.numpy(), 0.9, atol=1e-4)
 
 
 def test_pull_push_fills_holes_from_neighbours():

@@ -38,7 +38,8 @@ class ReconstructOptions(Options):
     densify_every: int = Field(100, ge=10, le=10000, description="steps between densify/prune passes")
     # stage 2: mesh
     mesh_resolution: int = Field(128, ge=32, le=512, description="density grid voxels along the longest side")
-    mesh_level: float = Field(0.5, gt=0, le=10, description="density iso level of the surface")
+    mesh_level: float | None = Field(None, gt=0, le=10, description="density iso level of the surface (default: "
+                                     "the level whose silhouettes best match the input masks)")
     target_faces: int = Field(50_000, ge=500, le=2_000_000, description="decimate to this many faces")
     smooth_iterations: int = Field(5, ge=0, le=100, description="Taubin smoothing iterations")
     # stages 3-5: UV, bake, refine
@@ -47,7 +48,7 @@ class ReconstructOptions(Options):
     extra_bake_views: int = Field(8, ge=0, le=64,
                                   description="renders of the Gaussians added to the bake when there are < 8 views")
     refine_steps: int = Field(100, ge=0, le=10000, description="texture refinement steps (0 = bake only)")
-    refine_vertices: bool = Field(False, description="also optimise small vertex offsets")
+    refine_vertices: bool = Field(True, description="also optimise small vertex offsets (silhouettes, thin parts)")
     refine_resolution: float = Field(1.0, gt=0, le=1, description="refinement render size, fraction of the input")
     preview_size: int = Field(256, ge=64, le=1024, description="size of each preview tile")
 
@@ -59,7 +60,7 @@ class ReconstructOptions(Options):
         "standard": {},
         "high": {"fit_steps": 2000, "num_points": 10_000, "max_gaussians": 300_000, "sh_degree": 2,
                  "densify_every": 100, "mesh_resolution": 256, "target_faces": 100_000,
-                 "texture_resolution": 2048, "refine_steps": 300, "refine_vertices": True},
+                 "texture_resolution": 2048, "refine_steps": 300},
     }
 
 
@@ -115,8 +116,9 @@ class Reconstruct(Pipeline):
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
             tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
-                              MeshExtractConfig(resolution=o.mesh_resolution, level=o.mesh_level,
-                                                target_faces=o.target_faces, smooth_iterations=o.smooth_iterations))
+                              MeshExtractConfig(resolution=o.mesh_resolution, level=o.mesh_level or 0.5,
+                                                target_faces=o.target_faces, smooth_iterations=o.smooth_iterations),
+                              *((cameras, images[..., 3] > 0.5) if o.mesh_level is None else ()))
             metrics["mesh_faces"], metrics["mesh_vertices"] = len(tm.faces), len(tm.vertices)
             metrics["mesh_watertight"] = bool(tm.is_watertight)
             ctx.progress("mesh", 1, 1)

@@ -5,7 +5,9 @@ without a dense Gaussians x voxels product: the grid is cut into blocks of ``blo
 Gaussian is paired only with the blocks its 3-sigma bounding box touches, and each (Gaussian, block) pair adds its
 contribution to that block's voxels. Marching cubes (PyMCubes) at ``level`` gives the surface; hollow shells are
 filled first so the inside of an object fitted by surface Gaussians does not produce a second, inner surface.
-Cleanup uses trimesh (and fast-simplification for decimation).
+When the input views' masks are known, the level is the one whose mesh silhouettes best match them (mask IoU):
+the density of a fit has no fixed value at the object's boundary. Cleanup uses trimesh (and fast-simplification
+for decimation).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trimesh
 from scipy import ndimage
 
 from ...errors import NumericalError
+from ...geometry.cameras import Cameras
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 class MeshExtractConfig:
     resolution: int = 128          #: voxels along the longest side of the Gaussians' bounding box
     level: float = 0.5             #: iso level of the density (lowered for sparse Gaussians, see extract_mesh)
+    silhouette_views: int = 8      #: masks used to choose the level (evenly spread over the given ones)
     min_opacity: float = 0.005     #: Gaussians below this opacity are ignored
     block: int = 8                 #: voxels per block side for the Gaussian/block pairing
     min_component_ratio: float = 0.02  #: components with fewer faces than this share of the largest are dropped
@@ -143,12 +147,60 @@ def cleanup_mesh(mesh: trimesh.Trimesh, merge_distance: float, min_component_rat
     return mesh
 
 
+def ray_max_density(density: torch.Tensor, lo: torch.Tensor, voxel: float, cameras: Cameras,
+                    chunk: int = 8192) -> torch.Tensor:
+    """Maximum of the trilinearly interpolated ``density [X,Y,Z]`` (voxel ``(i,j,k)`` at ``lo + voxel*(i,j,k)``)
+    along each pixel ray of ``cameras``, sampled every voxel: ``[N,H,W]``. The silhouette of the level set
+    ``density > L`` is exactly ``ray_max > L``, for every ``L`` at once."""
+    dims = torch.tensor(density.shape, dtype=torch.float32)
+    box_lo, box_hi = lo, lo + voxel * (dims - 1)
+    grid = density[None, None].permute(0, 1, 4, 3, 2)  # grid_sample's (x, y, z) index (W, H, D) = (Z, Y, X) dims
+    origins, dirs = cameras.pixel_rays()
+    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    t0, t1 = (box_lo - origins) * inv, (box_hi - origins) * inv
+    near = torch.minimum(t0, t1).max(-1).values.clamp_min(0)
+    far = torch.maximum(t0, t1).min(-1).values
+    samples = int(torch.ceil((box_hi - box_lo).norm() / voxel)) + 1
+    steps = torch.linspace(0, 1, samples)
+    out = torch.zeros(len(origins))
+    for s in range(0, len(origins), chunk):
+        n, f = near[s:s + chunk], far[s:s + chunk]
+        hit = f > n
+        if not hit.any():
+            continue
+        t = n[hit, None] + (f - n)[hit, None] * steps                                        # [R, S]
+        p = origins[s:s + chunk][hit, None] + dirs[s:s + chunk][hit, None] * t[..., None]     # [R, S, 3]
+        g = 2 * (p - box_lo) / (box_hi - box_lo) - 1
+        val = torch.nn.functional.grid_sample(grid, g[None, None], align_corners=True)[0, 0, 0]  # [R, S]
+        out[torch.arange(s, s + len(n))[hit]] = val.max(-1).values
+    return out.reshape(len(cameras), cameras.height, cameras.width)
+
+
+def choose_level(density: np.ndarray, lo: torch.Tensor, voxel: float, reference: float, cameras: Cameras,
+                 masks: torch.Tensor, cfg: MeshExtractConfig) -> tuple[float, float]:
+    """The iso level whose silhouettes best match the object ``masks [N,H,W]`` (bool) seen by ``cameras``:
+    mean mask IoU over up to ``cfg.silhouette_views`` views, maximised over levels log-spaced in
+    ``reference * [0.01, 2]`` (4 % apart). Returns ``(level, IoU)``."""
+    pick = torch.linspace(0, len(cameras) - 1, min(cfg.silhouette_views, len(cameras))).round().long()
+    peaks = ray_max_density(torch.from_numpy(density), lo, voxel, cameras[pick])
+    masks = masks[pick]
+    levels = torch.from_numpy(reference * np.geomspace(0.01, 2.0, 129)).float()
+    iou = torch.stack([((peaks > level) & masks).flatten(1).sum(1).div(
+        ((peaks > level) | masks).flatten(1).sum(1).clamp_min(1)).mean() for level in levels])
+    best = int(iou.argmax())
+    log.info("mesh level %.4g (silhouette IoU %.4f over %d views)", float(levels[best]), float(iou[best]), len(pick))
+    return float(levels[best]), float(iou[best])
+
+
 def extract_mesh(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
-                 cfg: MeshExtractConfig = MeshExtractConfig()) -> trimesh.Trimesh:
+                 cfg: MeshExtractConfig = MeshExtractConfig(), cameras: Cameras | None = None,
+                 masks: torch.Tensor | None = None) -> trimesh.Trimesh:
     """Mesh the density of Gaussians (activated parameters, world frame; shapes as in :func:`density_grid`).
 
-    Returns a trimesh with outward normals in the same world frame. Raises :class:`NumericalError` when no
-    surface is found at ``cfg.level``.
+    With ``cameras`` and their object ``masks [N,H,W]`` (bool), the level is chosen to match the masks
+    (:func:`choose_level`) instead of ``cfg.level``. Returns a trimesh with outward normals in the same world
+    frame. Raises :class:`NumericalError` when no surface is found.
     """
     keep = opacities > cfg.min_opacity
     means, quats, scales, opacities = means[keep], quats[keep], scales[keep], opacities[keep]
@@ -170,6 +222,8 @@ def extract_mesh(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     idx = idx[inside]
     centre_density = float(np.median(density[idx[:, 0], idx[:, 1], idx[:, 2]])) if len(idx) else 0.0
     level = min(cfg.level, 0.25 * centre_density)
+    if cameras is not None and masks is not None:
+        level, _ = choose_level(density, lo.cpu(), voxel, centre_density, cameras.to("cpu"), masks.cpu(), cfg)
     density = _fill_hollow(density, level)
     verts, faces = mcubes.marching_cubes(density, level)
     if len(faces) == 0:
