@@ -21,8 +21,14 @@ DATA = Path(__file__).resolve().parent / "data"
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """``tests/data``: small real assets copied into the project (Spot, checkpoint key lists)."""
+    """``tests/data``: small real assets copied into the project (checkpoint key lists)."""
     return DATA
+
+
+@pytest.fixture(scope="session")
+def spot_dir() -> Path:
+    """Spot (OBJ + texture), the sample object the backend ships for its demo."""
+    return REPO / "backend" / "data" / "spot"
 
 
 @pytest.fixture(scope="session")

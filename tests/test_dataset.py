@@ -24,11 +24,11 @@ SETTINGS = RenderSettings(size=80, engine="WORKBENCH", views=2, geometry_passes=
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, data_dir) -> Path:
+def models(tmp_path_factory, spot_dir) -> Path:
     """Spot (Y-up OBJ), an off-centre box and a corrupt file, in class folders."""
     root = tmp_path_factory.mktemp("models")
     (root / "cow").mkdir()
-    (root / "cow" / "spot.obj").write_bytes((data_dir / "spot" / "spot_triangulated.obj").read_bytes())
+    (root / "cow" / "spot.obj").write_bytes((spot_dir / "spot_triangulated.obj").read_bytes())
     (root / "box").mkdir()
     trimesh.creation.box(extents=(0.4, 1.2, 0.6)).apply_translation((3.0, 1.0, -2.0)).export(root / "box" / "crate.obj")
     (root / "junk").mkdir()

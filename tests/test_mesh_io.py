@@ -18,10 +18,10 @@ EIGHT_BIT = 0.5 / 255 + 1e-6
 
 
 @pytest.fixture(scope="module")
-def spot(data_dir) -> TexturedMesh:
+def spot(spot_dir) -> TexturedMesh:
     """Spot (real UV seams), moved off-centre so a lost Y-up/Z-up swap is visible, with a small
     asymmetric texture (a flipped row or column order changes it)."""
-    mesh = load_obj(data_dir / "spot" / "spot_triangulated.obj")
+    mesh = load_obj(spot_dir / "spot_triangulated.obj")
     texture = torch.rand(12, 20, 3, generator=torch.Generator().manual_seed(1))
     return TexturedMesh(mesh.vertices + torch.tensor([0.5, -0.25, 2.0]), mesh.faces, uvs=mesh.uvs,
                         texture=texture).with_vertex_normals()

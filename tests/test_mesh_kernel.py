@@ -467,27 +467,27 @@ def test_backend_selection():
 
 # --- Spot against Blender -----------------------------------------------------------------------------------------
 
-def _load_spot(data_dir: Path):
+def _load_spot(spot_dir: Path):
     trimesh = pytest.importorskip("trimesh")
     from PIL import Image
-    m = trimesh.load(data_dir / "spot" / "spot_triangulated.obj", process=False)
+    m = trimesh.load(spot_dir / "spot_triangulated.obj", process=False)
     v = yup_to_zup(torch.tensor(m.vertices, dtype=torch.float32))
     uv = torch.tensor(np.asarray(m.visual.uv), dtype=torch.float32)
     uv[:, 1] = 1 - uv[:, 1]  # OBJ v points up; texture row 0 is the top of the PNG
-    tex = torch.tensor(np.asarray(Image.open(data_dir / "spot" / "spot_texture.png").convert("RGB")),
+    tex = torch.tensor(np.asarray(Image.open(spot_dir / "spot_texture.png").convert("RGB")),
                        dtype=torch.float32)[None] / 255
     return v, torch.tensor(m.faces, dtype=torch.int32), uv, tex
 
 
 @pytest.fixture(scope="module")
-def spot_blender(tmp_path_factory, data_dir):
+def spot_blender(tmp_path_factory, spot_dir):
     pytest.importorskip("bpy")
     from PIL import Image
     S = 256
     cams = orbit_cameras(15, 200, 3.2, 40, S, S, target=(0.0, -0.19, 0.11))
     folder = tmp_path_factory.mktemp("spot")
     out = folder / "000.png"
-    spec = dict(obj=str(data_dir / "spot" / "spot_triangulated.obj"), texture=str(data_dir / "spot" / "spot_texture.png"),
+    spec = dict(obj=str(spot_dir / "spot_triangulated.obj"), texture=str(spot_dir / "spot_texture.png"),
                 colorspace="Non-Color", view_transform="Raw", aa="OFF", width=S, height=S,
                 K=cams.K[:1].tolist(), c2w=cams.c2w[:1].tolist(), out=str(folder))
     (folder / "spec.json").write_text(json.dumps(spec))
@@ -497,12 +497,12 @@ def spot_blender(tmp_path_factory, data_dir):
     return cams, np.asarray(Image.open(out).convert("RGBA")).astype(np.float32) / 255
 
 
-def test_spot_matches_blender_silhouette_and_texture(spot_blender, data_dir):
+def test_spot_matches_blender_silhouette_and_texture(spot_blender, spot_dir):
     """Workbench without AA samples pixel centres, with bilinear texture lookups of the stored (Non-Color) texels:
     the same sampling as rasterize + interpolate + texture(linear)."""
     from scipy import ndimage
     cams, ref = spot_blender
-    v, f, uvs, tex = _load_spot(data_dir)
+    v, f, uvs, tex = _load_spot(spot_dir)
     pos = (torch.cat([v, torch.ones(len(v), 1)], 1) @ cams.clip_matrices(0.1, 10)[0].T)[None]
     rast, _ = mesh.rasterize(pos, f, (cams.height, cams.width), **T)
     ours = (rast[0, ..., 3] > 0).numpy()
@@ -517,10 +517,10 @@ def test_spot_matches_blender_silhouette_and_texture(spot_blender, data_dir):
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and mesh.nvdiffrast_available()), reason="needs CUDA and nvdiffrast")
-def test_torch_backend_matches_nvdiffrast_on_cuda(data_dir):
+def test_torch_backend_matches_nvdiffrast_on_cuda(spot_dir):
     """Parity with the real nvdiffrast (run by hand on a GPU machine; skipped elsewhere)."""
     dev = torch.device("cuda")
-    v, f, uvs, tex = (t.to(dev) for t in _load_spot(data_dir))
+    v, f, uvs, tex = (t.to(dev) for t in _load_spot(spot_dir))
     cams = orbit_cameras(15, 200, 3.2, 40, 256, 192, target=(0.0, -0.19, 0.11))
     pos0 = (torch.cat([v, torch.ones(len(v), 1, device=dev)], 1) @ cams.clip_matrices(0.1, 10)[0].to(dev).T)[None]
     out = {}
