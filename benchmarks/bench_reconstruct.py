@@ -7,7 +7,7 @@ the same mesh rendered by ``kernels.mesh``, which filters differently: Spot itse
 total time and peak memory (max RSS of the reconstructing process), and the same quality figures for the
 Gaussians alone (before meshing; Chamfer from the centres of opaque Gaussians).
 
-    .venv/bin/python benchmarks/bench_reconstruct.py [--presets fast standard] [--size 256]
+    .venv/bin/python benchmarks/bench_reconstruct.py [--presets fast standard] [--size 256] [--seed N]
 """
 
 from __future__ import annotations
@@ -95,13 +95,13 @@ def evaluate(out: Path, held_cams, held_imgs, spot_points, diag: float) -> dict:
                 gs_chamfer_pct=100 * chamfer_l1(opaque, spot_points) / diag)
 
 
-def run_preset(preset: str, views: Path, out: Path, overrides: dict) -> dict:
+def run_preset(preset: str, views: Path, out: Path, overrides: dict, seed: int = 0) -> dict:
     """Run ``reconstruct`` on ``views`` into ``out``; returns the preset's name, wall time and stage timings."""
     from backend.pipelines import JobRequest, RunContext
     from backend.pipelines.runner import run_job
 
     t0 = time.perf_counter()
-    run_job(JobRequest(method="reconstruct", preset=preset, options=overrides, files={"views": str(views)}),
+    run_job(JobRequest(method="reconstruct", preset=preset, seed=seed, options=overrides, files={"views": str(views)}),
             RunContext(out_dir=out))
     meta = json.loads((out / "meta.json").read_text())
     return {"preset": preset + (f" {overrides}" if overrides else ""), "wall_s": round(time.perf_counter() - t0, 1),
@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["fast", "standard"])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--keep", help="folder to keep inputs and results in (default: a temporary one)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="option override for every preset")
     args = ap.parse_args()
 
@@ -145,7 +146,7 @@ def main() -> None:
     rows = []
     for preset in args.presets:
         out = root / f"out_{preset}"
-        rows.append(run_preset(preset, views, out, parse_set(args.set)))
+        rows.append(run_preset(preset, views, out, parse_set(args.set), args.seed))
         rows[-1].update(evaluate(out, held, held_imgs, spot_points, diag))
         print(json.dumps(rows[-1]), flush=True)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
