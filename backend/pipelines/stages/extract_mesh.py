@@ -13,6 +13,7 @@ for decimation).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import mcubes
@@ -32,6 +33,7 @@ class MeshExtractConfig:
     resolution: int = 128          #: voxels along the longest side of the Gaussians' bounding box
     level: float = 0.5             #: iso level of the density (lowered for sparse Gaussians, see extract_mesh)
     silhouette_views: int = 8      #: masks used to choose the level (evenly spread over the given ones)
+    silhouette_rays: int = 600_000  #: at most this many pixel rays score the levels (a strided subset)
     min_opacity: float = 0.005     #: Gaussians below this opacity are ignored
     block: int = 8                 #: voxels per block side for the Gaussian/block pairing
     min_component_ratio: float = 0.02  #: components with fewer faces than this share of the largest are dropped
@@ -147,15 +149,17 @@ def cleanup_mesh(mesh: trimesh.Trimesh, merge_distance: float, min_component_rat
     return mesh
 
 
-def ray_max_density(density: torch.Tensor, lo: torch.Tensor, voxel: float, cameras: Cameras,
+def ray_max_density(density: torch.Tensor, lo: torch.Tensor, voxel: float, cameras: Cameras, stride: int = 1,
                     chunk: int = 8192) -> torch.Tensor:
     """Maximum of the trilinearly interpolated ``density [X,Y,Z]`` (voxel ``(i,j,k)`` at ``lo + voxel*(i,j,k)``)
-    along each pixel ray of ``cameras``, sampled every voxel: ``[N,H,W]``. The silhouette of the level set
-    ``density > L`` is exactly ``ray_max > L``, for every ``L`` at once."""
+    along the pixel rays of ``cameras`` (every ``stride``-th pixel per axis from ``stride // 2``), sampled every
+    voxel: ``[N,H',W']``. The silhouette of the level set ``density > L`` is exactly ``ray_max > L``, for every
+    ``L`` at once."""
     dims = torch.tensor(density.shape, dtype=torch.float32)
     box_lo, box_hi = lo, lo + voxel * (dims - 1)
     grid = density[None, None].permute(0, 1, 4, 3, 2)  # grid_sample's (x, y, z) index (W, H, D) = (Z, Y, X) dims
-    origins, dirs = cameras.pixel_rays()
+    origins, dirs = (r[:, stride // 2::stride, stride // 2::stride] for r in cameras.pixel_rays())
+    shape = origins.shape[:3]
     origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
     t0, t1 = (box_lo - origins) * inv, (box_hi - origins) * inv
@@ -174,7 +178,7 @@ def ray_max_density(density: torch.Tensor, lo: torch.Tensor, voxel: float, camer
         g = 2 * (p - box_lo) / (box_hi - box_lo) - 1
         val = torch.nn.functional.grid_sample(grid, g[None, None], align_corners=True)[0, 0, 0]  # [R, S]
         out[torch.arange(s, s + len(n))[hit]] = val.max(-1).values
-    return out.reshape(len(cameras), cameras.height, cameras.width)
+    return out.reshape(shape)
 
 
 def choose_level(density: np.ndarray, lo: torch.Tensor, voxel: float, reference: float, cameras: Cameras,
@@ -183,8 +187,10 @@ def choose_level(density: np.ndarray, lo: torch.Tensor, voxel: float, reference:
     mean mask IoU over up to ``cfg.silhouette_views`` views, maximised over levels log-spaced in
     ``reference * [0.01, 2]`` (4 % apart). Returns ``(level, IoU)``."""
     pick = torch.linspace(0, len(cameras) - 1, min(cfg.silhouette_views, len(cameras))).round().long()
-    peaks = ray_max_density(torch.from_numpy(density), lo, voxel, cameras[pick])
-    masks = masks[pick]
+    # a pixel subset at full resolution (downsampled masks would lose thin parts and bias the level upwards)
+    stride = max(1, math.ceil(math.sqrt(len(pick) * cameras.width * cameras.height / cfg.silhouette_rays)))
+    peaks = ray_max_density(torch.from_numpy(density), lo, voxel, cameras[pick], stride)
+    masks = masks[pick, stride // 2::stride, stride // 2::stride]
     levels = torch.from_numpy(reference * np.geomspace(0.01, 2.0, 129)).float()
     iou = torch.stack([((peaks > level) & masks).flatten(1).sum(1).div(
         ((peaks > level) | masks).flatten(1).sum(1).clamp_min(1)).mean() for level in levels])
