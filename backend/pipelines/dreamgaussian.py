@@ -349,7 +349,8 @@ def bake_from_gaussians(gaussians, mesh, opts: _DreamGaussianOptions, ctx: RunCo
             straight = torch.where(alpha > 1e-4, rgb / alpha.clamp_min(1e-4), torch.zeros_like(rgb)).clamp(0, 1)
             views.append(torch.cat([straight, alpha], -1).cpu())
             ctx.progress("bake", min(s + chunk, len(cams)), len(cams))
-    texture, metrics = bake_texture(mesh, cams, torch.cat(views), BakeConfig(resolution=opts.texture_size))
+    texture, metrics = bake_texture(mesh, cams, torch.cat(views), BakeConfig(resolution=opts.texture_size),
+                                    ctx.device)
     return replace(mesh, texture=texture), metrics
 
 

@@ -135,7 +135,8 @@ class Reconstruct(Pipeline):
                 bake_cams = Cameras(torch.cat([cameras.K, extra_cams.K]), torch.cat([cameras.c2w, extra_cams.c2w]),
                                     cameras.width, cameras.height)
                 bake_imgs = torch.cat([images, extra_imgs])
-            texture, m = bake_texture(mesh, bake_cams, bake_imgs, BakeConfig(resolution=o.texture_resolution))
+            texture, m = bake_texture(mesh, bake_cams, bake_imgs, BakeConfig(resolution=o.texture_resolution),
+                                      ctx.device)
             metrics.update(m)
             mesh.texture = texture
             ctx.progress("bake", 1, 1)

@@ -305,7 +305,7 @@ class TexturePipeline(Pipeline):
                     raise BadInput("init 'reference' needs a reference image", {"field": "image"})
                 cam, image, known = reference
                 bake_img = torch.cat([image[..., :3], known[0].float()], -1)[None]
-                texture, bake_metrics = bake_texture(unit, cam, bake_img, BakeConfig(resolution=R))
+                texture, bake_metrics = bake_texture(unit, cam, bake_img, BakeConfig(resolution=R), ctx.device)
                 extra.update(bake_metrics)
             else:
                 texture = torch.tensor(opts.neutral_color, dtype=torch.float32).expand(R, R, 3).clone()

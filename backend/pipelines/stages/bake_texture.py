@@ -70,8 +70,8 @@ def project_views(mesh: TexturedMesh, surface: TexelSurface, cameras: Cameras, i
     p, n = surface.position[surface.valid], surface.normal[surface.valid]
     diag = float((mesh.vertices.max(0).values - mesh.vertices.min(0).values).norm())
     tol = cfg.depth_tolerance * diag
-    acc = torch.zeros(len(p), 3)
-    wsum = torch.zeros(len(p))
+    acc = torch.zeros(len(p), 3, device=p.device)
+    wsum = torch.zeros(len(p), device=p.device)
     for s in range(0, len(cameras), cfg.views_per_batch):
         cams = cameras[s:s + cfg.views_per_batch]
         with torch.no_grad():
@@ -92,8 +92,8 @@ def project_views(mesh: TexturedMesh, surface: TexelSurface, cameras: Cameras, i
         w = w * a.clamp_min(1e-8) ** (cfg.edge_power - 1)
         acc += (w[..., None] * rgba[..., :3]).sum(0)
         wsum += (w * a).sum(0)
-    color = torch.zeros(R, R, 3)
-    weight = torch.zeros(R, R)
+    color = torch.zeros(R, R, 3, device=p.device)
+    weight = torch.zeros(R, R, device=p.device)
     color[surface.valid] = acc / wsum.clamp_min(1e-8)[:, None]
     weight[surface.valid] = wsum
     return color, weight
@@ -115,18 +115,18 @@ def pull_push_fill(color: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return filled[0].permute(1, 2, 0)
 
 
-def bake_texture(mesh: TexturedMesh, cameras: Cameras, images: torch.Tensor,
-                 cfg: BakeConfig = BakeConfig()) -> tuple[torch.Tensor, dict]:
-    """Texture ``[R,R,3]`` in [0,1] for ``mesh`` (needs ``uvs``) from ``images [N,H,W,4]`` (straight RGBA) seen
-    by ``cameras``; metrics: the share of covered texels that some view saw."""
-    mesh = mesh.to("cpu")
+def bake_texture(mesh: TexturedMesh, cameras: Cameras, images: torch.Tensor, cfg: BakeConfig = BakeConfig(),
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict]:
+    """Texture ``[R,R,3]`` in [0,1] (on the CPU) for ``mesh`` (needs ``uvs``) from ``images [N,H,W,4]`` (straight
+    RGBA) seen by ``cameras``, computed on ``device``; metrics: the share of covered texels that some view saw."""
+    mesh = mesh.to(device)
     if mesh.normals is None:
         mesh = mesh.with_vertex_normals()
     surface = uv_space_surface(mesh, cfg.resolution)
-    color, weight = project_views(mesh, surface, cameras.to("cpu"), images.cpu(), cfg)
+    color, weight = project_views(mesh, surface, cameras.to(device), images.to(device), cfg)
     seen = weight > 1e-6
     texture = pull_push_fill(color, seen).clamp(0, 1)
     coverage = float(seen.sum()) / max(int(surface.valid.sum()), 1)
     log.info("bake: %d x %d, %.1f %% of the surface seen by some view", cfg.resolution, cfg.resolution,
              100 * coverage)
-    return texture, {"bake_coverage": round(coverage, 4)}
+    return texture.cpu(), {"bake_coverage": round(coverage, 4)}
