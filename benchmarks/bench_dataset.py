@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_dataset.py [--size 512] [--views 4] [--models 2]
 
-Renders Spot (tests/data/spot) copied ``--models`` times, into a fresh folder per configuration.
+Renders Spot (backend/data/spot) copied ``--models`` times, into a fresh folder per configuration.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from backend.blender.dataset import render_dataset
 from backend.blender.render import RenderSettings
+from backend.commands.demo import SPOT_DIR
 
-SPOT = Path(__file__).resolve().parents[1] / "tests" / "data" / "spot" / "spot_triangulated.obj"
 
 
 def run(engine: str, workers: int, args) -> float:
@@ -26,7 +26,7 @@ def run(engine: str, workers: int, args) -> float:
         models = Path(tmp) / "models" / "cow"
         models.mkdir(parents=True)
         for i in range(args.models):
-            shutil.copy(SPOT, models / f"spot{i}.obj")
+            shutil.copy(SPOT_DIR / "spot_triangulated.obj", models / f"spot{i}.obj")
         s = RenderSettings(size=args.size, engine=engine, samples=args.samples, views=args.views,
                            geometry_passes=args.geometry)
         t0 = time.perf_counter()

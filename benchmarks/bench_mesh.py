@@ -1,6 +1,6 @@
 """Speed and memory of kernels.mesh: rasterize + interpolate + texture, forward and forward+backward.
 
-Meshes: Spot (tests/data/spot, 5.8k faces, its 1024^2 texture) and a ~200k-face UV sphere (spherical UVs, the same
+Meshes: Spot (backend/data/spot, 5.8k faces, its 1024^2 texture) and a ~200k-face UV sphere (spherical UVs, the same
 texture), at 512^2 and 1024^2, on every available device (CPU always; CUDA and MPS when present; on CUDA both the
 torch backend and nvdiffrast when it imports). Each configuration runs in a fresh subprocess so that the peak memory
 (CPU: peak RSS growth over the set-up; CUDA: max allocated) belongs to it alone.
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SPOT = REPO / "tests" / "data" / "spot"
 
 
 def _load(name: str, device):
@@ -31,8 +30,10 @@ def _load(name: str, device):
     import trimesh
     from PIL import Image
 
+    from backend.commands.demo import SPOT_DIR
+
     if name == "spot":
-        m = trimesh.load(SPOT / "spot_triangulated.obj", process=False)
+        m = trimesh.load(SPOT_DIR / "spot_triangulated.obj", process=False)
         v = torch.tensor(m.vertices, dtype=torch.float32)
         uv = torch.tensor(np.asarray(m.visual.uv), dtype=torch.float32)
         uv[:, 1] = 1 - uv[:, 1]
@@ -44,7 +45,7 @@ def _load(name: str, device):
         d = torch.nn.functional.normalize(v, dim=-1)
         uv = torch.stack([torch.atan2(d[:, 1], d[:, 0]) / (2 * math.pi) + 0.5, torch.acos(d[:, 2].clamp(-1, 1)) / math.pi], 1)
         f = torch.tensor(m.faces, dtype=torch.int32)
-    tex = torch.tensor(np.asarray(Image.open(SPOT / "spot_texture.png").convert("RGB")), dtype=torch.float32)[None] / 255
+    tex = torch.tensor(np.asarray(Image.open(SPOT_DIR / "spot_texture.png").convert("RGB")), dtype=torch.float32)[None] / 255
     return v.to(device), f.to(device), uv.to(device), tex.to(device)
 
 

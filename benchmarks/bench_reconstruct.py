@@ -3,7 +3,8 @@
 
 Reports, per preset: PSNR over the object's mask and mask IoU of the textured mesh (``mesh.obj`` + ``mesh.png``)
 rendered by the same Blender set-up at the held-out cameras (so both sides share one pixel filter; "PSNR ours" is
-the same mesh rendered by ``kernels.mesh``, which filters differently: Spot itself scores ~25 dB that way), Chamfer-L1 between the extracted mesh and Spot's mesh (% of Spot's bounding-box diagonal), each stage's time,
+the same mesh rendered by ``kernels.mesh``, which filters differently: Spot itself scores ~25 dB that way),
+Chamfer-L1 between the extracted mesh and Spot's mesh (% of Spot's bounding-box diagonal), each stage's time,
 total time and peak memory (max RSS of the reconstructing process), and the same quality figures for the
 Gaussians alone (before meshing; Chamfer from the centres of opaque Gaussians).
 
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SPOT = REPO / "backend" / "data" / "spot"
 sys.path.insert(0, str(REPO))
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     import torch
     import trimesh
 
-    from backend.commands.demo import ring_cameras, spot_mesh
+    from backend.commands.demo import SPOT_DIR, ring_cameras, spot_mesh
     from backend.commands.run import parse_set
     from backend.geometry.transforms import save_transforms
 
@@ -135,9 +135,9 @@ def main() -> None:
     t = time.perf_counter()
     views = root / "views"
     if not (views / "transforms.json").exists():  # --keep reuses earlier renders
-        save_transforms(views, train, render_with_bpy(SPOT / "spot_triangulated.obj", SPOT / "spot_texture.png",
+        save_transforms(views, train, render_with_bpy(SPOT_DIR / "spot_triangulated.obj", SPOT_DIR / "spot_texture.png",
                                                       train, args.size, root / "bpy_train"))
-    held_imgs = render_with_bpy(SPOT / "spot_triangulated.obj", SPOT / "spot_texture.png", held, args.size,
+    held_imgs = render_with_bpy(SPOT_DIR / "spot_triangulated.obj", SPOT_DIR / "spot_texture.png", held, args.size,
                                 root / "bpy_held")
     print(f"bpy renders: {time.perf_counter() - t:.1f} s", flush=True)
     spot_tm = trimesh.Trimesh(spot.vertices.numpy(), spot.faces.numpy(), process=False)

@@ -1,4 +1,4 @@
-"""Per-step wall time of ``texture`` on Spot (tests/data/spot, 5 856 faces, its own UVs) at a 1024² texture.
+"""Per-step wall time of ``texture`` on Spot (backend/data/spot, 5 856 faces, its own UVs) at a 1024² texture.
 
     python benchmarks/bench_texture.py                        # prompt (SD 2.1) and reference image (Zero123)
     python benchmarks/bench_texture.py --quick                # 3 refinement steps, extrapolated to 50
@@ -32,18 +32,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SPOT = REPO / "tests" / "data" / "spot"
-
-
 def spot_inputs(work: Path) -> dict[str, Path | dict]:
     """``spot.glb`` (textured), ``spot_plain.glb`` (UVs, no texture), ``reference.png`` and its wire camera."""
+    from backend.commands.demo import spot_mesh
     from backend.geometry.cameras import look_at
     from backend.pipelines.stages.mesh_render import render_mesh
-    from backend.representations.mesh import load_obj, save_glb
+    from backend.representations.mesh import save_glb
 
-    mesh = load_obj(SPOT / "spot_triangulated.obj")
-    texture = np.asarray(Image.open(SPOT / "spot_texture.png").convert("RGB"), np.float32) / 255
-    mesh = replace(mesh, texture=torch.from_numpy(texture))
+    mesh = spot_mesh()
     save_glb(mesh, work / "spot.glb")
     save_glb(replace(mesh, texture=None), work / "spot_plain.glb")
     lo, hi = mesh.vertices.min(0).values, mesh.vertices.max(0).values

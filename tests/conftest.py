@@ -28,7 +28,9 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def spot_dir() -> Path:
     """Spot (OBJ + texture), the sample object the backend ships for its demo."""
-    return REPO / "backend" / "data" / "spot"
+    from backend.commands.demo import SPOT_DIR
+
+    return SPOT_DIR
 
 
 @pytest.fixture(scope="session")

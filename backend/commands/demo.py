@@ -19,11 +19,14 @@ from ..geometry.cameras import Cameras, orbit_cameras
 from ..representations.mesh import TexturedMesh, load_obj
 
 
+#: Spot's files: ``spot_triangulated.obj`` (Y up) and ``spot_texture.png``
+SPOT_DIR = Path(str(resources.files("backend") / "data" / "spot"))
+
+
 def spot_mesh() -> TexturedMesh:
     """Spot in the Z-up world (its OBJ is Y up), with its texture."""
-    root = resources.files("backend") / "data" / "spot"
-    mesh = load_obj(Path(str(root / "spot_triangulated.obj")))
-    texture = np.asarray(Image.open(str(root / "spot_texture.png")).convert("RGB"), dtype=np.float32) / 255.0
+    mesh = load_obj(SPOT_DIR / "spot_triangulated.obj")
+    texture = np.asarray(Image.open(SPOT_DIR / "spot_texture.png").convert("RGB"), dtype=np.float32) / 255.0
     return TexturedMesh(mesh.vertices, mesh.faces, None, mesh.uvs, torch.from_numpy(texture))
 
 
