@@ -12,15 +12,6 @@ from backend.models.mvdream_unet import MultiViewUNetModel
 from backend.models.zero123 import CameraProjection, normalize_projection_keys
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster single-threaded on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _keys(data_dir, name):
     return json.loads((data_dir / "checkpoint_keys" / f"{name}.json").read_text())
 

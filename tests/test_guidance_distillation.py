@@ -16,15 +16,6 @@ SIGMA = 0.1
 SHAPE = (2, 4, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster single-threaded on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class GaussianPrior(DiffusionPrior):
     """Identity "VAE"; the branch's input ``mu`` is the mode of its data distribution."""
 

@@ -17,15 +17,6 @@ from backend.guidance.priors.text import view_direction
 from backend.models.zero123 import relative_pose
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster single-threaded on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def weights_env(tiny_weights):
     with pytest.MonkeyPatch.context() as mp:
