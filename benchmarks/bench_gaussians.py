@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.geometry.cameras import Cameras, look_at  # noqa: E402
 from kernels._gaussians_project import project_gaussians, quat_scale_to_covar  # noqa: E402
 from kernels.gaussians import rasterization  # noqa: E402
 
@@ -38,8 +39,11 @@ RADIUS = 2.0
 DENSE_MAX_PAIRS = 60e6  # pixels x visible Gaussians above which the dense baseline is skipped
 
 
-def make_scene(n: int, size: int, device="cpu", dtype=torch.float32, seed: int = 0):
-    """DreamGaussian-like random Gaussians and one orbit camera; see the module docstring."""
+def make_scene(n: int, size: int, device="cpu", dtype=torch.float32, seed: int = 0, n_cams: int = 1,
+               sh_degree: int | None = None, height: float = 0.3):
+    """DreamGaussian-like random Gaussians (uniform in a ball of radius 0.5; RGB colours, or SH coefficients of
+    ``sh_degree``) and ``n_cams`` cameras on an orbit of radius ``RADIUS`` at ``height`` looking at the origin,
+    the first at azimuth 0 (on -Y): ``(means, quats, scales, opacities, colors, viewmats, Ks)``."""
     g = torch.Generator().manual_seed(seed)
     dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
     means = dirs * 0.5 * torch.rand(n, 1, generator=g) ** (1 / 3)
@@ -47,17 +51,15 @@ def make_scene(n: int, size: int, device="cpu", dtype=torch.float32, seed: int =
     scales = base * torch.exp(0.25 * torch.randn(n, 3, generator=g))
     quats = torch.randn(n, 4, generator=g)
     opacities = 0.05 + 0.9 * torch.rand(n, generator=g)
-    colors = torch.rand(n, 3, generator=g)
+    if sh_degree is None:
+        colors = torch.rand(n, 3, generator=g)
+    else:
+        colors = 0.3 * torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g)
     f = 0.5 * size / math.tan(math.radians(FOV_DEG) / 2)
-    Ks = torch.tensor([[[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]])
-    # camera at (0, -RADIUS, 0.3) looking at the origin, OpenCV axes, world z up
-    eye = torch.tensor([0.0, -RADIUS, 0.3])
-    fwd = torch.nn.functional.normalize(-eye, dim=0)
-    right = torch.nn.functional.normalize(torch.linalg.cross(fwd, torch.tensor([0.0, 0.0, 1.0])), dim=0)
-    down = torch.linalg.cross(fwd, right)
-    R = torch.stack([right, down, fwd])
-    viewmats = torch.eye(4)[None].clone()
-    viewmats[0, :3, :3], viewmats[0, :3, 3] = R, -R @ eye
+    Ks = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]).expand(n_cams, 3, 3).clone()
+    az = 2 * math.pi * torch.arange(n_cams) / n_cams
+    eyes = torch.stack([RADIUS * torch.sin(az), -RADIUS * torch.cos(az), torch.full_like(az, height)], -1)
+    viewmats = Cameras(Ks, look_at(eyes, torch.zeros(3)), size, size).viewmats()
     out = (means, quats, scales, opacities, colors, viewmats, Ks)
     return tuple(t.to(device=device, dtype=dtype) for t in out)
 

@@ -16,7 +16,6 @@ pixels.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -25,39 +24,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_gaussians import make_scene as bench_scene  # noqa: E402
 from kernels.gaussians import gsplat_available, rasterization  # noqa: E402
 
 
 def make_scene(n: int, size: int, n_cams: int = 2, sh_degree=None, seed: int = 0, device="cuda"):
-    """Gaussians uniform in a ball of radius 0.5, cameras on an orbit of radius 2 (49.1 deg field of view)."""
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    means = dirs * 0.5 * torch.rand(n, 1, generator=g) ** (1 / 3)
-    base = 0.7 * (4 / 3 * math.pi * 0.5**3 / n) ** (1 / 3)
-    scales = base * torch.exp(0.25 * torch.randn(n, 3, generator=g))
-    quats = torch.randn(n, 4, generator=g)
-    opacities = 0.05 + 0.9 * torch.rand(n, generator=g)
-    if sh_degree is None:
-        colors = torch.rand(n, 3, generator=g)
-    else:
-        colors = 0.3 * torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g)
-    f = 0.5 * size / math.tan(math.radians(49.1) / 2)
-    Ks = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]]).expand(n_cams, 3, 3).clone()
-    viewmats = []
-    for i in range(n_cams):
-        az = 2 * math.pi * i / n_cams
-        eye = torch.tensor([2 * math.sin(az), -2 * math.cos(az), 0.4])
-        fwd = torch.nn.functional.normalize(-eye, dim=0)
-        right = torch.nn.functional.normalize(torch.linalg.cross(fwd, torch.tensor([0.0, 0.0, 1.0])), dim=0)
-        down = torch.linalg.cross(fwd, right)
-        R = torch.stack([right, down, fwd])
-        vm = torch.eye(4)
-        vm[:3, :3], vm[:3, 3] = R, -R @ eye
-        viewmats.append(vm)
-    bg = torch.rand(n_cams, 3, generator=g)
-    tensors = (means, quats, scales, opacities, colors, torch.stack(viewmats), Ks, bg)
-    return tuple(t.to(device) for t in tensors)
+    """``bench_gaussians.make_scene`` (cameras 0.4 above the orbit's plane) and a random background per camera."""
+    scene = bench_scene(n, size, device, seed=seed, n_cams=n_cams, sh_degree=sh_degree, height=0.4)
+    bg = torch.rand(n_cams, 3, generator=torch.Generator().manual_seed(seed + 1))
+    return (*scene, bg.to(device))
 
 
 def render_and_grads(backend, scene, size, sh_degree, rasterize_mode):
