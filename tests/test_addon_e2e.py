@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytest.importorskip("bpy")
 
-from test_addon_install import ADDON_MODULE, addon_zip, run_scenario  # noqa: E402,F401
+from test_addon_install import ADDON_MODULE, _error_of, addon_zip, run_scenario  # noqa: E402,F401
 
 pytestmark = pytest.mark.slow
 
@@ -171,15 +171,6 @@ def test_unregister_after_use_leaves_nothing(story):
 
 
 # -- the story (runs in a subprocess: python tests/test_addon_e2e.py scenario_story ZIP TMP) ------------------------
-
-
-def _error_of(op, **kw) -> str:
-    """Run an operator that should fail; returns the error Blender reports ('' when it succeeded)."""
-    try:
-        op(**kw)
-    except RuntimeError as e:
-        return str(e)
-    return ""
 
 
 def _pump_until(manager, cond, timeout=60.0):

@@ -40,6 +40,15 @@ def run_scenario(file: Path, name: str, *args: str, home: Path, timeout: float =
     return json.loads(lines[-1])
 
 
+def _error_of(op, **kw) -> str:
+    """Run an operator that should fail (inside a scenario); returns the error Blender reports ('' on success)."""
+    try:
+        op(**kw)
+    except RuntimeError as e:
+        return str(e)
+    return ""
+
+
 @pytest.fixture(scope="module")
 def addon_zip(tmp_path_factory) -> Path:
     return build_addon.build(REPO / "blender_addon", tmp_path_factory.mktemp("dist"))

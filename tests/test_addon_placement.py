@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytest.importorskip("bpy")
 
-from test_addon_install import ADDON_MODULE, addon_zip, run_scenario  # noqa: E402,F401
+from test_addon_install import ADDON_MODULE, _error_of, addon_zip, run_scenario  # noqa: E402,F401
 
 pytestmark = pytest.mark.slow
 
@@ -175,14 +175,6 @@ def scenario_placement(zip_path: str, tmp: str) -> dict:
     out["no_camera"] = res
     bpy.ops.gen3d.stop_backend()
     return out
-
-
-def _error_of(op, **kw) -> str:
-    try:
-        op(**kw)
-    except RuntimeError as e:
-        return str(e)
-    return ""
 
 
 if __name__ == "__main__":
