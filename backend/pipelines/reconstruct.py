@@ -115,10 +115,11 @@ class Reconstruct(Pipeline):
             metrics.update(m)
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
+            masks = images[..., 3] > 0.5 if o.mesh_level is None else None  # no level given: match the masks
             tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
                               MeshExtractConfig(resolution=o.mesh_resolution, level=o.mesh_level or 0.5,
                                                 target_faces=o.target_faces, smooth_iterations=o.smooth_iterations),
-                              *((cameras, images[..., 3] > 0.5) if o.mesh_level is None else ()))
+                              cameras, masks)
             metrics["mesh_faces"], metrics["mesh_vertices"] = len(tm.faces), len(tm.vertices)
             metrics["mesh_watertight"] = bool(tm.is_watertight)
             ctx.progress("mesh", 1, 1)
