@@ -193,6 +193,16 @@ class Cameras:
                 for i in range(len(self))]
 
 
+def sample_pixels(images: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``images [B,H,W,C]`` at continuous pixel coordinates ``uv [B,P,2]`` (as :meth:`Cameras.project` gives them:
+    pixel centres at +0.5) -> ``[B,P,C]``; outside the image the border pixels are repeated."""
+    H, W = images.shape[1:3]
+    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1)[:, None]
+    out = torch.nn.functional.grid_sample(images.permute(0, 3, 1, 2), grid, mode=mode, align_corners=False,
+                                          padding_mode="border")
+    return out[:, :, 0].permute(0, 2, 1)
+
+
 def rigid_inverse(m: torch.Tensor) -> torch.Tensor:
     """Inverse of rigid transforms ``[..., 4, 4]`` (rotation + translation)."""
     R, t = m[..., :3, :3], m[..., :3, 3:]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import kernels.mesh as km
 
-from ...geometry.cameras import Cameras
+from ...geometry.cameras import Cameras, sample_pixels
 from ...representations.mesh import TexturedMesh
 from .mesh_render import render_mesh
 
@@ -56,13 +56,6 @@ def uv_space_surface(mesh: TexturedMesh, resolution: int) -> TexelSurface:
     return TexelSurface(attrs[0, ..., :3], F.normalize(attrs[0, ..., 3:], dim=-1), rast[0, ..., 3] > 0)
 
 
-def _sample(images: torch.Tensor, uv: torch.Tensor, W: int, H: int, mode: str = "bilinear") -> torch.Tensor:
-    """``images [B,H,W,C]`` at pixel coordinates ``uv [B,P,2]`` -> ``[B,P,C]``."""
-    grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1)[:, None]
-    out = F.grid_sample(images.permute(0, 3, 1, 2), grid, mode=mode, align_corners=False, padding_mode="border")
-    return out[:, :, 0].permute(0, 2, 1)
-
-
 def project_views(mesh: TexturedMesh, surface: TexelSurface, cameras: Cameras, images: torch.Tensor,
                   cfg: BakeConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted average of the views' colours at each covered texel: ``(colour [R,R,3], weight [R,R])``."""
@@ -77,7 +70,7 @@ def project_views(mesh: TexturedMesh, surface: TexelSurface, cameras: Cameras, i
         with torch.no_grad():
             depth = render_mesh(mesh, cams, antialias=False).depth                   # [B,H,W]
         uv, z = cams.project(p)                                                        # [B,P,2], [B,P]
-        d_map = _sample(depth.clamp_max(1e6)[..., None], uv, cams.width, cams.height, "nearest")[..., 0]
+        d_map = sample_pixels(depth.clamp_max(1e6)[..., None], uv, "nearest")[..., 0]
         inside = (uv[..., 0] >= 0) & (uv[..., 0] < cams.width) & (uv[..., 1] >= 0) & (uv[..., 1] < cams.height)
         visible = inside & (z > 0) & (z <= d_map + tol)
         to_cam = F.normalize(cams.centers[:, None, :] - p[None], dim=-1)
@@ -85,7 +78,7 @@ def project_views(mesh: TexturedMesh, surface: TexelSurface, cameras: Cameras, i
         # premultiplied sampling: a texel near the mask edge must not average in the (black) colour of empty pixels
         img = images[s:s + cfg.views_per_batch]
         alpha = img[..., 3:].clamp(0, 1)
-        rgba = _sample(torch.cat([img[..., :3] * alpha, alpha], -1), uv, cams.width, cams.height)
+        rgba = sample_pixels(torch.cat([img[..., :3] * alpha, alpha], -1), uv)
         w = torch.where(visible & (cos > cfg.min_cosine), cos.clamp_min(0) ** cfg.sharpness, torch.zeros_like(cos))
         # colour = premultiplied / alpha, weighted by alpha ** edge_power: partly covered pixels count less
         a = rgba[..., 3]

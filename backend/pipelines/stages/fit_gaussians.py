@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kernels.gaussians import rasterization
 
 from ...errors import BadInput, NumericalError
-from ...geometry.cameras import Cameras
+from ...geometry.cameras import Cameras, sample_pixels
 from ...representations.gaussians import Gaussians
 from .extract_mesh import quat_to_rotmat
 
@@ -107,9 +107,9 @@ def carve_visual_hull(cameras: Cameras, masks: torch.Tensor, resolution: int = 6
     keep = torch.ones(len(pts), dtype=torch.bool)
     for i in range(len(cameras)):
         uv, z = cameras[i].project(pts)
+        m = sample_pixels(masks[i][None, ..., None], uv)[0, :, 0]
         uv, z = uv[0], z[0]
         inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cameras.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cameras.height)
-        m = _sample(masks[i][..., None], uv, cameras.width, cameras.height)[:, 0]
         keep &= inside & (m > 0.5)
     grid = keep.reshape(resolution, resolution, resolution)
     # surface voxels: occupied with an empty 6-neighbour
@@ -117,13 +117,6 @@ def carve_visual_hull(cameras: Cameras, masks: torch.Tensor, resolution: int = 6
     interior = -F.max_pool3d(-padded, 3, 1, 0)[0, 0] > 0.5
     surface = grid & ~interior
     return pts[surface.reshape(-1)], voxel
-
-
-def _sample(image: torch.Tensor, uv: torch.Tensor, W: int, H: int) -> torch.Tensor:
-    """Bilinear samples ``[P,C]`` of ``image [H,W,C]`` at pixel coordinates ``uv [P,2]`` (centres at +0.5)."""
-    grid = torch.stack([uv[:, 0] / W * 2 - 1, uv[:, 1] / H * 2 - 1], -1)[None, None]
-    out = F.grid_sample(image.permute(2, 0, 1)[None], grid, align_corners=False, padding_mode="border")
-    return out[0, :, 0].T
 
 
 def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull_resolution: int,
@@ -141,7 +134,7 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
     colors = torch.zeros(num_points, 3)
     for i in range(len(cameras)):
         uv, _ = cameras[i].project(means)
-        colors += _sample(images[i], uv[0], cameras.width, cameras.height)[:, :3]
+        colors += sample_pixels(images[i][None], uv)[0, :, :3]
     colors = (colors / len(cameras)).clamp(0.02, 0.98)
     radius = float((pts - pts.mean(0)).norm(dim=-1).max()) + voxel
     g = Gaussians.from_activated(means, torch.full((num_points, 3), 0.7 * voxel), _identity_quats(num_points),
