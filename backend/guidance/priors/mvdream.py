@@ -11,17 +11,13 @@ axes, so our cameras convert by ``opencv_to_opengl`` plus translation normalisat
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
-from ... import weights
 from ...geometry.cameras import Cameras, opencv_to_opengl
 from ...models.mvdream_unet import MultiViewUNetModel
-from .base import Condition, DiffusionPrior, default_dtype
-from .sd import load_unet_vae_scheduler
-from .text import TextEncoder, text_branches
+from .base import Condition
+from .sd import DiffusersTextPrior
+from .text import text_branches
 
 
 def mvdream_cameras(c2w: torch.Tensor, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
@@ -32,25 +28,13 @@ def mvdream_cameras(c2w: torch.Tensor, target=(0.0, 0.0, 0.0)) -> torch.Tensor:
     return gl.reshape(-1, 16)
 
 
-class MVDreamPrior(DiffusionPrior):
+class MVDreamPrior(DiffusersTextPrior):
     """Multi-view prior; ``condition(prompt, negative_prompt, cameras)`` with a multiple of 4 cameras."""
 
     guidance_scale = 50.0
     num_frames = 4
-
-    def __init__(self, folder: str | os.PathLike, device=None, dtype=None, guidance_scale: float | None = None):
-        folder = Path(folder)
-        device = torch.device(device or "cpu")
-        dtype = dtype or default_dtype(device)
-        vae, unet, scheduler = load_unet_vae_scheduler(folder, dtype, unet_class=MultiViewUNetModel)
-        super().__init__(vae, unet, scheduler, device, dtype)
-        self.text = TextEncoder(folder, self.device, self.dtype)
-        if guidance_scale is not None:
-            self.guidance_scale = guidance_scale
-
-    @classmethod
-    def from_registry(cls, name: str = "mvdream", path: str | os.PathLike | None = None, **kw) -> "MVDreamPrior":
-        return cls(weights.resolve(name, path), **kw)
+    unet_class = MultiViewUNetModel
+    default_weights = "mvdream"
 
     @property
     def time_embedding(self) -> torch.nn.Module:

@@ -9,7 +9,7 @@ import torch
 
 from ... import weights
 from ...geometry.cameras import Cameras, orbit_angles
-from .base import Condition, DiffusionPrior, fp16_variant
+from .base import Condition, DiffusionPrior, default_dtype, fp16_variant
 from .text import TextEncoder, text_branches
 
 
@@ -25,30 +25,39 @@ def load_unet_vae_scheduler(folder: Path, dtype: torch.dtype, unet_class=None):
     return vae, unet, DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
 
 
-class StableDiffusionPrior(DiffusionPrior):
-    """SD text prior. ``condition(prompt, negative_prompt, elevation, azimuth)`` gives view-dependent prompts.
+class DiffusersTextPrior(DiffusionPrior):
+    """A prior loaded from a diffusers text-to-image folder (vae, unet, scheduler, tokenizer, text_encoder): the
+    UNet class is ``unet_class`` (None = diffusers' ``UNet2DConditionModel``); registry entry ``default_weights``."""
 
-    Default CFG 100 (DreamFusion/DreamGaussian SDS); use 7.5 for VSD. Works at ``image_size`` (512 for SD;
-    renders are resized bilinearly).
-    """
-
-    guidance_scale = 100.0
+    unet_class = None
+    default_weights = ""
 
     def __init__(self, folder: str | os.PathLike, device=None, dtype=None, guidance_scale: float | None = None):
         folder = Path(folder)
         device = torch.device(device or "cpu")
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        vae, unet, scheduler = load_unet_vae_scheduler(folder, dtype)
+        dtype = dtype or default_dtype(device)
+        vae, unet, scheduler = load_unet_vae_scheduler(folder, dtype, self.unet_class)
         super().__init__(vae, unet, scheduler, device, dtype)
         self.text = TextEncoder(folder, self.device, self.dtype)
         if guidance_scale is not None:
             self.guidance_scale = guidance_scale
 
     @classmethod
-    def from_registry(cls, name: str = "sd21-base", path: str | os.PathLike | None = None,
-                      **kw) -> "StableDiffusionPrior":
-        """Load registry entry ``name`` (``sd21-base`` or ``sd15``); raises MissingWeights when absent."""
-        return cls(weights.resolve(name, path), **kw)
+    def from_registry(cls, name: str | None = None, path: str | os.PathLike | None = None, **kw):
+        """Load registry entry ``name`` (default ``cls.default_weights``); raises MissingWeights when absent."""
+        return cls(weights.resolve(name or cls.default_weights, path), **kw)
+
+
+class StableDiffusionPrior(DiffusersTextPrior):
+    """SD text prior (registry ``sd21-base`` or ``sd15``). ``condition(prompt, negative_prompt, elevation,
+    azimuth)`` gives view-dependent prompts.
+
+    Default CFG 100 (DreamFusion/DreamGaussian SDS); use 7.5 for VSD. Works at ``image_size`` (512 for SD;
+    renders are resized bilinearly).
+    """
+
+    guidance_scale = 100.0
+    default_weights = "sd21-base"
 
     def condition(self, prompt: str, negative_prompt: str = "", batch_size: int = 1, elevation=None, azimuth=None,
                   view_dependent: bool = True, cameras: Cameras | None = None) -> Condition:
