@@ -22,6 +22,7 @@ from .stages.extract_mesh import MeshExtractConfig, extract_mesh
 from .stages.fit_gaussians import FitConfig, check_views, fit_gaussians, render_gaussians
 from .stages.refine_texture import RefineConfig, images_as_targets, photometric_error, refine_texture
 from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
+from .stages.views import resized_views
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +144,7 @@ class Reconstruct(Pipeline):
             ctx.progress("bake", 1, 1)
         with ctx.stage("refine"):
             if o.refine_steps > 0:
-                w = max(16, round(cameras.width * o.refine_resolution))
-                h = max(16, round(cameras.height * o.refine_resolution))
-                r_cams = cameras.resized(w, h)
-                r_imgs = images if (w, h) == (cameras.width, cameras.height) else torch.nn.functional.interpolate(
-                    images.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
+                r_cams, r_imgs = resized_views(cameras, images, o.refine_resolution)
                 before = photometric_error(mesh, r_cams, r_imgs)
                 mesh, m = refine_texture(mesh, r_cams, images_as_targets(r_imgs),
                                          RefineConfig(steps=o.refine_steps, train_vertices=o.refine_vertices),

@@ -21,6 +21,7 @@ from kernels.gaussians import rasterization
 
 from ...errors import BadInput, NumericalError
 from ...geometry.cameras import Cameras, sample_pixels
+from .views import ShuffledViews, resized_views
 from ...representations.gaussians import Gaussians
 from .extract_mesh import quat_to_rotmat
 
@@ -278,16 +279,13 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     # progressive resolution: one (cameras, images) pair per level, each used for an equal share of the steps
     levels = []
     for frac in cfg.resolutions:
-        w, h = max(16, round(cameras.width * frac)), max(16, round(cameras.height * frac))
-        imgs = images if (w, h) == (cameras.width, cameras.height) else F.interpolate(
-            images.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
-        levels.append((cameras.resized(w, h).to(device), imgs.to(device)))
+        cams, imgs = resized_views(cameras, images, frac)
+        levels.append((cams.to(device), imgs.to(device)))
     n_views = len(cameras)
     densify_until = int(cfg.densify_until_frac * cfg.steps)
     grad_sum = torch.zeros(len(g), device=device)
     grad_cnt = torch.zeros(len(g), device=device)
-    order = torch.randperm(n_views, generator=generator)
-    cursor = 0
+    shuffled = ShuffledViews(n_views, generator)
     for step in range(cfg.steps):
         if check_cancelled:
             check_cancelled()
@@ -297,12 +295,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         t = step / max(cfg.steps - 1, 1)
         opt.set_lr("means", math.exp((1 - t) * math.log(lr_means0) + t * math.log(lr_means0 * 0.01)))
         deg = min(step // cfg.sh_every, cfg.sh_degree)
-        views = []
-        for _ in range(cfg.views_per_step):
-            if cursor == n_views:
-                order, cursor = torch.randperm(n_views, generator=generator), 0
-            views.append(int(order[cursor]))
-            cursor += 1
+        views = shuffled.take(cfg.views_per_step)
         sub = cams[views]
         target = imgs[views]
         if cfg.random_background:

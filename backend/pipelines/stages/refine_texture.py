@@ -10,17 +10,16 @@ fixed set cycled through in random order, or come from a sampler ``cameras(step)
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ...errors import NumericalError
 from ...geometry.cameras import Cameras
 from ...representations.mesh import TexturedMesh
 from .mesh_render import render_mesh
+from .views import ShuffledViews
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +89,7 @@ def refine_texture(mesh: TexturedMesh, cameras: Cameras | CamerasFn, targets_fn:
         lap = _uniform_laplacian(mesh.faces, len(mesh.vertices))
     opt = torch.optim.Adam(params)
     sampler = cameras if callable(cameras) else None
-    n = 0 if sampler else len(cameras)
-    order = None if sampler else torch.randperm(n, generator=generator)
-    cursor = 0
+    shuffled = None if sampler else ShuffledViews(len(cameras), generator)
     losses = []
     for step in range(cfg.steps):
         if check_cancelled:
@@ -100,12 +97,7 @@ def refine_texture(mesh: TexturedMesh, cameras: Cameras | CamerasFn, targets_fn:
         if sampler:
             ids, cams = sampler(step)
         else:
-            ids = []
-            for _ in range(min(cfg.views_per_step, n)):
-                if cursor == n:
-                    order, cursor = torch.randperm(n, generator=generator), 0
-                ids.append(int(order[cursor]))
-                cursor += 1
+            ids = shuffled.take(min(cfg.views_per_step, len(cameras)))
             cams = cameras[ids]
         bg = (torch.rand(len(ids), 3, generator=generator) if cfg.background is None
               else torch.tensor(cfg.background).expand(len(ids), 3)).to(mesh.device)
