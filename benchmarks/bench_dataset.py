@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_dataset.py [--size 512] [--views 4] [--models 2]
 
-Renders Spot (backend/data/spot) copied ``--models`` times, into a fresh folder per configuration.
+Renders Spot (gen3d/backend/data/spot) copied ``--models`` times, into a fresh folder per configuration.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend.blender.dataset import render_dataset
-from backend.blender.render import RenderSettings
-from backend.commands.demo import SPOT_DIR
+from gen3d.backend.blender.dataset import render_dataset
+from gen3d.backend.blender.render import RenderSettings
+from gen3d.backend.commands.demo import SPOT_DIR
 
 
 

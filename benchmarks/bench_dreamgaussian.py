@@ -45,9 +45,9 @@ def write_real_size(name: str, root: Path) -> Path:
     tiny builders swapped for full-size ones); the folder carries the tiny marker, as it is not a real model."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from backend import weights
-    from backend.guidance import tiny
-    from backend.models import mvdream_unet
+    from gen3d.backend import weights
+    from gen3d.backend.guidance import tiny
+    from gen3d.backend.models import mvdream_unet
 
     zero123 = json.loads((KEYS / "zero123-unet.json").read_text())["config"]
     mv = {k: v for k, v in json.loads((KEYS / "mvdream-sd21-4view-unet.json").read_text())["config"].items()
@@ -83,8 +83,8 @@ def synthetic_rgba(path: Path, size: int = 512) -> Path:
 
 def run(method: str, prior: str, device, preset: str, iters: int | None, iters_refine: int | None, out: Path,
         image: Path) -> dict:
-    from backend.pipelines import JobRequest, RunContext
-    from backend.pipelines.runner import run_job
+    from gen3d.backend.pipelines import JobRequest, RunContext
+    from gen3d.backend.pipelines.runner import run_job
 
     options = {"prior": prior}
     if iters is not None:
@@ -112,9 +112,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="10 + 2 iterations, extrapolated to the preset's counts")
     args = p.parse_args()
 
-    from backend import weights
-    from backend.device import pick_device
-    from backend.pipelines import get
+    from gen3d.backend import weights
+    from gen3d.backend.device import pick_device
+    from gen3d.backend.pipelines import get
 
     device = pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="gen3d-bench-dg-"))

@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.geometry.cameras import Cameras, look_at  # noqa: E402
-from kernels._gaussians_project import project_gaussians, quat_scale_to_covar  # noqa: E402
-from kernels.gaussians import rasterization  # noqa: E402
+from gen3d.backend.geometry.cameras import Cameras, look_at  # noqa: E402
+from gen3d.kernels._gaussians_project import project_gaussians, quat_scale_to_covar  # noqa: E402
+from gen3d.kernels.gaussians import rasterization  # noqa: E402
 
 FOV_DEG = 49.1
 RADIUS = 2.0

@@ -62,7 +62,7 @@ def _time(fn, device, reps):
 def bench_real_size(device, dtype, batch, reps, models):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from backend.models.mvdream_unet import MultiViewUNetModel
+    from gen3d.backend.models.mvdream_unet import MultiViewUNetModel
 
     keys = REPO / "tests" / "data" / "checkpoint_keys"
     zero123_cfg = json.loads((keys / "zero123-unet.json").read_text())["config"]
@@ -105,13 +105,13 @@ def bench_real_size(device, dtype, batch, reps, models):
 
 
 def smoke(device):
-    from backend import weights
-    from backend.geometry.cameras import orbit_cameras
-    from backend.guidance.distillation import CSD, SDS, VSD
-    from backend.guidance.priors.controlnet import ControlNetCanny, canny
-    from backend.guidance.priors.mvdream import MVDreamPrior
-    from backend.guidance.priors.sd import StableDiffusionPrior
-    from backend.guidance.priors.zero123 import Zero123Prior
+    from gen3d.backend import weights
+    from gen3d.backend.geometry.cameras import orbit_cameras
+    from gen3d.backend.guidance.distillation import CSD, SDS, VSD
+    from gen3d.backend.guidance.priors.controlnet import ControlNetCanny, canny
+    from gen3d.backend.guidance.priors.mvdream import MVDreamPrior
+    from gen3d.backend.guidance.priors.sd import StableDiffusionPrior
+    from gen3d.backend.guidance.priors.zero123 import Zero123Prior
 
     root = Path(tempfile.mkdtemp(prefix="gen3d-tiny-"))
     for name in ("sd21-base", "zero123-xl", "zero123-105000", "stable-zero123", "mvdream", "sd15",
@@ -167,7 +167,7 @@ def main() -> int:
     p.add_argument("--models", default="sd21-base,zero123,mvdream", help="comma-separated real-size UNets to time")
     p.add_argument("--no-smoke", action="store_true", help="skip the tiny-weights smoke run")
     args = p.parse_args()
-    from backend.device import pick_device
+    from gen3d.backend.device import pick_device
 
     device = pick_device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32

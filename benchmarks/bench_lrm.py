@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.device import pick_device  # noqa: E402
-from backend.geometry.cameras import orbit_cameras  # noqa: E402
-from backend.models.lrm import (LRM, OPENLRM_HUB_CONFIGS, TRIPOSR_HUB_CONFIG, from_openlrm_config,  # noqa: E402
+from gen3d.backend.device import pick_device  # noqa: E402
+from gen3d.backend.geometry.cameras import orbit_cameras  # noqa: E402
+from gen3d.backend.models.lrm import (LRM, OPENLRM_HUB_CONFIGS, TRIPOSR_HUB_CONFIG, from_openlrm_config,  # noqa: E402
                                 from_triposr_config, load_lrm)
 
 NAMES = ("openlrm-small", "openlrm-base", "openlrm-large", "triposr")
@@ -34,7 +34,7 @@ NAMES = ("openlrm-small", "openlrm-base", "openlrm-large", "triposr")
 
 def build(name: str, device: torch.device, real: bool) -> LRM:
     if real:
-        from backend.weights import find
+        from gen3d.backend.weights import find
 
         path = find(name)
         if path is not None:

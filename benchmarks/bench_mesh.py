@@ -1,6 +1,6 @@
 """Speed and memory of kernels.mesh: rasterize + interpolate + texture, forward and forward+backward.
 
-Meshes: Spot (backend/data/spot, 5.8k faces, its 1024^2 texture) and a ~200k-face UV sphere (spherical UVs, the same
+Meshes: Spot (gen3d/backend/data/spot, 5.8k faces, its 1024^2 texture) and a ~200k-face UV sphere (spherical UVs, the same
 texture), at 512^2 and 1024^2, on every available device (CPU always; CUDA and MPS when present; on CUDA both the
 torch backend and nvdiffrast when it imports). Each configuration runs in a fresh subprocess so that the peak memory
 (CPU: peak RSS growth over the set-up; CUDA: max allocated) belongs to it alone.
@@ -30,7 +30,7 @@ def _load(name: str, device):
     import trimesh
     from PIL import Image
 
-    from backend.commands.demo import SPOT_DIR
+    from gen3d.backend.commands.demo import SPOT_DIR
 
     if name == "spot":
         m = trimesh.load(SPOT_DIR / "spot_triangulated.obj", process=False)
@@ -53,7 +53,7 @@ def _run_one(cfg: dict) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from kernels import mesh
+    from gen3d.kernels import mesh
 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -117,7 +117,7 @@ def _configs(args):
     import torch
 
     sys.path.insert(0, str(REPO))
-    from kernels import mesh
+    from gen3d.kernels import mesh
 
     devices = [("cpu", "torch")]
     if torch.cuda.is_available():

@@ -3,7 +3,7 @@
 
 Reports, per preset: PSNR over the object's mask and mask IoU of the textured mesh (``mesh.obj`` + ``mesh.png``)
 rendered by the same Blender set-up at the held-out cameras (so both sides share one pixel filter; "PSNR ours" is
-the same mesh rendered by ``kernels.mesh``, which filters differently: Spot itself scores ~25 dB that way),
+the same mesh rendered by ``gen3d.kernels.mesh``, which filters differently: Spot itself scores ~25 dB that way),
 Chamfer-L1 between the extracted mesh and Spot's mesh (% of Spot's bounding-box diagonal), each stage's time,
 total time and peak memory (max RSS of the reconstructing process), and the same quality figures for the
 Gaussians alone (before meshing; Chamfer from the centres of opaque Gaussians).
@@ -37,7 +37,7 @@ def render_with_bpy(obj: Path, texture: Path, cameras, size: int, folder: Path):
             "c2w": cameras.c2w.tolist(), "out": str(folder)}
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    subprocess.run([sys.executable, "-m", "backend.blender.unlit", str(spec_path)], check=True,
+    subprocess.run([sys.executable, "-m", "gen3d.backend.blender.unlit", str(spec_path)], check=True,
                    stdout=subprocess.DEVNULL)
     imgs = [np.asarray(Image.open(folder / f"{i:03d}.png").convert("RGBA"), dtype=np.float32) / 255.0
             for i in range(len(cameras))]
@@ -68,10 +68,10 @@ def evaluate(out: Path, held_cams, held_imgs, spot_points, diag: float) -> dict:
     import torch
     import trimesh
 
-    from backend.pipelines.stages.fit_gaussians import render_gaussians
-    from backend.pipelines.stages.mesh_render import render_mesh
-    from backend.representations.gaussians import load_ply
-    from backend.representations.mesh import load_glb
+    from gen3d.backend.pipelines.stages.fit_gaussians import render_gaussians
+    from gen3d.backend.pipelines.stages.mesh_render import render_mesh
+    from gen3d.backend.representations.gaussians import load_ply
+    from gen3d.backend.representations.mesh import load_glb
 
     mesh = load_glb(out / "mesh.glb")
     g = load_ply(out / "gaussians.ply")
@@ -97,8 +97,8 @@ def evaluate(out: Path, held_cams, held_imgs, spot_points, diag: float) -> dict:
 
 def run_preset(preset: str, views: Path, out: Path, overrides: dict, seed: int = 0) -> dict:
     """Run ``reconstruct`` on ``views`` into ``out``; returns the preset's name, wall time and stage timings."""
-    from backend.pipelines import JobRequest, RunContext
-    from backend.pipelines.runner import run_job
+    from gen3d.backend.pipelines import JobRequest, RunContext
+    from gen3d.backend.pipelines.runner import run_job
 
     t0 = time.perf_counter()
     run_job(JobRequest(method="reconstruct", preset=preset, seed=seed, options=overrides, files={"views": str(views)}),
@@ -122,9 +122,9 @@ def main() -> None:
     import torch
     import trimesh
 
-    from backend.commands.demo import SPOT_DIR, ring_cameras, spot_mesh
-    from backend.commands.run import parse_set
-    from backend.geometry.transforms import save_transforms
+    from gen3d.backend.commands.demo import SPOT_DIR, ring_cameras, spot_mesh
+    from gen3d.backend.commands.run import parse_set
+    from gen3d.backend.geometry.transforms import save_transforms
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_reconstruct_"))
     spot = spot_mesh()

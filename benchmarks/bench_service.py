@@ -1,4 +1,4 @@
-"""Service benchmark: a real ``python -m backend serve`` on loopback with the test pipeline ``sleepy``.
+"""Service benchmark: a real ``python -m gen3d serve`` on loopback with the test pipeline ``sleepy``.
 
 Prints a table of
 - submit-to-first-event latency: from starting ``POST /v1/jobs`` to reading the job's first ``progress`` event

@@ -1,4 +1,4 @@
-"""Per-step wall time of ``texture`` on Spot (backend/data/spot, 5 856 faces, its own UVs) at a 1024² texture.
+"""Per-step wall time of ``texture`` on Spot (gen3d/backend/data/spot, 5 856 faces, its own UVs) at a 1024² texture.
 
     python benchmarks/bench_texture.py                        # prompt (SD 2.1) and reference image (Zero123)
     python benchmarks/bench_texture.py --quick                # 3 refinement steps, extrapolated to 50
@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 def spot_inputs(work: Path) -> dict[str, Path | dict]:
     """``spot.glb`` (textured), ``spot_plain.glb`` (UVs, no texture), ``reference.png`` and its wire camera."""
-    from backend.commands.demo import spot_mesh
-    from backend.geometry.cameras import look_at
-    from backend.pipelines.stages.mesh_render import render_mesh
-    from backend.representations.mesh import save_glb
+    from gen3d.backend.commands.demo import spot_mesh
+    from gen3d.backend.geometry.cameras import look_at
+    from gen3d.backend.pipelines.stages.mesh_render import render_mesh
+    from gen3d.backend.representations.mesh import save_glb
 
     mesh = spot_mesh()
     save_glb(mesh, work / "spot.glb")
@@ -47,7 +47,7 @@ def spot_inputs(work: Path) -> dict[str, Path | dict]:
     eye = centre + torch.tensor([-1.2, 2.2, 0.8]) * float((hi - lo).norm())   # Spot faces +Y
     W, H = 640, 480
     K = torch.tensor([[700.0, 0, W / 2], [0, 700.0, H / 2], [0, 0, 1]])
-    from backend.geometry.cameras import Cameras
+    from gen3d.backend.geometry.cameras import Cameras
 
     cam = Cameras(K, look_at(eye[None], centre[None]), W, H)
     with torch.no_grad():
@@ -59,8 +59,8 @@ def spot_inputs(work: Path) -> dict[str, Path | dict]:
 
 
 def run(mode: str, inputs: dict, prior: str, device, preset: str, steps: int | None, out: Path) -> dict:
-    from backend.pipelines import JobRequest, RunContext
-    from backend.pipelines.runner import run_job
+    from gen3d.backend.pipelines import JobRequest, RunContext
+    from gen3d.backend.pipelines.runner import run_job
 
     options = {"prior": prior, "texture_size": 1024}
     if steps is not None:
@@ -101,9 +101,9 @@ def main() -> int:
 
     from bench_dreamgaussian import write_real_size
 
-    from backend import weights
-    from backend.device import pick_device
-    from backend.pipelines import get
+    from gen3d.backend import weights
+    from gen3d.backend.device import pick_device
+    from gen3d.backend.pipelines import get
 
     device = pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="gen3d-bench-texture-"))

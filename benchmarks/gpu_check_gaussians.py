@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gaussians import make_scene as bench_scene  # noqa: E402
-from kernels.gaussians import gsplat_available, rasterization  # noqa: E402
+from gen3d.kernels.gaussians import gsplat_available, rasterization  # noqa: E402
 
 
 def make_scene(n: int, size: int, n_cams: int = 2, sh_degree=None, seed: int = 0, device="cuda"):

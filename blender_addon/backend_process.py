@@ -40,11 +40,11 @@ def free_port(preferred: int, host: str = HOST) -> int:
 
 def backend_argv(python: str = "", command: str = "") -> list[str]:
     """The command that starts the backend before its ``serve`` arguments: ``command`` (split like a shell
-    would, e.g. ``"/opt/gen3d/.venv/bin/gen3d"`` or ``"uv run python -m backend"``) or ``python -m backend``."""
+    would, e.g. ``"/opt/gen3d/.venv/bin/gen3d"`` or ``"uv run python -m gen3d"``) or ``python -m gen3d``."""
     if command.strip():
         return shlex.split(command, posix=os.name != "nt")
     if python.strip():
-        return [python.strip(), "-m", "backend"]
+        return [python.strip(), "-m", "gen3d"]
     raise BackendError("not_configured", "set the backend's Python (or a launch command) in the Gen3D preferences")
 
 

@@ -274,7 +274,7 @@ class JobManager:
                                                            os.path.join(out_dir, "preview.png"))))
                 except BackendError as e:
                     log.debug("preview download failed: %s", e)
-            # beside the GLB: where the object stands (backend/geometry/placement.py); a refinement's texture and
+            # beside the GLB: where the object stands (gen3d/backend/geometry/placement.py); a refinement's texture and
             # meta.json, so that an unchanged mesh only gets a new image on its material
             for extra in ("placement.json",) + (("texture.png", "meta.json") if rec.kind == "refine" else ()):
                 if extra in names:

@@ -473,7 +473,7 @@ class GEN3D_OT_refine_texture(_JobOperator, bpy.types.Operator):
 
 
 def _backend_cli(prefs) -> list[str]:
-    """The backend's command line (``... -m backend``) from the launch preferences; raises BackendError if unset."""
+    """The backend's command line (``... -m gen3d``) from the launch preferences; raises BackendError if unset."""
     return backend_argv(prefs.python_path if prefs.launch_mode == "PYTHON" else "",
                         prefs.launch_command if prefs.launch_mode == "COMMAND" else "")
 

@@ -32,8 +32,8 @@ class Gen3DPreferences(bpy.types.AddonPreferences):
 
     launch_mode: EnumProperty(
         name="Launch", default="PYTHON",
-        items=[("PYTHON", "Python", "Run 'PYTHON -m backend serve' with the backend's own Python (its venv)"),
-               ("COMMAND", "Command", "Run a command (e.g. 'gen3d' or 'uv run python -m backend') plus 'serve ...'")])
+        items=[("PYTHON", "Python", "Run 'PYTHON -m gen3d serve' with the backend's own Python (its venv)"),
+               ("COMMAND", "Command", "Run a command (e.g. 'gen3d' or 'uv run python -m gen3d') plus 'serve ...'")])
     python_path: StringProperty(name="Backend Python", subtype="FILE_PATH", default="",
                                 description="Python executable of the environment where Gen3D's backend is installed")
     launch_command: StringProperty(

@@ -2,7 +2,7 @@
 
 The glTF importer converts glTF's Y-up back to Blender's Z-up, so a backend result written in the scene's world
 frame lands in place. New objects go to the "Gen3D" collection; generated objects get the backend's placement
-(``placement.json``: generate from the active camera, backend/geometry/placement.py) or are moved to the 3D cursor,
+(``placement.json``: generate from the active camera, gen3d/backend/geometry/placement.py) or are moved to the 3D cursor,
 reconstructions and refinements stay where they are. Images are packed into the .blend and provenance is stored
 as custom properties.
 """

@@ -28,18 +28,18 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def spot_dir() -> Path:
     """Spot (OBJ + texture), the sample object the backend ships for its demo."""
-    from backend.commands.demo import SPOT_DIR
+    from gen3d.backend.commands.demo import SPOT_DIR
 
     return SPOT_DIR
 
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
-    """Every registry entry's tiny model, written once per session by ``python -m backend weights tiny --dir``.
+    """Every registry entry's tiny model, written once per session by ``python -m gen3d weights tiny --dir``.
 
     Use it as ``monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(tiny_weights))`` or pass ``tiny_weights / NAME`` paths.
     """
-    from backend.__main__ import main
+    from gen3d.backend.__main__ import main
 
     root = tmp_path_factory.mktemp("tiny_weights")
     assert main(["weights", "tiny", "--dir", str(root)]) == 0

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from backend.pipelines import Options, Pipeline, register
-from backend.pipelines.base import JobRequest, RunContext
-from backend.representations.mesh import TexturedMesh, load_glb, save_glb
+from gen3d.backend.pipelines import Options, Pipeline, register
+from gen3d.backend.pipelines.base import JobRequest, RunContext
+from gen3d.backend.representations.mesh import TexturedMesh, load_glb, save_glb
 
 
 class BoxOptions(Options):

@@ -36,7 +36,7 @@ LRM_OPTIONS = {"model": "triposr", "mesh_resolution": 32, "texture_size": 64, "p
 
 @pytest.fixture(scope="module")
 def story(addon_zip, tmp_path_factory):
-    from backend import weights
+    from gen3d.backend import weights
 
     tmp = tmp_path_factory.mktemp("placement")
     root = tmp / "weights"

@@ -42,8 +42,8 @@ def test_free_port_falls_back_when_taken():
 
 
 def test_backend_argv():
-    assert bp.backend_argv(python="/venv/bin/python") == ["/venv/bin/python", "-m", "backend"]
-    assert bp.backend_argv(command="uv run python -m backend") == ["uv", "run", "python", "-m", "backend"]
+    assert bp.backend_argv(python="/venv/bin/python") == ["/venv/bin/python", "-m", "gen3d"]
+    assert bp.backend_argv(command="uv run python -m gen3d") == ["uv", "run", "python", "-m", "gen3d"]
     assert bp.backend_argv(python="/p", command="'/opt/my gen3d/bin/gen3d'") == ["/opt/my gen3d/bin/gen3d"]
     with pytest.raises(BackendError) as e:
         bp.backend_argv("", " ")
@@ -53,7 +53,7 @@ def test_backend_argv():
 def test_launch_failures_are_readable(tmp_path):
     proc = bp.BackendProcess(str(tmp_path / "state"))
     with pytest.raises(BackendError) as e:
-        proc.launch([str(tmp_path / "no-such-python"), "-m", "backend"], str(tmp_path / "data"), 8765)
+        proc.launch([str(tmp_path / "no-such-python"), "-m", "gen3d"], str(tmp_path / "data"), 8765)
     assert e.value.code == "launch_failed" and "no-such-python" in e.value.message
     # a "backend" that prints something and exits: the error says so and carries the log's end
     script = "import sys; print('backend boom: ' + ' '.join(sys.argv[1:])); sys.exit(3)"

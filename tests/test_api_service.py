@@ -1,4 +1,4 @@
-"""The job server end to end: a real ``python -m backend serve`` on loopback (with a token), real HTTP.
+"""The job server end to end: a real ``python -m gen3d serve`` on loopback (with a token), real HTTP.
 
 Jobs use the test pipeline ``sleepy`` of tests/support/methods.py, and ``reconstruct`` on a ray-traced sphere
 when it is registered. Expected values come from what the test itself sent (bytes, hashes, counts, the
@@ -88,11 +88,11 @@ def test_health_methods_and_token(srv):
 
     heavy = methods["needs_weights"]  # its weights are not in the (empty) weights folder nor the HF cache
     assert heavy["ready"] is False and heavy["weights"][0]["ready"] is False
-    assert heavy["weights"][0]["command"] == "python -m backend weights download sd15"
+    assert heavy["weights"][0]["command"] == "python -m gen3d weights download sd15"
     n = job_count(srv)
     err = assert_error(srv.client.post("/v1/jobs", data={"request": json.dumps({"method": "needs_weights"})}),
                        503, "missing_weights")
-    assert err["detail"]["command"] == "python -m backend weights download sd15"
+    assert err["detail"]["command"] == "python -m gen3d weights download sd15"
     assert job_count(srv) == n
 
 

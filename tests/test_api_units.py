@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.api import uploads
-from backend.api.settings import Settings
-from backend.api.store import JobStore
-from backend.commands import serve
-from backend.commands.serve import check_host
-from backend.errors import BadInput, Conflict, NotFound, TooLarge
+from gen3d.backend.api import uploads
+from gen3d.backend.api.settings import Settings
+from gen3d.backend.api.store import JobStore
+from gen3d.backend.commands import serve
+from gen3d.backend.commands.serve import check_host
+from gen3d.backend.errors import BadInput, Conflict, NotFound, TooLarge
 from support import files as F
 
 

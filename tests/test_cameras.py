@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.geometry.cameras import (Cameras, elevation_from_dreamgaussian, intrinsics_from_fov, look_at,
+from gen3d.backend.geometry.cameras import (Cameras, elevation_from_dreamgaussian, intrinsics_from_fov, look_at,
                                       opencv_to_opengl, orbit_angles, orbit_cameras, yup_to_zup, zup_to_yup)
 
 W, H = 64, 48

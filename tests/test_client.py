@@ -63,7 +63,7 @@ class FakeBackend(BaseHTTPRequestHandler):
             self._send(404, {"code": "not_found", "message": "no job 'missing'", "detail": {"id": "missing"}})
         elif self.path == "/v1/jobs/weights":
             self._send(503, {"error": {"code": "missing_weights", "message": "LRM weights are missing",
-                                       "detail": {"command": "python -m backend weights download lrm"}}})
+                                       "detail": {"command": "python -m gen3d weights download lrm"}}})
         elif self.path == "/v1/jobs/fastapi":
             self._send(422, {"detail": [{"loc": ["body", "request"], "msg": "field required", "type": "missing"}]})
         elif self.path == "/v1/jobs/html":
@@ -164,7 +164,7 @@ def test_structured_errors(fake):
     with pytest.raises(BackendError) as e:
         c.job("weights")
     assert e.value.code == "missing_weights" and e.value.status == 503
-    assert "python -m backend weights download lrm" in str(e.value)
+    assert "python -m gen3d weights download lrm" in str(e.value)
     with pytest.raises(BackendError) as e:
         c.job("fastapi")
     assert e.value.code == "bad_input" and "body.request" in e.value.message

@@ -16,9 +16,9 @@ from scipy import ndimage
 
 pytest.importorskip("bpy")
 
-from backend.blender.dataset import render_dataset  # noqa: E402
-from backend.blender.poses import sample_poses  # noqa: E402
-from backend.blender.render import RenderSettings  # noqa: E402
+from gen3d.backend.blender.dataset import render_dataset  # noqa: E402
+from gen3d.backend.blender.poses import sample_poses  # noqa: E402
+from gen3d.backend.blender.render import RenderSettings  # noqa: E402
 
 SETTINGS = RenderSettings(size=80, engine="WORKBENCH", views=2, geometry_passes=False, seed=3)
 
@@ -117,7 +117,7 @@ def test_poses_follow_the_mode():
 
 
 def test_cli_bad_models_folder(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "backend", "dataset", "render", "--models", str(tmp_path / "nope"),
+    r = subprocess.run([sys.executable, "-m", "gen3d", "dataset", "render", "--models", str(tmp_path / "nope"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: --models:")
@@ -143,7 +143,7 @@ def test_generate_with_tiny_controlnet(rendered, tiny_weights, monkeypatch, tmp_
     (tmp_path / "prompts.json").write_text(json.dumps({"spot": ["a cow statue on grass"]}))
     args = ["dataset", "generate", "--data", str(data), "--weights-dir", str(tiny_weights), "--steps", "2",
             "--images-per-view", "2", "--prompts", str(tmp_path / "prompts.json")]
-    from backend.__main__ import main
+    from gen3d.backend.__main__ import main
 
     assert main(args) == 0
     lines = [json.loads(x) for x in (data / "generated.jsonl").read_text().splitlines()]
@@ -165,10 +165,10 @@ def test_generate_without_weights_names_the_download(rendered, tmp_path, monkeyp
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     out, _ = rendered
-    r = subprocess.run([sys.executable, "-m", "backend", "dataset", "generate", "--data", str(out)],
+    r = subprocess.run([sys.executable, "-m", "gen3d", "dataset", "generate", "--data", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 3
-    assert "python -m backend weights download sd15" in r.stderr.strip().splitlines()[-1]
+    assert "python -m gen3d weights download sd15" in r.stderr.strip().splitlines()[-1]
 
 
 def test_two_worker_processes_match_the_single_process_run(rendered, models, tmp_path):

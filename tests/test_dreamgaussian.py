@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.errors import BadInput
-from backend.geometry import image_prep
-from backend.pipelines.dreamgaussian_guidance import OrbitSampler, dreamgaussian_strength
+from gen3d.backend.errors import BadInput
+from gen3d.backend.geometry import image_prep
+from gen3d.backend.pipelines.dreamgaussian_guidance import OrbitSampler, dreamgaussian_strength
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,8 +100,8 @@ def test_refine_strength_is_dreamgaussians_in_diffusers_convention():
 
 
 def test_bake_views_are_dreamgaussians_26():
-    from backend.geometry.cameras import orbit_angles
-    from backend.pipelines.dreamgaussian import bake_cameras
+    from gen3d.backend.geometry.cameras import orbit_angles
+    from gen3d.backend.pipelines.dreamgaussian import bake_cameras
 
     cams = bake_cameras(2.5, 49.1, 64)
     angles = orbit_angles(cams.c2w)                 # [N, 3]: elevation, azimuth, radius
@@ -121,7 +121,7 @@ SMALL = {"iters": 3, "iters_refine": 2, "num_pts": 200, "render_sizes": [32, 32,
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory) -> Path:
-    from backend import weights
+    from gen3d.backend import weights
 
     root = tmp_path_factory.mktemp("dg_weights")
     for name in ("zero123-xl", "sd21-base", "mvdream"):
@@ -143,7 +143,7 @@ def _cli(method: str, out: Path, weights_dir: Path, *args: str):
     options = IMAGE_SMALL if method == "dreamgaussian" else SMALL
     sets = [f"--set={k}={json.dumps(v)}" for k, v in options.items()]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "U2NET_HOME": str(out.parent / "no_rembg_models")}
-    return subprocess.run([sys.executable, "-m", "backend", "run", method, "--out", str(out), "--weights-dir",
+    return subprocess.run([sys.executable, "-m", "gen3d", "run", method, "--out", str(out), "--weights-dir",
                            str(weights_dir), "--preset", "fast", "--seed", "7", "--device", "cpu", *args, *sets],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -173,9 +173,9 @@ def _blender_import(glb: Path):
 
 
 def test_text_guides_schedules_distillations_and_mvdream(tmp_path, weights_dir, monkeypatch):
-    from backend.guidance.distillation import CSD, SDS
-    from backend.pipelines import JobRequest, RunContext
-    from backend.pipelines.dreamgaussian import DreamGaussianTextOptions, build_guide
+    from gen3d.backend.guidance.distillation import CSD, SDS
+    from gen3d.backend.pipelines import JobRequest, RunContext
+    from gen3d.backend.pipelines.dreamgaussian import DreamGaussianTextOptions, build_guide
 
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(weights_dir))
     ctx, gen = RunContext(out_dir=tmp_path), torch.Generator().manual_seed(0)
@@ -214,8 +214,8 @@ def test_text_guides_schedules_distillations_and_mvdream(tmp_path, weights_dir, 
 
 
 def test_image_to_3d_end_to_end_and_reproducible(tmp_path, weights_dir, cat_png, monkeypatch):
-    from backend.pipelines import JobRequest, RunContext
-    from backend.pipelines.runner import run_job
+    from gen3d.backend.pipelines import JobRequest, RunContext
+    from gen3d.backend.pipelines.runner import run_job
 
     out = tmp_path / "cli"
     r = _cli("dreamgaussian", out, weights_dir, "--image", str(cat_png))
@@ -246,7 +246,7 @@ def test_text_to_3d_end_to_end(tmp_path, weights_dir):
 
 
 def test_rgb_input_without_rembg_exits_2_with_the_instruction(tmp_path, weights_dir, capsys, monkeypatch):
-    from backend.__main__ import main
+    from gen3d.backend.__main__ import main
 
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no_rembg_models"))
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(weights_dir))  # restored after the CLI sets it

@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy.special import sph_harm_y
 
-from kernels.gaussians import rasterization, rasterize_projected, sh_basis
+from gen3d.kernels.gaussians import rasterization, rasterize_projected, sh_basis
 
 DT = torch.float64
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import trimesh
 
-from backend.errors import BadInput
-from backend.representations.gaussians import SH_C0, Gaussians, load_ply, save_ply
+from gen3d.backend.errors import BadInput
+from gen3d.backend.representations.gaussians import SH_C0, Gaussians, load_ply, save_ply
 
 
 def random_gaussians(n: int, degree: int, seed: int = 0) -> Gaussians:

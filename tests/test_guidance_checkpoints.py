@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from backend.models.mvdream_unet import MultiViewUNetModel
-from backend.models.zero123 import CameraProjection, normalize_projection_keys
+from gen3d.backend.models.mvdream_unet import MultiViewUNetModel
+from gen3d.backend.models.zero123 import CameraProjection, normalize_projection_keys
 
 
 def _keys(data_dir, name):
@@ -115,7 +115,7 @@ def test_blocks_match_diffusers_equivalents_on_a_single_view():
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-    from backend.models.mvdream_unet import ResBlock, SpatialTransformer3D, timestep_embedding
+    from gen3d.backend.models.mvdream_unet import ResBlock, SpatialTransformer3D, timestep_embedding
 
     torch.manual_seed(0)
     ours = SpatialTransformer3D(64, heads=4, dim_head=16, depth=1, context_dim=24).eval()

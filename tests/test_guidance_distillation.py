@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.guidance.distillation import CSD, SDS, X0Reconstruction, loss_from_grad, weight
-from backend.guidance.priors.base import Condition, DiffusionPrior
+from gen3d.backend.guidance.distillation import CSD, SDS, X0Reconstruction, loss_from_grad, weight
+from gen3d.backend.guidance.priors.base import Condition, DiffusionPrior
 
 SIGMA = 0.1
 SHAPE = (2, 4, 4, 4)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend.errors import MissingWeights
-from backend.geometry.cameras import elevation_from_dreamgaussian, orbit_angles, orbit_cameras
-from backend.guidance.distillation import BSD, CSD, SDS, VSD
-from backend.guidance.schedules import DreamTime
-from backend.guidance.priors.text import view_direction
-from backend.models.zero123 import relative_pose
+from gen3d.backend.errors import MissingWeights
+from gen3d.backend.geometry.cameras import elevation_from_dreamgaussian, orbit_angles, orbit_cameras
+from gen3d.backend.guidance.distillation import BSD, CSD, SDS, VSD
+from gen3d.backend.guidance.schedules import DreamTime
+from gen3d.backend.guidance.priors.text import view_direction
+from gen3d.backend.models.zero123 import relative_pose
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def weights_env(tiny_weights):
 
 @pytest.fixture(scope="module")
 def sd(weights_env):
-    from backend.guidance.priors.sd import StableDiffusionPrior
+    from gen3d.backend.guidance.priors.sd import StableDiffusionPrior
 
     return StableDiffusionPrior.from_registry("sd21-base")
 
@@ -80,7 +80,7 @@ def test_zero123_pose_matches_dreamgaussian_and_stable_zero123():
 
 
 def test_mvdream_cameras_match_mvdreams_own_construction():
-    from backend.guidance.priors.mvdream import mvdream_cameras
+    from gen3d.backend.guidance.priors.mvdream import mvdream_cameras
 
     def mvdream_get_camera(elevation, azimuth):  # MVDream camera_utils, re-derived in numpy
         el, az = np.radians(elevation), np.radians(azimuth)
@@ -104,14 +104,14 @@ def test_mvdream_cameras_match_mvdreams_own_construction():
 # ---------------------------------------------------------------- models
 
 def test_missing_weights_name_the_download_command(tmp_path, monkeypatch):
-    from backend.guidance.priors.sd import StableDiffusionPrior
+    from gen3d.backend.guidance.priors.sd import StableDiffusionPrior
 
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(MissingWeights) as e:
         StableDiffusionPrior.from_registry("sd15")
-    assert "python -m backend weights download sd15" in e.value.message
-    assert e.value.detail["command"] == "python -m backend weights download sd15"
+    assert "python -m gen3d weights download sd15" in e.value.message
+    assert e.value.detail["command"] == "python -m gen3d weights download sd15"
 
 
 def test_sd_prior_sds_and_csd_forward_backward(sd):
@@ -139,7 +139,7 @@ def test_sd_prior_sds_and_csd_forward_backward(sd):
 
 
 def test_sd15_layout_loads(weights_env):
-    from backend.guidance.priors.sd import StableDiffusionPrior
+    from gen3d.backend.guidance.priors.sd import StableDiffusionPrior
 
     prior = StableDiffusionPrior.from_registry("sd15")
     assert not prior.unet.config.use_linear_projection  # the SD 1.x layout
@@ -153,7 +153,7 @@ def test_sdedit_timesteps_match_diffusers_img2img_and_dreamgaussian():
 
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
-    from backend.guidance.priors.base import sdedit_timesteps
+    from gen3d.backend.guidance.priors.base import sdedit_timesteps
 
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
     sched.set_timesteps(50)
@@ -226,7 +226,7 @@ def test_bsd_teacher_is_fine_tuned_on_augmented_renders(sd):
 
 @pytest.mark.parametrize("name", ["zero123-xl", "zero123-105000", "stable-zero123"])
 def test_zero123_prior_both_layouts(weights_env, name):
-    from backend.guidance.priors.zero123 import Zero123Prior
+    from gen3d.backend.guidance.priors.zero123 import Zero123Prior
 
     prior = Zero123Prior.from_registry(name)
     assert prior.stable == (name == "stable-zero123")
@@ -245,7 +245,7 @@ def test_zero123_prior_both_layouts(weights_env, name):
 
 
 def test_mvdream_prior_forward_backward(weights_env):
-    from backend.guidance.priors.mvdream import MVDreamPrior
+    from gen3d.backend.guidance.priors.mvdream import MVDreamPrior
 
     prior = MVDreamPrior.from_registry()
     cams = orbit_cameras(15.0, torch.tensor([0.0, 90.0, 180.0, 270.0]), 2.0, 40, 48, 48)
@@ -260,7 +260,7 @@ def test_mvdream_prior_forward_backward(weights_env):
 
 @pytest.mark.parametrize("base", ["sd15", "sdxl-base"])
 def test_controlnet_canny_generates_and_refines(weights_env, base):
-    from backend.guidance.priors.controlnet import ControlNetCanny, canny
+    from gen3d.backend.guidance.priors.controlnet import ControlNetCanny, canny
 
     cn = ControlNetCanny.from_registry(base)
     img = torch.zeros(1, 3, 64, 64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.guidance.schedules import DreamTime, LinearAnneal, SqrtAnneal, Uniform, make_schedule
+from gen3d.backend.guidance.schedules import DreamTime, LinearAnneal, SqrtAnneal, Uniform, make_schedule
 
 PROGRESS = np.linspace(0.0, 1.0, 2001)
 

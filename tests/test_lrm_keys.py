@@ -14,8 +14,8 @@ import json
 import pytest
 import torch
 
-from backend.models.lrm import LRM, OPENLRM_HUB_CONFIGS, TRIPOSR_HUB_CONFIG, from_openlrm_config, from_triposr_config
-from backend.models.lrm.checkpoints import (TRIPOSR_UNUSED, openlrm_to_ours, ours_to_openlrm, ours_to_triposr,
+from gen3d.backend.models.lrm import LRM, OPENLRM_HUB_CONFIGS, TRIPOSR_HUB_CONFIG, from_openlrm_config, from_triposr_config
+from gen3d.backend.models.lrm.checkpoints import (TRIPOSR_UNUSED, openlrm_to_ours, ours_to_openlrm, ours_to_triposr,
                                             triposr_to_ours)
 
 CASES = {

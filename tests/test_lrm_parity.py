@@ -15,11 +15,11 @@ import re
 import pytest
 import torch
 
-from backend.models.lrm.checkpoints import openlrm_to_ours, resolve_interpolations, triposr_to_ours
-from backend.models.lrm.config import from_openlrm_config, from_triposr_config
-from backend.models.lrm.encoder import ImageEncoder
-from backend.models.lrm.tiny import TINY_OPENLRM, tiny_triposr_yaml
-from backend.models.lrm.transformer import Attention, TriplaneBlock
+from gen3d.backend.models.lrm.checkpoints import openlrm_to_ours, resolve_interpolations, triposr_to_ours
+from gen3d.backend.models.lrm.config import from_openlrm_config, from_triposr_config
+from gen3d.backend.models.lrm.encoder import ImageEncoder
+from gen3d.backend.models.lrm.tiny import TINY_OPENLRM, tiny_triposr_yaml
+from gen3d.backend.models.lrm.transformer import Attention, TriplaneBlock
 
 torch.manual_seed(0)
 

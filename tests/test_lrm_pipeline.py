@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.errors import BadInput, MissingWeights
-from backend.models.lrm import load_lrm
-from backend.models.lrm.checkpoints import resolve_interpolations
-from backend.models.lrm.config import from_openlrm_config, from_triposr_config
-from backend.models.lrm.preprocess import preprocess_image
-from backend.models.lrm.tiny import (TINY_OPENLRM, random_lrm, tiny_factories, tiny_triposr_yaml,
+from gen3d.backend.errors import BadInput, MissingWeights
+from gen3d.backend.models.lrm import load_lrm
+from gen3d.backend.models.lrm.checkpoints import resolve_interpolations
+from gen3d.backend.models.lrm.config import from_openlrm_config, from_triposr_config
+from gen3d.backend.models.lrm.preprocess import preprocess_image
+from gen3d.backend.models.lrm.tiny import (TINY_OPENLRM, random_lrm, tiny_factories, tiny_triposr_yaml,
                                      write_tiny_openlrm, write_tiny_triposr)
 
 MODELS = ("openlrm-small", "openlrm-base", "triposr")
@@ -44,9 +44,9 @@ def disc_png(tmp_path_factory):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_lrm_method_end_to_end_to_a_textured_glb(model, weights_root, disc_png, tmp_path, monkeypatch):
-    from backend.pipelines import JobRequest, RunContext
-    from backend.pipelines.runner import run_job
-    from backend.representations.mesh import load_glb
+    from gen3d.backend.pipelines import JobRequest, RunContext
+    from gen3d.backend.pipelines.runner import run_job
+    from gen3d.backend.representations.mesh import load_glb
 
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(weights_root))
     opts = {"model": model, "preview_views": 2, "preview_size": 24, "mesh_resolution": 40, "texture_size": 128,

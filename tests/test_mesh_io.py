@@ -11,8 +11,8 @@ import torch
 import trimesh
 from scipy.spatial import cKDTree
 
-from backend.errors import BadInput
-from backend.representations.mesh import TexturedMesh, load_mesh, load_obj, save_glb, save_mesh, save_obj, save_ply
+from gen3d.backend.errors import BadInput
+from gen3d.backend.representations.mesh import TexturedMesh, load_mesh, load_obj, save_glb, save_mesh, save_obj, save_ply
 
 EIGHT_BIT = 0.5 / 255 + 1e-6
 

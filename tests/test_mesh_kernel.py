@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as tF
 
-from backend.geometry.cameras import Cameras, intrinsics_from_fov, look_at, orbit_cameras, yup_to_zup
-from kernels import mesh
+from gen3d.backend.geometry.cameras import Cameras, intrinsics_from_fov, look_at, orbit_cameras, yup_to_zup
+from gen3d.kernels import mesh
 
 T = dict(backend="torch")
 
@@ -491,7 +491,7 @@ def spot_blender(tmp_path_factory, spot_dir):
                 colorspace="Non-Color", view_transform="Raw", aa="OFF", width=S, height=S,
                 K=cams.K[:1].tolist(), c2w=cams.c2w[:1].tolist(), out=str(folder))
     (folder / "spec.json").write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, "-m", "backend.blender.unlit", str(folder / "spec.json")],
+    proc = subprocess.run([sys.executable, "-m", "gen3d.backend.blender.unlit", str(folder / "spec.json")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and out.exists(), proc.stderr[-2000:]
     return cams, np.asarray(Image.open(out).convert("RGBA")).astype(np.float32) / 255

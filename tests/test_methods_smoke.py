@@ -16,7 +16,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from backend.pipelines import get, names
+from gen3d.backend.pipelines import get, names
 
 GENERATIVE = [n for n in names() if get(n).weights]
 
@@ -46,7 +46,7 @@ def test_every_generative_method_is_covered():
 @pytest.mark.parametrize("method", GENERATIVE)
 def test_method_runs_on_tiny_weights(method, inputs, tiny_weights, tmp_path):
     pipeline = get(method)
-    args = [sys.executable, "-m", "backend", "run", method, "--out", str(tmp_path / "out"), "--preset", "fast",
+    args = [sys.executable, "-m", "gen3d", "run", method, "--out", str(tmp_path / "out"), "--preset", "fast",
             "--weights-dir", str(tiny_weights), "--seed", "1"]
     if "image" in pipeline.required_inputs:
         args += ["--image", str(inputs / "object.png")]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.geometry.cameras import look_at, orbit_cameras
-from backend.geometry.placement import (CanonicalView, alpha_bbox, place_facing_camera, place_from_image,
+from gen3d.backend.geometry.cameras import look_at, orbit_cameras
+from gen3d.backend.geometry.placement import (CanonicalView, alpha_bbox, place_facing_camera, place_from_image,
                                         placement_for, record_placement, viewing_elevation)
-from backend.pipelines.base import JobRequest, RunContext
+from gen3d.backend.pipelines.base import JobRequest, RunContext
 
 CANON = CanonicalView(elevation=0.0, radius=2.0, fov=49.1)
 
@@ -37,7 +37,7 @@ def apply(m: torch.Tensor, v: np.ndarray) -> np.ndarray:
 
 def user_camera(width=640, height=360, focal=700.0, eye=(2.5, -4.0, 2.2), target=(0.4, 0.3, 0.5), shift=(40, -25)):
     """A camera looking down at ~20 degrees, wide aspect, long lens, principal point off centre."""
-    from backend.geometry.cameras import Cameras
+    from gen3d.backend.geometry.cameras import Cameras
 
     K = torch.tensor([[focal, 0, width / 2 + shift[0]], [0, focal, height / 2 + shift[1]], [0, 0, 1.0]])
     return Cameras(K, look_at(torch.tensor([eye]), torch.tensor([target])), width, height)
@@ -131,7 +131,7 @@ def test_text_to_3d_stands_at_the_look_at_point_facing_the_camera():
 
 
 def test_camera_straight_down_stays_upright_and_front_faces_the_image_bottom():
-    from backend.geometry.cameras import Cameras
+    from gen3d.backend.geometry.cameras import Cameras
 
     c2w = look_at(torch.tensor([[0.0, 0.0, 5.0]]), torch.tensor([[0.0, 0.0, 0.0]]))
     cam = Cameras(torch.tensor([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]]), c2w, 320, 240)

@@ -1,4 +1,4 @@
-"""``python -m backend run reconstruct`` end to end on a tiny analytic scene (a ray-cast sphere), the GLB in
+"""``python -m gen3d run reconstruct`` end to end on a tiny analytic scene (a ray-cast sphere), the GLB in
 Blender, and bad inputs (exit 2, one line, nothing that looks finished)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.__main__ import main
-from backend.geometry.cameras import orbit_cameras
-from backend.geometry.transforms import save_transforms
+from gen3d.backend.__main__ import main
+from gen3d.backend.geometry.cameras import orbit_cameras
+from gen3d.backend.geometry.transforms import save_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 CENTER, RADIUS = np.array([0.2, -0.1, 0.5]), 0.5
@@ -50,7 +50,7 @@ def result(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rec")
     views = sphere_views(root / "views")
     out = root / "out"
-    proc = subprocess.run([sys.executable, "-m", "backend", "run", "reconstruct", "--views", str(views), "--out",
+    proc = subprocess.run([sys.executable, "-m", "gen3d", "run", "reconstruct", "--views", str(views), "--out",
                            str(out), *TINY], cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]

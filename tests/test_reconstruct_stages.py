@@ -8,12 +8,12 @@ import math
 import numpy as np
 import torch
 
-from backend.geometry.cameras import Cameras, orbit_cameras
-from backend.pipelines.stages.bake_texture import BakeConfig, bake_texture, pull_push_fill
-from backend.pipelines.stages.extract_mesh import MeshExtractConfig, extract_mesh, ray_max_density
-from backend.pipelines.stages.refine_texture import (RefineConfig, images_as_targets, photometric_error,
+from gen3d.backend.geometry.cameras import Cameras, orbit_cameras
+from gen3d.backend.pipelines.stages.bake_texture import BakeConfig, bake_texture, pull_push_fill
+from gen3d.backend.pipelines.stages.extract_mesh import MeshExtractConfig, extract_mesh, ray_max_density
+from gen3d.backend.pipelines.stages.refine_texture import (RefineConfig, images_as_targets, photometric_error,
                                                      refine_texture)
-from backend.representations.mesh import TexturedMesh
+from gen3d.backend.representations.mesh import TexturedMesh
 
 
 def _sphere_discs(center: torch.Tensor, radius: float, n: int):

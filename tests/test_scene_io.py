@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.geometry.cameras import Cameras
-from backend.representations.mesh import load_glb
+from gen3d.backend.geometry.cameras import Cameras
+from gen3d.backend.representations.mesh import load_glb
 from tests.conftest import REPO
 
 bpy = pytest.importorskip("bpy")

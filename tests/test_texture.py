@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.errors import Cancelled
-from backend.pipelines import JobRequest, RunContext
-from backend.pipelines.runner import run_job
-from backend.representations.mesh import TexturedMesh, load_glb, save_glb
+from gen3d.backend.errors import Cancelled
+from gen3d.backend.pipelines import JobRequest, RunContext
+from gen3d.backend.pipelines.runner import run_job
+from gen3d.backend.representations.mesh import TexturedMesh, load_glb, save_glb
 
 #: every stage runs, in seconds, on the tiny priors
 SMALL = {"iters_refine": 2, "texture_size": 64, "refine_size": 32, "refine_steps": 10, "preview_views": 2,
@@ -110,7 +110,7 @@ def test_a_glb_with_one_primitive_per_material_keeps_every_primitives_uvs(tmp_pa
                        options={**SMALL, "iters_refine": 0}), RunContext(out_dir=out))
     after = load_glb(out / "mesh.glb")
     # each vertex (found by its position; the boxes are disjoint) has its own primitive's UV, not an atlas's
-    from backend.geometry.cameras import zup_to_yup
+    from gen3d.backend.geometry.cameras import zup_to_yup
 
     uv_at = {tuple(np.round(v, 5)): uv for part, uv_part in zip(parts, uvs) for v, uv in zip(part.vertices, uv_part)}
     expected = np.array([uv_at[tuple(np.round(v, 5))] for v in zup_to_yup(after.vertices).numpy()])
@@ -264,7 +264,7 @@ def _glb_without_triangles(path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["empty file", "no triangles", "degenerate", "image without camera"])
 def test_bad_input_exits_2_with_one_line(tmp_path, tiny_weights, capsys, case):
-    from backend.__main__ import main
+    from gen3d.backend.__main__ import main
 
     mesh = tmp_path / "mesh.glb"
     args = ["--prompt", "a crate"]

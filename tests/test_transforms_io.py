@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.errors import BadInput
-from backend.geometry.cameras import Cameras, orbit_cameras
-from backend.geometry.transforms import load_transforms, save_transforms
+from gen3d.backend.errors import BadInput
+from gen3d.backend.geometry.cameras import Cameras, orbit_cameras
+from gen3d.backend.geometry.transforms import load_transforms, save_transforms
 
 W, H = 10, 6
 

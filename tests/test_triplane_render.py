@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend.geometry.cameras import orbit_cameras
-from backend.models.lrm.config import OPENLRM_PLANES, TRIPOSR_PLANES
-from backend.models.lrm.model import yaw_matrix
-from backend.representations.triplane import RenderSettings, TriplaneField
+from gen3d.backend.geometry.cameras import orbit_cameras
+from gen3d.backend.models.lrm.config import OPENLRM_PLANES, TRIPOSR_PLANES
+from gen3d.backend.models.lrm.model import yaw_matrix
+from gen3d.backend.representations.triplane import RenderSettings, TriplaneField
 
 RES = 96
 

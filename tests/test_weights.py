@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend import weights
-from backend.__main__ import main
-from backend.errors import BadInput, MissingWeights
+from gen3d.backend import weights
+from gen3d.backend.__main__ import main
+from gen3d.backend.errors import BadInput, MissingWeights
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_every_entry_is_complete():
     assert required <= set(weights.ENTRIES)
     for e in weights.ENTRIES.values():
         assert "/" in e.repo and e.revision and e.license and e.size_gb > 0 and e.methods, e.name
-        assert e.download_command == f"python -m backend weights download {e.name}"
+        assert e.download_command == f"python -m gen3d weights download {e.name}"
         if e.tiny_factory:
             assert callable(weights.load_factory(e)), e.name
     assert weights.get_entry("stable-zero123").restrictive and weights.get_entry("openlrm-base").restrictive
@@ -50,13 +50,13 @@ def test_missing_weights_error_names_the_command(empty_caches):
     assert weights.status("sd15") == "missing"
     with pytest.raises(MissingWeights) as e:
         weights.resolve("sd15")
-    assert "python -m backend weights download sd15" in e.value.message
+    assert "python -m gen3d weights download sd15" in e.value.message
     assert e.value.http_status == 503 and e.value.detail["repo"] == weights.get_entry("sd15").repo
 
 
 def test_cli_reports_missing_weights_with_the_command(empty_caches, capsys):
     assert main(["weights", "path", "mvdream"]) == MissingWeights.exit_code
-    assert "python -m backend weights download mvdream" in capsys.readouterr().err
+    assert "python -m gen3d weights download mvdream" in capsys.readouterr().err
 
 
 def test_resolution_order_explicit_then_weights_dir_then_hf_cache(empty_caches, monkeypatch):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from backend.files import write_json
-from backend.pipelines import Options, Pipeline, register
-from backend.pipelines.base import JobRequest, RunContext
+from gen3d.backend.files import write_json
+from gen3d.backend.pipelines import Options, Pipeline, register
+from gen3d.backend.pipelines.base import JobRequest, RunContext
 
 
 def file_digest(path: Path) -> dict:
@@ -45,7 +45,7 @@ class Sleepy(Pipeline):
     Options = SleepyOptions
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
-        from backend.errors import NumericalError
+        from gen3d.backend.errors import NumericalError
 
         opts = SleepyOptions(**request.options)
         ctx.cache.setdefault("sleepy-model", object())

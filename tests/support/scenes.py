@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from backend.geometry.cameras import orbit_cameras
-from backend.geometry.transforms import save_transforms
+from gen3d.backend.geometry.cameras import orbit_cameras
+from gen3d.backend.geometry.transforms import save_transforms
 
 RADIUS = 0.5
 

@@ -39,7 +39,7 @@ class Server:
 
     def start(self, timeout: float = 120.0) -> "Server":
         env = {**os.environ, "GEN3D_EXTRA_METHODS": EXTRA_METHODS, "PYTHONPATH": str(REPO), **self.env}
-        cmd = [sys.executable, "-m", "backend", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+        cmd = [sys.executable, "-m", "gen3d", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
                *(["--token", self.token] if self.token else []), *self.extra_args]
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)

@@ -1,0 +1,97 @@
+"""``python -m gen3d run METHOD ...``: run one method locally with tqdm progress per stage.
+
+The same :func:`backend.pipelines.runner.run_job` runs server jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import BadInput
+
+
+def parse_set(pairs: list[str]) -> dict:
+    """``["iters=100", "bg=[1,1,1]"]`` -> ``{"iters": 100, "bg": [1, 1, 1]}`` (values parsed as JSON when they can be)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--set expects KEY=VALUE, got {pair!r}", {"field": "--set"})
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class TqdmProgress:
+    """Renders ``ctx.progress(stage, step, total)`` as one tqdm bar per stage."""
+
+    def __init__(self):
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage, step, total, preview=None):
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage, self.bar = stage, tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True)
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = step
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run(args) -> int:
+    from ..device import pick_device
+    from ..pipelines import JobRequest, RunContext
+    from ..pipelines.runner import run_job
+
+    if args.weights_dir:
+        os.environ["GEN3D_WEIGHTS_DIR"] = str(Path(args.weights_dir).resolve())
+    files = {role: str(Path(p).resolve()) for role, p in
+             (("views", args.views), ("image", args.image), ("mesh", args.mesh)) if p}
+    for role, p in files.items():
+        if not Path(p).exists():
+            raise BadInput(f"--{role}: {p} does not exist", {"field": role, "path": p})
+    cameras = json.loads(Path(args.cameras).read_text()) if args.cameras else []
+    request = JobRequest(method=args.method, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                         seed=args.seed, preset=args.preset, options=parse_set(args.set), files=files,
+                         cameras=cameras)
+    progress = TqdmProgress()
+    ctx = RunContext(out_dir=Path(args.out), device=pick_device(args.device), progress_fn=progress,
+                     weights_dir=Path(args.weights_dir) if args.weights_dir else None)
+    try:
+        artifacts = run_job(request, ctx)
+    finally:
+        progress.close()
+    print(f"wrote {len(artifacts)} artifacts to {args.out}:")
+    for name in sorted(artifacts):
+        print(f"  {name}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run a method locally (see 'methods')")
+    p.add_argument("method", help="method name, e.g. reconstruct")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--views", help="folder with transforms.json and images (reconstruct)")
+    p.add_argument("--image", help="reference image (image-to-3D methods)")
+    p.add_argument("--mesh", help="input mesh, GLB/OBJ/PLY (texture)")
+    p.add_argument("--cameras", help="JSON file with a list of wire cameras")
+    p.add_argument("--prompt")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="standard", choices=["fast", "standard", "high"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--weights-dir", help="folder of weights (overrides GEN3D_WEIGHTS_DIR)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,128 @@
+"""DreamGaussian's guidance side: which priors, how their losses combine, where the cameras come from.
+
+- :class:`OrbitSampler` draws the random training cameras of DreamGaussian's ``main.py``: a fixed radius, fovy 49.1,
+  an integer elevation offset in ``[min_ver, max_ver)`` around the input elevation with the absolute elevation kept
+  within ±80, an integer azimuth in ``[-180, 180)``; with ``views = 4`` (MVDream) each sample is four cameras
+  90° apart. Angles are ours (``gen3d/backend/geometry/cameras.py``: Z up, elevation positive above, azimuth 0 = front on
+  -Y); DreamGaussian's elevation is the negative of ours.
+- :class:`Guide` holds the active priors with their weights and distillations (Zero123 / Stable Zero123 for an
+  image, SD 2.1 or MVDream for a prompt, both mixed when an image run also has a prompt and ``lambda_sd > 0``) and
+  the timestep schedule, and turns renders into losses (stage 1) or SDEdit targets (stage 2).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..geometry.cameras import Cameras, orbit_cameras
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OrbitSampler:
+    """Random orbit cameras around the origin (module docstring). ``elevation`` is the input view's, ours."""
+
+    elevation: float = 0.0
+    radius: float = 2.0
+    fovy: float = 49.1
+    min_ver: int = -30
+    max_ver: int = 30
+    views: int = 1
+    max_abs_elevation: float = 80.0
+
+    def elevation_range(self) -> tuple[int, int]:
+        """``[lo, hi)`` of the integer offset added to the input elevation in DreamGaussian's convention."""
+        e = -self.elevation  # DreamGaussian's (negative above)
+        lo = max(min(self.min_ver, self.min_ver - e), -self.max_abs_elevation - e)
+        hi = min(max(self.max_ver, self.max_ver - e), self.max_abs_elevation - e)
+        return int(round(lo)), int(round(hi))
+
+    def sample(self, size: int, generator: torch.Generator) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+        """``(cameras [views], elevations [views], azimuths [views])`` (degrees, ours) at ``size x size`` pixels."""
+        lo, hi = self.elevation_range()
+        ver = int(torch.randint(lo, max(hi, lo + 1), (1,), generator=generator))
+        hor = int(torch.randint(-180, 180, (1,), generator=generator))
+        el = torch.full((self.views,), -(-self.elevation + ver), dtype=torch.float32)
+        az = (hor + 90.0 * torch.arange(self.views, dtype=torch.float32) + 180.0) % 360.0 - 180.0
+        return orbit_cameras(el, az, self.radius, self.fovy, size, size), el, az
+
+    def reference(self, size: int) -> Cameras:
+        """The input view's camera: the input elevation, azimuth 0 (the object's front faces -Y)."""
+        return orbit_cameras(self.elevation, 0.0, self.radius, self.fovy, size, size)
+
+
+@dataclass
+class Term:
+    """One prior in the mix: ``kind`` is ``zero123``, ``sd`` or ``mvdream``; ``weight`` multiplies its loss."""
+
+    kind: str
+    prior: object
+    weight: float
+    #: a score-distillation variant from :mod:`backend.guidance.distillation` (None = the prior's default)
+    distillation: object | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    view_dependent: bool = False
+    radius: float = 0.0
+
+
+@dataclass
+class Guide:
+    """Priors + schedule + distillation for one run (module docstring)."""
+
+    terms: list[Term]
+    schedule: object
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def _condition(self, term: Term, cams: Cameras, el: torch.Tensor, az: torch.Tensor):
+        if term.kind == "zero123":
+            return term.prior.condition(el, az, term.radius)
+        if term.kind == "mvdream":
+            return term.prior.condition(term.prompt, term.negative_prompt, cameras=cams)
+        angles = {"elevation": el, "azimuth": az} if term.view_dependent else {}
+        return term.prior.condition(term.prompt, term.negative_prompt, batch_size=len(el), **angles)
+
+    def losses(self, images: torch.Tensor, cams: Cameras, el: torch.Tensor, az: torch.Tensor,
+               progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted sum of every term's ``loss_*`` for renders ``images [B,3,H,W]`` in [0,1] of ``cams``."""
+        total = images.new_zeros(())
+        logs: dict[str, float] = {}
+        for term in self.terms:
+            if term.weight == 0:
+                continue
+            cond = self._condition(term, cams, el, az)
+            # one timestep for the whole batch (DreamGaussian); MVDream repeats it over each group of views
+            t = self.schedule(progress, 1, generator=self.generator)
+            t = t if term.kind == "mvdream" else t.expand(len(el))
+            out = term.prior(images, cond, t, term.distillation, progress=progress)
+            loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+            total = total + term.weight * loss
+            logs[f"{term.kind}_loss"] = float(loss.detach())
+            logs[f"{term.kind}_t"] = int(t[0])
+        return total, logs
+
+    @torch.no_grad()
+    def targets(self, images: torch.Tensor, cams: Cameras, el: torch.Tensor, az: torch.Tensor,
+                strength: float, steps: int) -> list[tuple[float, torch.Tensor]]:
+        """SDEdit targets ``[(weight, image [B,3,H,W])]``: each prior's ``refine`` of ``images`` (diffusers'
+        strength convention), resized back to the renders' size."""
+        out = []
+        for term in self.terms:
+            if term.weight == 0:
+                continue
+            cond = self._condition(term, cams, el, az)
+            refined = term.prior.refine(images, cond, strength=strength, steps=steps, generator=self.generator)
+            out.append((term.weight, F.interpolate(refined, images.shape[-2:], mode="bilinear", align_corners=False)))
+        return out
+
+
+def dreamgaussian_strength(progress: float, steps: int, start: float = 0.8, end: float = 0.95) -> float:
+    """DreamGaussian's stage-2 SDEdit strength ``start + (end - start)·progress`` (its convention: the DDIM step
+    index it starts from, so 0.8 keeps 10 of 50 steps) as diffusers' strength (the fraction of steps re-run)."""
+    s_dg = start + (end - start) * min(max(progress, 0.0), 1.0)
+    return (steps - int(steps * s_dg)) / steps

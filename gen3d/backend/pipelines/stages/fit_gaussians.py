@@ -1,0 +1,362 @@
+"""Stage 1: fit 3D Gaussians to posed RGBA views.
+
+Initialisation in the views' visual hull (a voxel grid carved with the masks, points sampled on its surface
+and coloured from the views), per-attribute Adam learning rates with a log-linear decay of the position rate
+(3DGS/DreamGaussian), L1 + D-SSIM photometric loss on images composited over a random background plus an L1
+alpha/mask loss, densification (clone small / split large Gaussians whose screen-space mean gradient, averaged over
+the views that saw them, is high) and pruning (transparent or huge), SH degree growth and progressive resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gen3d.kernels.gaussians import rasterization
+
+from ...errors import BadInput, NumericalError
+from ...geometry.cameras import Cameras, sample_pixels
+from .views import ShuffledViews, resized_views
+from ...representations.gaussians import Gaussians
+from .extract_mesh import quat_to_rotmat
+
+log = logging.getLogger(__name__)
+
+#: ``progress(step, total, preview)``, ``check_cancelled()``
+StepFn = Callable[[int, int, "torch.Tensor | None"], None]
+
+
+@dataclass
+class FitConfig:
+    steps: int = 500
+    num_points: int = 5000           #: initial Gaussians
+    max_gaussians: int = 100_000
+    sh_degree: int = 1               #: final SH degree (grown one band every ``sh_every`` steps)
+    sh_every: int = 150
+    resolutions: tuple[float, ...] = (0.25, 0.5, 1.0)  #: fractions of the input size, equal shares of the steps
+    views_per_step: int = 1
+    lr_means: float = 0.005          #: x object radius; decays log-linearly to 1 % of that
+    lr_sh: float = 0.01              #: DC band; higher bands get 1/20
+    lr_opacity: float = 0.05
+    lr_scales: float = 0.005
+    lr_quats: float = 0.002
+    ssim_weight: float = 0.2
+    mask_weight: float = 1.0
+    densify_from: int = 50
+    densify_until_frac: float = 0.7
+    densify_every: int = 50
+    grad_threshold: float = 0.0002   #: NDC units (3DGS)
+    percent_dense: float = 0.01      #: x object radius: larger Gaussians split, smaller ones clone
+    min_opacity: float = 0.005
+    max_scale_frac: float = 0.2      #: x object radius: larger Gaussians are pruned
+    hull_resolution: int = 64
+    random_background: bool = True
+
+
+# --- initialisation ------------------------------------------------------------------------------------------------
+def check_views(cameras: Cameras, images: torch.Tensor) -> None:
+    """Raise :class:`BadInput` naming the frame when views cannot be reconstructed from."""
+    if len(cameras) < 2:
+        raise BadInput(f"reconstruction needs at least 2 views, got {len(cameras)}", {"views": len(cameras)})
+    if images.ndim != 4 or images.shape[-1] != 4:
+        raise BadInput(f"views must be RGBA images [N,H,W,4], got {list(images.shape)}", {})
+    for i in range(len(cameras)):
+        if not (torch.isfinite(cameras.c2w[i]).all() and torch.isfinite(cameras.K[i]).all()):
+            raise BadInput(f"frame {i}: camera has non-finite values", {"frame": i})
+        R = cameras.c2w[i, :3, :3]
+        if abs(float(torch.det(R)) - 1) > 1e-2 or float(cameras.K[i, 0, 0]) <= 0 or float(cameras.K[i, 1, 1]) <= 0:
+            raise BadInput(f"frame {i}: degenerate camera (rotation not orthonormal or focal length <= 0)",
+                           {"frame": i})
+        alpha = images[i, ..., 3]
+        if float(alpha.min()) >= 1.0:
+            raise BadInput(f"frame {i}: image has neither alpha nor a mask (the object must be masked)",
+                           {"frame": i})
+        if float(alpha.max()) < 0.5:
+            raise BadInput(f"frame {i}: the mask is empty (no object in the view)", {"frame": i})
+    d = torch.cdist(cameras.centers, cameras.centers) + torch.eye(len(cameras)) * 1e9
+    if float(d.min()) < 1e-6:
+        i, j = divmod(int(d.argmin()), len(cameras))
+        raise BadInput(f"frame {j}: camera at the same place as frame {i}", {"frame": j})
+
+
+def _scene_box(cameras: Cameras) -> tuple[torch.Tensor, float]:
+    """Centre and half-size of a cube that the views can all see: the point nearest to every optical axis, and
+    a half-size from the narrowest field of view at the nearest camera."""
+    o, d = cameras.centers, cameras.c2w[:, :3, 2]
+    A = torch.eye(3) * len(o) - torch.einsum("ni,nj->ij", d, d)
+    b = (o - (o * d).sum(-1, keepdim=True) * d).sum(0)
+    center = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    dist = (o - center).norm(dim=-1)
+    half_fov = torch.atan(0.5 * min(cameras.width, cameras.height) / cameras.K[:, 0, 0].clamp_min(1e-6))
+    return center, float((dist * torch.tan(half_fov)).min())
+
+
+def carve_visual_hull(cameras: Cameras, masks: torch.Tensor, resolution: int = 64) -> tuple[torch.Tensor, float]:
+    """Voxel centres ``[M,3]`` on the surface of the visual hull, and the voxel size. ``masks [N,H,W]`` in [0,1].
+
+    The object is assumed to be inside every view (object-centric captures): a point outside a view's image is
+    carved like a point outside its mask."""
+    center, half = _scene_box(cameras)
+    voxel = 2 * half / resolution
+    ax = torch.arange(resolution, dtype=torch.float32) * voxel - half + voxel / 2
+    pts = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3) + center
+    keep = torch.ones(len(pts), dtype=torch.bool)
+    for i in range(len(cameras)):
+        uv, z = cameras[i].project(pts)
+        m = sample_pixels(masks[i][None, ..., None], uv)[0, :, 0]
+        uv, z = uv[0], z[0]
+        inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cameras.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cameras.height)
+        keep &= inside & (m > 0.5)
+    grid = keep.reshape(resolution, resolution, resolution)
+    # surface voxels: occupied with an empty 6-neighbour
+    padded = F.pad(grid[None, None].float(), (1, 1, 1, 1, 1, 1))
+    interior = -F.max_pool3d(-padded, 3, 1, 0)[0, 0] > 0.5
+    surface = grid & ~interior
+    return pts[surface.reshape(-1)], voxel
+
+
+def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull_resolution: int,
+                   sh_degree: int, generator: torch.Generator) -> tuple[Gaussians, float]:
+    """Gaussians on the visual hull's surface (a sphere when carving leaves nothing), coloured by the mean of
+    the views' colours at each point; returns them and the object's radius."""
+    pts, voxel = carve_visual_hull(cameras, images[..., 3], hull_resolution)
+    if len(pts) < 8:
+        log.warning("the masks carve an empty visual hull; starting from a sphere")
+        center, half = _scene_box(cameras)
+        d = F.normalize(torch.randn(num_points, 3, generator=generator), dim=-1)
+        pts, voxel = center + 0.5 * half * d, half / hull_resolution
+    idx = torch.randint(len(pts), (num_points,), generator=generator)
+    means = pts[idx] + (torch.rand(num_points, 3, generator=generator) - 0.5) * voxel
+    colors = torch.zeros(num_points, 3)
+    for i in range(len(cameras)):
+        uv, _ = cameras[i].project(means)
+        colors += sample_pixels(images[i][None], uv)[0, :, :3]
+    colors = (colors / len(cameras)).clamp(0.02, 0.98)
+    radius = float((pts - pts.mean(0)).norm(dim=-1).max()) + voxel
+    g = Gaussians.from_activated(means, torch.full((num_points, 3), 0.7 * voxel), _identity_quats(num_points),
+                                 torch.full((num_points,), 0.5), colors, sh_degree)
+    return g, radius
+
+
+def _identity_quats(n: int) -> torch.Tensor:
+    q = torch.zeros(n, 4)
+    q[:, 0] = 1
+    return q
+
+
+# --- losses --------------------------------------------------------------------------------------------------------
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of images ``[B,C,H,W]`` in [0,1] with a Gaussian window."""
+    x = torch.arange(window, dtype=a.dtype, device=a.device) - window // 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum())
+    k = (g[:, None] * g[None, :]).expand(a.shape[1], 1, window, window)
+
+    def blur(t):
+        return F.conv2d(t, k, padding=window // 2, groups=a.shape[1])
+
+    mu_a, mu_b = blur(a), blur(b)
+    s_aa, s_bb, s_ab = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    m = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2))
+    return m.mean()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of images in [0,1]; over ``mask`` (broadcastable, > 0.5) when given."""
+    err = (a - b) ** 2
+    if mask is not None:
+        m = (mask > 0.5).expand_as(err)
+        err = err[m]
+    return float(-10 * torch.log10(err.mean().clamp_min(1e-10)))
+
+
+# --- rendering -----------------------------------------------------------------------------------------------------
+def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | None = None,
+                     sh_degree: int | None = None):
+    """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None."""
+    deg = g.sh_degree if sh_degree is None else sh_degree
+    return rasterization(g.means, g.quats, g.scales, g.opacities, g.sh[:, :(deg + 1) ** 2],
+                         cameras.viewmats().to(g.device), cameras.K.to(g.device), cameras.width, cameras.height,
+                         sh_degree=deg, backgrounds=background)
+
+
+# --- optimisation --------------------------------------------------------------------------------------------------
+_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
+
+
+class GaussianOptimizer:
+    """Adam over a Gaussians' fields that survives densification (moments follow the Gaussians they belong to)."""
+
+    def __init__(self, g: Gaussians, lrs: dict[str, float]):
+        self.params = {k: torch.nn.Parameter(getattr(g, k).detach().clone()) for k in _FIELDS}
+        self.lrs = lrs
+        self.opt = torch.optim.Adam([{"params": [self.params[k]], "lr": lrs[k], "name": k} for k in _FIELDS],
+                                    eps=1e-15)
+
+    def gaussians(self) -> Gaussians:
+        return Gaussians(**self.params)
+
+    def set_lr(self, name: str, lr: float) -> None:
+        for group in self.opt.param_groups:
+            if group["name"] == name:
+                group["lr"] = lr
+
+    def scale_sh_grad(self, factor_rest: float) -> None:
+        grad = self.params["sh"].grad
+        if grad is not None and grad.shape[1] > 1:
+            grad[:, 1:] *= factor_rest
+
+    def edit(self, keep: torch.Tensor, new: dict[str, torch.Tensor]) -> None:
+        """Keep the Gaussians where ``keep`` and append ``new`` (fresh Adam moments)."""
+        for group in self.opt.param_groups:
+            name = group["name"]
+            old = group["params"][0]
+            value = torch.cat([old.detach()[keep], new[name]])
+            param = torch.nn.Parameter(value)
+            state = self.opt.state.pop(old, None)
+            if state:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    pad = torch.zeros_like(new[name])
+                    state[key] = torch.cat([state[key][keep], pad])
+                self.opt.state[param] = state
+            group["params"][0] = param
+            self.params[name] = param
+
+
+def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitConfig, radius: float,
+                       generator: torch.Generator) -> tuple[int, int, int]:
+    p = {k: v.detach() for k, v in opt.params.items()}
+    scales = p["log_scales"].exp()
+    n = len(scales)
+    big = scales.max(-1).values > cfg.percent_dense * radius
+    hot = grad_avg >= cfg.grad_threshold
+    room = max(cfg.max_gaussians - n, 0)
+    clone = hot & ~big
+    split = hot & big
+    if int(clone.sum() + split.sum()) > room:  # keep the hottest ones within the budget
+        order = torch.argsort(grad_avg * hot, descending=True)
+        allowed = torch.zeros(n, dtype=torch.bool, device=grad_avg.device)
+        allowed[order[:room]] = True
+        clone &= allowed
+        split &= allowed
+    new = {k: torch.cat([p[k][clone], p[k][split], p[k][split]]) for k in _FIELDS}
+    if split.any():
+        # split: two samples from the Gaussian, each 1/1.6 its size
+        s = scales[split].repeat(2, 1)
+        R = quat_to_rotmat(p["quats"][split]).repeat(2, 1, 1)
+        offset = (R @ (torch.randn(s.shape, generator=generator).to(s.device) * s)[..., None])[..., 0]
+        k = int(clone.sum())
+        new["means"][k:] = new["means"][k:] + offset
+        new["log_scales"][k:] = (s / 1.6).log()
+    opacity = torch.sigmoid(p["opacity_logits"])
+    prune = (opacity < cfg.min_opacity) | (scales.max(-1).values > cfg.max_scale_frac * radius) | split
+    opt.edit(~prune, new)
+    return int(clone.sum()), int(split.sum()), int((prune & ~split).sum())
+
+
+def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, generator: torch.Generator,
+                  progress: StepFn | None = None, check_cancelled: Callable[[], None] | None = None,
+                  device: torch.device | str = "cpu") -> tuple[Gaussians, dict]:
+    """Fit Gaussians to ``images [N,H,W,4]`` (straight RGBA in [0,1]) seen by ``cameras``.
+
+    Returns the Gaussians (on ``device``) and metrics: PSNR of the fit over the masks (last resolution level,
+    up to 8 views), the
+    number of Gaussians, the object's radius. Raises :class:`NumericalError` when the loss stops being finite.
+    """
+    check_views(cameras, images)
+    device = torch.device(device)
+    g, radius = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree, generator)
+    g = g.to(device)
+    lr_means0 = cfg.lr_means * radius
+    opt = GaussianOptimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
+                         "opacity_logits": cfg.lr_opacity, "sh": cfg.lr_sh})
+    # progressive resolution: one (cameras, images) pair per level, each used for an equal share of the steps
+    levels = []
+    for frac in cfg.resolutions:
+        cams, imgs = resized_views(cameras, images, frac)
+        levels.append((cams.to(device), imgs.to(device)))
+    n_views = len(cameras)
+    densify_until = int(cfg.densify_until_frac * cfg.steps)
+    grad_sum = torch.zeros(len(g), device=device)
+    grad_cnt = torch.zeros(len(g), device=device)
+    shuffled = ShuffledViews(n_views, generator)
+    for step in range(cfg.steps):
+        if check_cancelled:
+            check_cancelled()
+        level = min(step * len(levels) // cfg.steps, len(levels) - 1)
+        cams, imgs = levels[level]
+        # position learning rate: log-linear from lr_means0 to 1 % of it
+        t = step / max(cfg.steps - 1, 1)
+        opt.set_lr("means", math.exp((1 - t) * math.log(lr_means0) + t * math.log(lr_means0 * 0.01)))
+        deg = min(step // cfg.sh_every, cfg.sh_degree)
+        views = shuffled.take(cfg.views_per_step)
+        sub = cams[views]
+        target = imgs[views]
+        if cfg.random_background:
+            bg = torch.rand(len(views), 3, generator=generator).to(device)
+        else:
+            bg = torch.ones(len(views), 3, device=device)
+        gs = opt.gaussians()
+        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg)
+        meta["means2d"].retain_grad()
+        a = target[..., 3:]
+        gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
+        l1 = (rgb - gt).abs().mean()
+        loss = (1 - cfg.ssim_weight) * l1 + cfg.mask_weight * (alpha - a).abs().mean()
+        if cfg.ssim_weight > 0:
+            loss = loss + cfg.ssim_weight * (1 - ssim(rgb.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)))
+        if not torch.isfinite(loss):
+            raise NumericalError(f"Gaussian fit diverged at step {step} (loss {float(loss)})",
+                                 {"stage": "fit", "step": step})
+        opt.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.scale_sh_grad(1 / 20)
+        opt.opt.step()
+        # densification statistics: screen-space mean gradient in NDC units, over the views that saw each Gaussian
+        if step < densify_until:
+            grad2d = meta["means2d"].grad
+            if grad2d is not None:
+                scale = torch.tensor([sub.width / 2, sub.height / 2], device=device)
+                norm = (grad2d * scale).norm(dim=-1)                       # [C,N]
+                seen = (meta["radii"] > 0).all(-1) if meta["radii"].ndim == 3 else meta["radii"] > 0
+                grad_sum += (norm * seen).sum(0)
+                grad_cnt += seen.sum(0)
+            if step >= cfg.densify_from and (step + 1) % cfg.densify_every == 0:
+                with torch.no_grad():
+                    c, s, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator)
+                log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, c, s, pr,
+                          len(opt.params["means"]))
+                grad_sum = torch.zeros(len(opt.params["means"]), device=device)
+                grad_cnt = torch.zeros_like(grad_sum)
+        if progress:
+            progress(step + 1, cfg.steps, None)
+    with torch.no_grad():
+        g = opt.gaussians()
+        keep = g.opacities > cfg.min_opacity
+        g = Gaussians(*(getattr(g, k)[keep].detach() for k in _FIELDS))
+        cams, imgs = levels[-1]
+        some = torch.linspace(0, n_views - 1, min(n_views, 8)).round().long().tolist()
+        metrics = {"gaussians": len(g), "object_radius": round(radius, 4),
+                   "fit_psnr_masked": round(evaluate_fit(g, cams[some], imgs[some]), 3)}
+    log.info("fit: %d Gaussians, PSNR %.2f dB over the masks", len(g), metrics["fit_psnr_masked"])
+    return g, metrics
+
+
+def evaluate_fit(g: Gaussians, cameras: Cameras, images: torch.Tensor, chunk: int = 4) -> float:
+    """PSNR (dB) of renders on white vs ``images`` composited on white, over the union of the masks."""
+    errs, counts = 0.0, 0
+    for s in range(0, len(cameras), chunk):
+        sub = cameras[s:s + chunk]
+        rgb, alpha, _ = render_gaussians(g, sub, torch.ones(len(sub), 3, device=g.device))
+        tgt = images[s:s + chunk]
+        gt = tgt[..., :3] * tgt[..., 3:] + (1 - tgt[..., 3:])
+        m = ((tgt[..., 3:] > 0.5) | (alpha > 0.5)).expand_as(rgb)
+        errs += float(((rgb - gt) ** 2)[m].sum())
+        counts += int(m.sum())
+    return -10 * math.log10(max(errs / max(counts, 1), 1e-10))

@@ -1,0 +1,63 @@
+"""Render a :class:`TexturedMesh` with ``gen3d.kernels.mesh`` (nvdiffrast's four primitives): colour, alpha, depth.
+
+Used to make views of a mesh (the demo's input), visibility depth maps (bake), differentiable renders (refine)
+and previews. The texture follows the mesh convention (row 0 = ``v = 1``), so ``v`` is flipped for sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import gen3d.kernels.mesh as km
+
+from ...geometry.cameras import Cameras
+from ...representations.mesh import TexturedMesh
+
+
+@dataclass
+class MeshRender:
+    rgb: torch.Tensor     #: [C,H,W,3] composited over the background
+    alpha: torch.Tensor   #: [C,H,W,1] coverage (antialiased at silhouettes)
+    depth: torch.Tensor   #: [C,H,W] camera depth, +inf where empty
+    rast: torch.Tensor    #: [C,H,W,4] rasterizer output
+
+
+def clip_positions(vertices: torch.Tensor, cameras: Cameras, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+    """World vertices ``[V,3]`` -> clip space ``[C,V,4]``."""
+    P = cameras.clip_matrices(near, far).to(vertices)
+    return torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1) @ P.transpose(1, 2)
+
+
+def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor | None = None,
+                texture: torch.Tensor | None = None, vertices: torch.Tensor | None = None,
+                mipmap: bool = True, antialias: bool = True) -> MeshRender:
+    """Render ``mesh`` into ``cameras``. ``texture [H,W,3]`` and ``vertices [V,3]`` override the mesh's own (for
+    optimisation); ``background [C,3]`` or None (black). Without a texture, vertex colours or grey are used."""
+    v = mesh.vertices if vertices is None else vertices
+    tri = mesh.faces.to(torch.int32)
+    pos = clip_positions(v, cameras)
+    rast, rast_db = km.rasterize(pos, tri, (cameras.height, cameras.width))
+    tex = mesh.texture if texture is None else texture
+    if tex is not None:
+        uv = torch.stack([mesh.uvs[:, 0], 1 - mesh.uvs[:, 1]], -1)
+        if mipmap:
+            uvi, uv_da = km.interpolate(uv[None], rast, tri, rast_db, diff_attrs="all")
+            color = km.texture(tex[None], uvi, uv_da, filter_mode="linear-mipmap-linear", boundary_mode="clamp")
+        else:
+            uvi, _ = km.interpolate(uv[None], rast, tri)
+            color = km.texture(tex[None], uvi, filter_mode="linear", boundary_mode="clamp")
+    else:
+        vc = mesh.vertex_colors if mesh.vertex_colors is not None else torch.full_like(v, 0.7)
+        color, _ = km.interpolate(vc[None], rast, tri)
+    covered = (rast[..., 3:] > 0).to(color.dtype)
+    bg = torch.zeros(len(cameras), 3, dtype=color.dtype, device=color.device) if background is None else background
+    rgba = torch.cat([color * covered + bg[:, None, None, :] * (1 - covered), covered], -1)
+    if antialias:
+        rgba = km.antialias(rgba, rast, pos, tri)
+    w2c = cameras.viewmats().to(v)
+    z_cam = (v @ w2c[:, 2, :3].T + w2c[:, 2, 3]).T.contiguous()  # [C,V] camera depth of each vertex
+    depth, _ = km.interpolate(z_cam[..., None], rast, tri)
+    depth = torch.where(rast[..., 3] > 0, depth[..., 0], torch.full_like(depth[..., 0], float("inf")))
+    return MeshRender(rgba[..., :3], rgba[..., 3:], depth, rast)
