@@ -101,7 +101,7 @@ def test_refine_strength_is_dreamgaussians_in_diffusers_convention():
 
 def test_bake_views_are_dreamgaussians_26():
     from gen3d.backend.geometry.cameras import orbit_angles
-    from gen3d.backend.pipelines.dreamgaussian import bake_cameras
+    from gen3d.backend.pipelines.stages.bake_texture import orbit_bake_cameras as bake_cameras
 
     cams = bake_cameras(2.5, 49.1, 64)
     angles = orbit_angles(cams.c2w)                 # [N, 3]: elevation, azimuth, radius

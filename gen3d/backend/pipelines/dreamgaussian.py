@@ -16,7 +16,6 @@ Frames: the object sits at the origin of Blender's world (Z up); the input image
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -26,43 +25,23 @@ import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field
 
-from ..errors import BadInput, NumericalError
+from ..errors import BadInput
 from ..files import atomic_path
 from . import register
-from .base import JobRequest, Options, Pipeline, RunContext
-from .dreamgaussian_guidance import Guide, OrbitSampler, Term
+from .base import JobRequest, Pipeline, RunContext
+from .dreamgaussian_guidance import Guide, OrbitSampler, Term, load_prior
+from .stages.distill_gaussians import GaussianDistillOptions, ReferenceView, distill_gaussians
 
 log = logging.getLogger(__name__)
 
 
-class _DreamGaussianOptions(Options):
+class _DreamGaussianOptions(GaussianDistillOptions):
     """Options shared by both modes; the defaults are DreamGaussian's image config unless a subclass overrides."""
 
-    # --- stage 1: Gaussians
-    iters: int = Field(500, ge=1, le=20000, description="stage-1 optimisation steps")
-    num_pts: int = Field(5000, ge=16, le=200_000, description="initial Gaussians, uniform in a ball")
-    init_radius: float = Field(0.5, gt=0, le=2, description="radius of the initial ball (world units)")
-    render_sizes: tuple[int, int, int] = Field((128, 256, 512), description=(
-        "novel-view render size for the first 30 %, up to 60 % and the rest of stage 1"))
     radius: float = Field(2.0, gt=0.5, le=10, description="orbit radius of every camera")
     fovy: float = Field(49.1, gt=5, lt=120, description="vertical field of view in degrees (Zero123's renders)")
     min_ver: int = Field(-30, ge=-90, le=0, description="lowest elevation offset of random views, degrees")
     max_ver: int = Field(30, ge=0, le=90, description="highest elevation offset of random views, degrees")
-    invert_bg_prob: float = Field(0.5, ge=0, le=1, description="chance of a black instead of white background")
-    position_lr: tuple[float, float] = Field((0.01, 0.0002), description=(
-        "position learning rate, start and end of its log-linear decay (0.001 x spatial scale 10 -> 0.0002)"))
-    position_lr_max_steps: int = Field(500, ge=1, description="steps over which the position lr decays")
-    feature_lr: float = Field(0.01, gt=0, description="colour learning rate")
-    opacity_lr: float = Field(0.05, gt=0, description="opacity learning rate")
-    scaling_lr: float = Field(0.005, gt=0, description="log-scale learning rate")
-    rotation_lr: float = Field(0.005, gt=0, description="rotation learning rate")
-    density_start_iter: int = Field(100, ge=0, description="first step of densification statistics")
-    density_end_iter: int = Field(3000, ge=0, description="last step of densification")
-    densification_interval: int = Field(100, ge=1, description="densify and prune every this many steps")
-    densify_grad_threshold: float = Field(0.01, gt=0, description="screen-space gradient that triggers densify")
-    min_opacity: float = Field(0.01, ge=0, lt=1, description="prune Gaussians below this opacity")
-    percent_dense: float = Field(0.01, gt=0, le=1, description="clone below, split above this share of the extent")
-    densify_extent: float = Field(4.0, gt=0, description="scene extent for the clone/split and prune thresholds")
     # --- guidance
     timestep_schedule: Literal["linear", "dreamtime", "uniform"] = Field(
         "linear", description="diffusion timestep per step: linear anneal 980->20 (DreamGaussian), DreamTime, uniform")
@@ -136,151 +115,10 @@ class DreamGaussianTextOptions(_DreamGaussianOptions):
     presets["fast"].update(position_lr_max_steps=30, density_start_iter=0, densification_interval=5)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-def ball_gaussians(num_pts: int, radius: float, generator: torch.Generator):
-    """DreamGaussian's initialisation: centres uniform in a ball, grey colour, opacity 0.1, identity rotation and
-    isotropic scale ``sqrt(mean squared distance to the 3 nearest neighbours)``."""
-    from scipy.spatial import cKDTree
-
-    from ..representations.gaussians import Gaussians
-
-    dirs = F.normalize(torch.randn(num_pts, 3, generator=generator), dim=-1)
-    r = radius * torch.rand(num_pts, generator=generator) ** (1.0 / 3.0)
-    means = dirs * r[:, None]
-    dist, _ = cKDTree(means.numpy()).query(means.numpy(), k=4)
-    scale = torch.from_numpy(np.sqrt(np.maximum((dist[:, 1:] ** 2).mean(1), 1e-7))).float()
-    colors = 0.5 + 0.28209479177387814 * torch.rand(num_pts, 3, generator=generator) / 255.0
-    quats = torch.zeros(num_pts, 4)
-    quats[:, 0] = 1
-    return Gaussians.from_activated(means, scale[:, None].expand(-1, 3), quats, torch.full((num_pts,), 0.1), colors)
-
-
-def render_size(progress: float, sizes: tuple[int, int, int]) -> int:
-    """DreamGaussian's progressive resolution: sizes[0] below 30 % of the steps, sizes[1] below 60 %, then sizes[2]."""
-    return sizes[0] if progress < 0.3 else sizes[1] if progress < 0.6 else sizes[2]
-
-
 def _save_png(path: Path, image: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
     return path
-
-
-def position_lr(step: int, lr: tuple[float, float], max_steps: int) -> float:
-    """3DGS/DreamGaussian position learning rate: log-linear from ``lr[0]`` to ``lr[1]`` over ``max_steps``."""
-    t = min(max(step / max_steps, 0.0), 1.0)
-    return math.exp((1 - t) * math.log(lr[0]) + t * math.log(lr[1]))
-
-
-def screen_grad_stats(meta: dict, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-Gaussian sum over views of the screen-space mean gradient norm in NDC units (3DGS's densification
-    statistic) and the number of views that saw it: ``([N], [N])`` from a render's ``meta`` after backward."""
-    grad = meta["means2d"].grad
-    radii = meta["radii"]
-    seen = (radii > 0).all(-1) if radii.ndim == 3 else radii > 0
-    if grad is None:
-        return torch.zeros(seen.shape[1], device=seen.device), torch.zeros(seen.shape[1], device=seen.device)
-    norm = (grad * torch.tensor([width / 2, height / 2], device=grad.device)).norm(dim=-1)
-    return (norm * seen).sum(0), seen.sum(0).float()
-
-
-def optimise_gaussians(opts: _DreamGaussianOptions, guide: Guide, sampler: OrbitSampler,
-                       reference: torch.Tensor | None, generator: torch.Generator, ctx: RunContext):
-    """Stage 1: Gaussians from a ball, optimised by ``guide``'s score distillation (+ the reference view's colour
-    and mask when ``reference [1,4,S,S]`` (straight RGBA) is given). Returns ``(Gaussians, metrics)``."""
-    from ..representations.gaussians import Gaussians
-    from .stages.fit_gaussians import FitConfig, GaussianOptimizer, densify_and_prune, render_gaussians
-
-    dev = ctx.device
-    g = ball_gaussians(opts.num_pts, opts.init_radius, generator).to(dev)
-    opt = GaussianOptimizer(g, {"means": opts.position_lr[0], "quats": opts.rotation_lr,
-                                "log_scales": opts.scaling_lr, "opacity_logits": opts.opacity_lr,
-                                "sh": opts.feature_lr})
-    # DreamGaussian's densify_and_prune with extent E: clone below / split above percent_dense·E, prune opacity
-    # below min_opacity or world size above 0.1·E
-    dens = FitConfig(grad_threshold=opts.densify_grad_threshold, percent_dense=opts.percent_dense,
-                     min_opacity=opts.min_opacity, max_scale_frac=0.1, max_gaussians=10 * opts.num_pts + 100_000)
-    grad_sum = torch.zeros(len(g), device=dev)
-    grad_cnt = torch.zeros(len(g), device=dev)
-    if reference is not None:
-        ref_cam = sampler.reference(reference.shape[-1]).to(dev)
-        ref = reference.to(dev)
-        ref_rgb = ref[:, :3] * ref[:, 3:] + (1 - ref[:, 3:])          # on white, the Gaussians' background
-    white = torch.ones(1, 3, device=dev)
-    logs: dict[str, float] = {}
-    for step in range(1, opts.iters + 1):
-        ctx.check_cancelled()
-        r = step / opts.iters
-        opt.set_lr("means", position_lr(step, opts.position_lr, opts.position_lr_max_steps))
-        gs = opt.gaussians()
-        loss = torch.zeros((), device=dev)
-        if reference is not None:
-            w = r if opts.warmup_rgb_loss else 1.0
-            rgb, alpha, _ = render_gaussians(gs, ref_cam, white)
-            loss = loss + w * opts.lambda_rgb * F.mse_loss(rgb.permute(0, 3, 1, 2), ref_rgb)
-            loss = loss + w * opts.lambda_mask * F.mse_loss(alpha.permute(0, 3, 1, 2), ref[:, 3:])
-        size = render_size(r, opts.render_sizes)
-        cams, el, az = sampler.sample(size, generator)
-        cams = cams.to(dev)
-        black = float(torch.rand((), generator=generator)) < opts.invert_bg_prob
-        bg = (torch.zeros if black else torch.ones)(len(cams), 3, device=dev)
-        rgb, alpha, meta = render_gaussians(gs, cams, bg)
-        meta["means2d"].retain_grad()
-        images = rgb.permute(0, 3, 1, 2)
-        guidance, logs = guide.losses(images, cams, el, az, r)
-        loss = loss + guidance
-        if not torch.isfinite(loss):
-            raise NumericalError(f"stage 1 diverged at step {step} (loss {float(loss)})", {"stage": "gaussians",
-                                                                                        "step": step})
-        opt.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.opt.step()
-        if opts.density_start_iter <= step <= opts.density_end_iter:
-            s, c = screen_grad_stats(meta, cams.width, cams.height)
-            grad_sum += s
-            grad_cnt += c
-            if step % opts.densification_interval == 0:
-                with torch.no_grad():
-                    cl, sp, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), dens,
-                                                    opts.densify_extent, generator)
-                log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, cl, sp, pr,
-                          len(opt.params["means"]))
-                grad_sum = torch.zeros(len(opt.params["means"]), device=dev)
-                grad_cnt = torch.zeros_like(grad_sum)
-        preview = None
-        if step == opts.iters or step % max(1, opts.iters // 10) == 0:
-            preview = (images[0].detach().permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
-        ctx.progress("gaussians", step, opts.iters, preview)
-    with torch.no_grad():  # DreamGaussian's last prune: opacity < 0.01 or world size > 0.1
-        g = opt.gaussians()
-        keep = (g.opacities >= opts.min_opacity) & (g.scales.max(-1).values <= 0.1)
-        if not keep.any():
-            raise NumericalError("stage 1 left no Gaussian opaque enough to keep", {"stage": "gaussians"})
-        g = Gaussians(*(getattr(g, k)[keep].detach() for k in ("means", "quats", "log_scales", "opacity_logits",
-                                                              "sh")))
-    return g, {"gaussians": len(g), **{f"final_{k}": v for k, v in logs.items()}}
-
-
-def load_prior(ctx: RunContext, kind: str, name: str, path: str | None, guidance_scale: float | None):
-    """Load (or reuse from ``ctx.cache``) the prior registry entry ``name``; returns ``(prior, weights info)``."""
-    from .. import weights
-
-    folder = weights.resolve(name, path)
-    key = f"dreamgaussian:{name}:{folder.resolve()}:{ctx.device}"
-    if key not in ctx.cache:
-        if kind == "zero123":
-            from ..guidance.priors.zero123 import Zero123Prior as cls
-        elif kind == "mvdream":
-            from ..guidance.priors.mvdream import MVDreamPrior as cls
-        else:
-            from ..guidance.priors.sd import StableDiffusionPrior as cls
-        extra = {"stable": weights.get_entry(name).extra.get("stable", False)} if kind == "zero123" else {}
-        ctx.cache[key] = cls(folder, device=ctx.device, **extra)
-    prior = ctx.cache[key]
-    default = {"mvdream": 100.0}.get(kind, type(prior).guidance_scale)  # DreamGaussian's MVDream CFG is 100
-    prior.guidance_scale = guidance_scale or default
-    entry = weights.get_entry(name)
-    return prior, {"name": name, "path": str(folder), "tiny": weights.is_tiny(folder), "license": entry.license}
 
 
 def build_guide(opts: _DreamGaussianOptions, request: JobRequest, ctx: RunContext, generator: torch.Generator,
@@ -322,38 +160,6 @@ def build_guide(opts: _DreamGaussianOptions, request: JobRequest, ctx: RunContex
     return Guide(terms, make_schedule(opts.timestep_schedule, **kw), generator)
 
 
-def bake_cameras(radius: float, fovy: float, size: int, elevations=(0.0, 45.0, -45.0), azimuths: int = 8):
-    """Rings of ``azimuths`` views at each of ``elevations`` plus straight above and below (DreamGaussian's 26:
-    elevations 0 and ±45, 8 azimuths 45° apart)."""
-    from ..geometry.cameras import orbit_cameras
-
-    ring = torch.arange(azimuths) * 360.0 / azimuths
-    el = torch.tensor([e for e in elevations for _ in range(azimuths)] + [89.9, -89.9])
-    az = torch.cat([ring] * len(elevations) + [torch.zeros(2)])
-    return orbit_cameras(el, az, radius, fovy, size, size)
-
-
-def bake_from_gaussians(gaussians, mesh, opts: _DreamGaussianOptions, ctx: RunContext, chunk: int = 4):
-    """The shared bake stage fed with renders of the Gaussians from :func:`bake_cameras` (straight RGBA)."""
-    from dataclasses import replace
-
-    from .stages.bake_texture import BakeConfig, bake_texture
-    from .stages.fit_gaussians import render_gaussians
-
-    cams = bake_cameras(opts.radius, opts.fovy, opts.bake_size, opts.bake_elevations, opts.bake_azimuths)
-    views = []
-    with torch.no_grad():
-        for s in range(0, len(cams), chunk):
-            sub = cams[s:s + chunk].to(ctx.device)
-            rgb, alpha, _ = render_gaussians(gaussians, sub, torch.zeros(len(sub), 3, device=ctx.device))
-            straight = torch.where(alpha > 1e-4, rgb / alpha.clamp_min(1e-4), torch.zeros_like(rgb)).clamp(0, 1)
-            views.append(torch.cat([straight, alpha], -1).cpu())
-            ctx.progress("bake", min(s + chunk, len(cams)), len(cams))
-    texture, metrics = bake_texture(mesh, cams, torch.cat(views), BakeConfig(resolution=opts.texture_size),
-                                    ctx.device)
-    return replace(mesh, texture=texture), metrics
-
-
 class _DreamGaussian(Pipeline):
     """The two methods share everything but the inputs, the options' defaults and the priors."""
 
@@ -372,6 +178,7 @@ class _DreamGaussian(Pipeline):
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView, record_placement
+        from .stages.bake_texture import bake_from_gaussians, orbit_bake_cameras
         from .stages.export import export_results
         from .stages.extract_mesh import MeshExtractConfig, extract_mesh
         from .stages.prior_refine import PriorRefineConfig, refine_with_prior
@@ -387,7 +194,9 @@ class _DreamGaussian(Pipeline):
         sampler = OrbitSampler(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy, opts.min_ver, opts.max_ver,
                                views=guide.terms[0].prior.num_frames)
         with ctx.stage("gaussians"):
-            gaussians, metrics = optimise_gaussians(opts, guide, sampler, reference, gen, ctx)
+            target = None if reference is None else ReferenceView(reference, opts.lambda_rgb, opts.lambda_mask,
+                                                                  opts.warmup_rgb_loss)
+            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, target)
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
             tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
@@ -397,7 +206,8 @@ class _DreamGaussian(Pipeline):
         with ctx.stage("uv_unwrap"):
             mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
         with ctx.stage("bake"):
-            mesh, bake_metrics = bake_from_gaussians(gaussians, mesh, opts, ctx)
+            cams = orbit_bake_cameras(opts.radius, opts.fovy, opts.bake_size, opts.bake_elevations, opts.bake_azimuths)
+            mesh, bake_metrics = bake_from_gaussians(gaussians, mesh, cams, opts.texture_size, ctx)
         with ctx.stage("refine"):
             mesh, refine_metrics = refine_with_prior(
                 mesh, guide, sampler, PriorRefineConfig(opts.iters_refine, opts.refine_size, opts.refine_steps,

@@ -126,3 +126,27 @@ def dreamgaussian_strength(progress: float, steps: int, start: float = 0.8, end:
     index it starts from, so 0.8 keeps 10 of 50 steps) as diffusers' strength (the fraction of steps re-run)."""
     s_dg = start + (end - start) * min(max(progress, 0.0), 1.0)
     return (steps - int(steps * s_dg)) / steps
+
+
+def load_prior(ctx, kind: str, name: str, path: str | None, guidance_scale: float | None):
+    """Load (or reuse from ``ctx.cache``) the prior registry entry ``name`` of ``kind`` (``zero123``, ``mvdream`` or
+    ``sd``) with CFG ``guidance_scale`` (None: the prior's default; 100 for MVDream as DreamGaussian). Returns
+    ``(prior, weights info for meta.json)``."""
+    from .. import weights
+
+    folder = weights.resolve(name, path)
+    key = f"prior:{name}:{folder.resolve()}:{ctx.device}"
+    if key not in ctx.cache:
+        if kind == "zero123":
+            from ..guidance.priors.zero123 import Zero123Prior as cls
+        elif kind == "mvdream":
+            from ..guidance.priors.mvdream import MVDreamPrior as cls
+        else:
+            from ..guidance.priors.sd import StableDiffusionPrior as cls
+        extra = {"stable": weights.get_entry(name).extra.get("stable", False)} if kind == "zero123" else {}
+        ctx.cache[key] = cls(folder, device=ctx.device, **extra)
+    prior = ctx.cache[key]
+    default = {"mvdream": 100.0}.get(kind, type(prior).guidance_scale)  # DreamGaussian's MVDream CFG is 100
+    prior.guidance_scale = guidance_scale or default
+    entry = weights.get_entry(name)
+    return prior, {"name": name, "path": str(folder), "tiny": weights.is_tiny(folder), "license": entry.license}

@@ -352,7 +352,7 @@ class TexturePipeline(Pipeline):
     def _guide(self, opts: TextureOptions, request: JobRequest, ctx: RunContext, gen: torch.Generator, reference):
         """``(Guide, sampler elevation, orbit radius, weights info)`` for the chosen prior (DreamGaussian's terms)."""
         from ..guidance.schedules import make_schedule
-        from .dreamgaussian import load_prior
+        from .dreamgaussian_guidance import load_prior
         from .dreamgaussian_guidance import Guide, Term
 
         prompt, negative = request.prompt or "", request.negative_prompt or ""

@@ -123,3 +123,33 @@ def bake_texture(mesh: TexturedMesh, cameras: Cameras, images: torch.Tensor, cfg
     log.info("bake: %d x %d, %.1f %% of the surface seen by some view", cfg.resolution, cfg.resolution,
              100 * coverage)
     return texture.cpu(), {"bake_coverage": round(coverage, 4)}
+
+
+def orbit_bake_cameras(radius: float, fovy: float, size: int, elevations=(0.0, 45.0, -45.0), azimuths: int = 8):
+    """Rings of ``azimuths`` views at each of ``elevations`` plus straight above and below (DreamGaussian's 26:
+    elevations 0 and ±45, 8 azimuths 45° apart), looking at the origin."""
+    from ...geometry.cameras import orbit_cameras
+
+    ring = torch.arange(azimuths) * 360.0 / azimuths
+    el = torch.tensor([e for e in elevations for _ in range(azimuths)] + [89.9, -89.9])
+    az = torch.cat([ring] * len(elevations) + [torch.zeros(2)])
+    return orbit_cameras(el, az, radius, fovy, size, size)
+
+
+def bake_from_gaussians(gaussians, mesh: TexturedMesh, cameras: Cameras, texture_size: int, ctx, chunk: int = 4):
+    """:func:`bake_texture` fed with straight-RGBA renders of ``gaussians`` from ``cameras`` (e.g.
+    :func:`orbit_bake_cameras`); reports progress as stage ``bake``. Returns ``(mesh with texture, metrics)``."""
+    from dataclasses import replace
+
+    from .fit_gaussians import render_gaussians
+
+    views = []
+    with torch.no_grad():
+        for s in range(0, len(cameras), chunk):
+            sub = cameras[s:s + chunk].to(ctx.device)
+            rgb, alpha, _ = render_gaussians(gaussians, sub, torch.zeros(len(sub), 3, device=ctx.device))
+            straight = torch.where(alpha > 1e-4, rgb / alpha.clamp_min(1e-4), torch.zeros_like(rgb)).clamp(0, 1)
+            views.append(torch.cat([straight, alpha], -1).cpu())
+            ctx.progress("bake", min(s + chunk, len(cameras)), len(cameras))
+    texture, metrics = bake_texture(mesh, cameras, torch.cat(views), BakeConfig(resolution=texture_size), ctx.device)
+    return replace(mesh, texture=texture), metrics
