@@ -1,10 +1,12 @@
-"""Batch rendering of a folder of CAD models into a geometry-control dataset.
+"""Batch rendering of a folder of CAD models into a dataset of one kind (the settings' class): 3D-DST
+geometry-control views (:class:`~.render.RenderSettings`) or multi-view training folders
+(:class:`~.multiview.MultiviewSettings`).
 
 One bpy per worker process (spawned; the scene is reset between models), or one Ray task per model. Finished
 models are skipped on a second run (their ``done.json``), a model that fails to load is logged and reported
-without stopping the batch, and ``manifest.jsonl`` lists every view written, in a stable order.
+without stopping the batch, and ``manifest.jsonl`` lists what was written (the kind says how), in a stable order.
 
-Layout: ``OUT/<class>/<model_id>/{image_render,edges,mask,depth,normal,annotation}/NNN.*`` plus ``done.json``.
+Layout: ``OUT/<class>/<model_id>/`` with the kind's files plus ``done.json``.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from ..distribute import map_tasks
 from ..errors import BadInput
 from ..files import write_bytes
-from .render import RenderSettings, render_model
+from .render import SceneSettings, render_model
 from .scene import MODEL_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -50,39 +52,36 @@ def discover_models(root: Path) -> list[dict]:
     return list(found.values())
 
 
-def _tasks(models: list[dict], out: Path, settings: RenderSettings) -> list[dict]:
-    return [{**m, "out": str(out / m["category"] / m["model_id"]), "settings": asdict(settings)} for m in models]
+def _tasks(models: list[dict], out: Path, settings: SceneSettings) -> list[dict]:
+    return [{**m, "out": str(out / m["category"] / m["model_id"]), "settings": settings} for m in models]
 
 
-def write_manifest(out: Path, results: list[dict]) -> Path:
-    """``manifest.jsonl``: one line per view of every finished model plus one per failed model, sorted by class,
-    model and view, with paths relative to ``out``."""
+def write_manifest(out: Path, results: list[dict], settings: SceneSettings) -> Path:
+    """``manifest.jsonl``: the kind's lines for every finished model plus one per failed model, sorted by class
+    and model, with paths relative to ``out``."""
     lines = []
     for r in sorted(results, key=lambda r: (r["category"], r["model_id"])):
         if r["status"] != "ok":
             lines.append({"model_id": r["model_id"], "class": r["category"], "status": "failed", "error": r["error"]})
-            continue
-        prefix = f"{r['category']}/{r['model_id']}"
-        for i, files in enumerate(r["views"]):
-            lines.append({"model_id": r["model_id"], "class": r["category"], "status": "ok", "view": i,
-                          **{k: f"{prefix}/{v}" for k, v in files.items()}})
+        else:
+            lines.extend(settings.manifest_lines(r, f"{r['category']}/{r['model_id']}"))
     return write_bytes(out / "manifest.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode())
 
 
-def render_dataset(models_dir: Path, out: Path, settings: RenderSettings, workers: int = 1, ray_address: str | None = None,
-                   on_result: Callable[[dict], None] | None = None) -> dict:
+def render_dataset(models_dir: Path, out: Path, settings: SceneSettings, workers: int = 1,
+                   ray_address: str | None = None, on_result: Callable[[dict], None] | None = None) -> dict:
     """Render every model under ``models_dir``; returns counts ``{"ok", "skipped", "failed", "views"}``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if settings.threads == 0 and workers > 1:  # share the cores instead of oversubscribing them
-        settings = RenderSettings(**{**asdict(settings), "threads": max(1, mp.cpu_count() // workers)})
+        settings = replace(settings, threads=max(1, mp.cpu_count() // workers))
     tasks = _tasks(discover_models(Path(models_dir)), out, settings)
     results = []
     for r in map_tasks(render_model, tasks, workers, ray_address):
         results.append(r)
         if on_result:
             on_result(r)
-    write_manifest(out, results)
+    write_manifest(out, results, settings)
     return {"ok": sum(r["status"] == "ok" and not r.get("skipped") for r in results),
             "skipped": sum(bool(r.get("skipped")) for r in results),
             "failed": sum(r["status"] != "ok" for r in results),

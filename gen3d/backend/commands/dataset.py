@@ -1,4 +1,5 @@
-"""``python -m gen3d dataset render ...``: geometry-controlled training data from CAD models (3D-DST style)."""
+"""``python -m gen3d dataset render|multiview|generate ...``: geometry-controlled training data from CAD models
+(3D-DST style) and multi-view renders for training (nerfstudio folders)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ from pathlib import Path
 
 
 def _render(args) -> int:
-    from tqdm import tqdm
-
-    from ..blender.dataset import discover_models, render_dataset
     from ..blender.render import RenderSettings
 
     settings = RenderSettings(size=args.size, engine=args.engine, samples=args.samples, views=args.views_per_model,
@@ -17,6 +15,39 @@ def _render(args) -> int:
                               roll_sd=args.roll_sd, canny_low=args.canny[0], canny_high=args.canny[1],
                               canny_aperture=args.canny[2], geometry_passes=not args.no_geometry_passes,
                               up_axis=args.up_axis, seed=args.seed)
+    _run(args, settings)
+    return 0
+
+
+def _multiview(args) -> int:
+    from ..blender.multiview import MultiviewSettings
+    from ..blender.shards import write_shards
+    from ..errors import BadInput
+
+    if args.views_per_model < 1 or args.resolution < 8 or args.shards < 0 or args.workers < 1:
+        raise BadInput("--views-per-model and --workers must be >= 1, --resolution >= 8, --shards >= 0",
+                       {"field": "options"})
+    try:
+        settings = MultiviewSettings(size=args.resolution, engine=args.engine, samples=args.samples,
+                                     views=args.views_per_model, orbit=args.orbit, elevation=tuple(args.elevation),
+                                     distance=tuple(args.distance), ring_elevation=args.ring_elevation,
+                                     passes=tuple(p.strip() for p in args.passes.split(",")), fov_deg=args.fov,
+                                     up_axis=args.up_axis, seed=args.seed)
+    except ValueError as e:
+        raise BadInput(f"dataset multiview: {e}", {"field": "options"}) from None
+    _run(args, settings)
+    if args.shards:
+        paths = write_shards(Path(args.out), args.shards)
+        print(f"{len(paths)} webdataset shards in {paths[0].parent}")
+    return 0
+
+
+def _run(args, settings) -> None:
+    """Render with a progress bar and print the counts."""
+    from tqdm import tqdm
+
+    from ..blender.dataset import discover_models, render_dataset
+
     bar = tqdm(total=len(discover_models(Path(args.models))), desc="models", unit="model")
 
     def on_result(r):
@@ -31,7 +62,6 @@ def _render(args) -> int:
         bar.close()
     print(f"rendered {counts['ok']} models ({counts['views']} views in all), {counts['skipped']} already done, "
           f"{counts['failed']} failed; manifest: {Path(args.out) / 'manifest.jsonl'}")
-    return 0
 
 
 def _generate(args) -> int:
@@ -73,6 +103,30 @@ def add_parser(sub) -> None:
     r.add_argument("--up-axis", default="Y", choices=["Y", "Z"], help="up axis of OBJ/PLY files")
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=_render)
+
+    m = dsub.add_parser("multiview", help="multi-view training renders: a nerfstudio transforms.json folder per "
+                        "object (RGBA, depth, normals, canonical coordinate maps), optional webdataset shards")
+    m.add_argument("--models", required=True, help="folder of OBJ/GLB/PLY files or ShapeNet-style model folders")
+    m.add_argument("--out", required=True)
+    m.add_argument("--views-per-model", type=int, default=32, help="views of a random orbit (a ring has its own)")
+    m.add_argument("--resolution", type=int, default=512)
+    m.add_argument("--passes", default="rgba", help="comma-separated: rgba (always), depth, normal, ccm")
+    m.add_argument("--orbit", default="random", choices=["random", "instant3d", "mvdream", "syncdreamer", "zero123pp"],
+                   help="random orbit (Zero123/LRM style) or a published fixed ring")
+    m.add_argument("--elevation", type=float, nargs=2, default=[-90.0, 90.0], metavar=("LOW", "HIGH"),
+                   help="random orbit: elevation range in degrees")
+    m.add_argument("--distance", type=float, nargs=2, default=[1.5, 2.2], metavar=("LOW", "HIGH"),
+                   help="random orbit: camera distance range (the object's longest side is 1)")
+    m.add_argument("--ring-elevation", type=float, help="elevation of a single-elevation ring (e.g. syncdreamer)")
+    m.add_argument("--fov", type=float, default=0.0, help="vertical field of view in degrees (0: the orbit's own)")
+    m.add_argument("--workers", type=int, default=1, help="local worker processes, one bpy each")
+    m.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster ('auto', an address, or 'local')")
+    m.add_argument("--engine", default="CYCLES", choices=["CYCLES", "WORKBENCH", "EEVEE"])
+    m.add_argument("--samples", type=int, default=32, help="Cycles/EEVEE samples")
+    m.add_argument("--shards", type=int, default=0, help="also write N webdataset tar shards under OUT/shards")
+    m.add_argument("--up-axis", default="Y", choices=["Y", "Z"], help="up axis of OBJ/PLY files")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=_multiview)
 
     g = dsub.add_parser("generate", help="ControlNet images from the rendered edge maps, next to their annotations")
     g.add_argument("--data", required=True, help="a folder written by 'dataset render'")

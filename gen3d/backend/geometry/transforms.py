@@ -220,6 +220,24 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def transforms_meta(cameras: Cameras, frames: list[dict]) -> dict:
+    """The ``transforms.json`` content for ``cameras`` and one dict per frame (``file_path`` and any other keys):
+    each frame gets its OpenGL ``transform_matrix``; intrinsics go to the top level when all cameras share them,
+    to each frame otherwise."""
+    if len(frames) != len(cameras):
+        raise ValueError(f"{len(frames)} frames for {len(cameras)} cameras")
+    K, c2w_gl = cameras.K.detach().cpu(), cameras.opengl_c2w().detach().cpu()
+
+    def intrinsics(k):
+        return {"fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2])}
+
+    shared = bool((K == K[:1]).all())
+    meta = {"camera_model": "OPENCV", "w": cameras.width, "h": cameras.height, **(intrinsics(K[0]) if shared else {})}
+    meta["frames"] = [{**frame, "transform_matrix": c2w_gl[i].tolist(), **({} if shared else intrinsics(K[i]))}
+                      for i, frame in enumerate(frames)]
+    return meta
+
+
 def save_transforms(folder: str | os.PathLike, cameras: Cameras, images: torch.Tensor,
                     separate_masks: bool = False) -> Path:
     """Write ``folder/transforms.json`` and 8-bit PNGs ``images/frame_00000.png`` ...
@@ -234,19 +252,10 @@ def save_transforms(folder: str | os.PathLike, cameras: Cameras, images: torch.T
         raise ValueError(f"images must be [N={len(cameras)},H,W,3|4], got {list(images.shape)}")
     if images.shape[1:3] != (cameras.height, cameras.width):
         raise ValueError(f"images are {images.shape[2]}x{images.shape[1]}, cameras {cameras.width}x{cameras.height}")
-    K, c2w_gl = cameras.K.detach().cpu(), cameras.opengl_c2w().detach().cpu()
-
-    def intrinsics(k):
-        return {"fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2])}
-
-    shared = bool((K == K[:1]).all())
-    meta = {"camera_model": "OPENCV", "w": cameras.width, "h": cameras.height}
-    if shared:
-        meta.update(intrinsics(K[0]))
     frames = []
     for i, image in enumerate(images):
         name = f"frame_{i:05d}.png"
-        frame = {"file_path": f"images/{name}", "transform_matrix": c2w_gl[i].tolist()}
+        frame = {"file_path": f"images/{name}"}
         if separate_masks:
             write_bytes(folder / "images" / name, _png_bytes(image[..., :3]))
             alpha = image[..., 3] if image.shape[-1] == 4 else np.ones(image.shape[:2], np.float32)
@@ -254,8 +263,5 @@ def save_transforms(folder: str | os.PathLike, cameras: Cameras, images: torch.T
             frame["mask_path"] = f"masks/{name}"
         else:
             write_bytes(folder / "images" / name, _png_bytes(image))
-        if not shared:
-            frame.update(intrinsics(K[i]))
         frames.append(frame)
-    meta["frames"] = frames
-    return write_json(folder / FILENAME, meta)
+    return write_json(folder / FILENAME, transforms_meta(cameras, frames))
