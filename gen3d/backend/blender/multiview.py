@@ -147,4 +147,4 @@ class MultiviewSettings(SceneSettings):
     def manifest_lines(self, record: dict, prefix: str) -> list[dict]:
         """One line per object: its folder, ``transforms.json``, number of views and passes."""
         return [{"model_id": record["model_id"], "class": record["category"], "status": "ok", "path": prefix,
-                 "transforms": f"{prefix}/{FILENAME}", "views": len(record["views"]), "passes": list(self.passes)}]
+                 "transforms": f"{prefix}/{FILENAME}", "views": len(record["views"]), "passes": list(record["settings"]["passes"])}]
