@@ -14,7 +14,7 @@ import sys
 
 from .errors import Gen3DError
 
-COMMANDS = ["info", "run", "methods", "dataset", "serve", "weights", "demo"]
+COMMANDS = ["info", "run", "methods", "dataset", "serve", "weights", "demo", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

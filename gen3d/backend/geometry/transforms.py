@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,31 +140,48 @@ def _image_path(root: Path, value, key: str, problems: _Problems, i: int) -> Pat
     return path
 
 
-def _read_rgba(path: Path, mask_path: Path | None, problems: _Problems, i: int) -> np.ndarray | None:
-    """``[H,W,4] float32 in [0,1]``: alpha from the mask when given, else from the image, else opaque."""
+def _image_size(path: Path, mask_path: Path | None, problems: _Problems, i: int) -> tuple[int, int] | None:
+    """``(width, height)`` of a frame from the file headers (no decoding); checks the mask's size."""
+    try:
+        with Image.open(path) as img:
+            size = img.size
+        if mask_path is not None:
+            with Image.open(mask_path) as m:
+                if m.size != size:
+                    problems.add(i, f"mask {mask_path.name} is {m.size[0]} x {m.size[1]} but the image is "
+                                    f"{size[0]} x {size[1]}")
+                    return None
+    except OSError as e:
+        problems.add(i, f"cannot read image: {e}")
+        return None
+    return size
+
+
+def read_rgba(path: Path, mask_path: Path | None = None) -> np.ndarray:
+    """One frame as ``[H,W,4] float32 in [0,1]``: alpha from the mask when given, else from the image, else opaque."""
     try:
         with Image.open(path) as img:
             rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
         if mask_path is not None:
             with Image.open(mask_path) as m:
-                mask = np.asarray(m.convert("L"), dtype=np.float32) / 255.0
-            if mask.shape != rgba.shape[:2]:
-                problems.add(i, f"mask {mask_path.name} is {mask.shape[1]} x {mask.shape[0]} but the image is "
-                                f"{rgba.shape[1]} x {rgba.shape[0]}")
-                return None
-            rgba[..., 3] = mask
-    except OSError as e:
-        problems.add(i, f"cannot read image: {e}")
-        return None
+                rgba[..., 3] = np.asarray(m.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{path}: cannot read image: {e}", {"file": str(path)}) from e
     return rgba
 
 
-def load_transforms(path: str | os.PathLike) -> tuple[Cameras, torch.Tensor]:
-    """Read a ``transforms.json`` folder (or the json file itself).
+@dataclass
+class TransformsFolder:
+    """A scanned ``transforms.json`` folder: its cameras and the image (and mask) file of each frame."""
 
-    Returns ``(cameras, images)``: OpenCV cameras in the Z-up world (one image size) and
-    ``images [N,H,W,4] float32 in [0,1]`` (RGBA, straight alpha).
-    """
+    cameras: Cameras
+    image_paths: list[Path]
+    mask_paths: list[Path | None]
+
+
+def scan_transforms(path: str | os.PathLike) -> TransformsFolder:
+    """Read and check a ``transforms.json`` folder (or the json file itself) without decoding its images: cameras
+    (OpenCV, Z-up world, one image size) and the files of each frame. Problems raise one :class:`BadInput`."""
     json_path = _find(Path(path))
     root = json_path.parent
     problems = _Problems(json_path)
@@ -176,7 +194,7 @@ def load_transforms(path: str | os.PathLike) -> tuple[Cameras, torch.Tensor]:
         problems.add(None, "missing or empty 'frames' list")
         problems.raise_if_any()
 
-    Ks, c2ws, images, sizes = [], [], [], {}
+    Ks, c2ws, image_paths, mask_paths, sizes = [], [], [], [], {}
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict):
             problems.add(i, "frame is not an object")
@@ -190,10 +208,9 @@ def load_transforms(path: str | os.PathLike) -> tuple[Cameras, torch.Tensor]:
         mask_path = _image_path(root, frame["mask_path"], "mask_path", problems, i) if "mask_path" in frame else None
         if image_path is None or ("mask_path" in frame and mask_path is None):
             continue
-        rgba = _read_rgba(image_path, mask_path, problems, i)
-        if rgba is None:
+        size = _image_size(image_path, mask_path, problems, i)
+        if size is None:
             continue
-        size = (rgba.shape[1], rgba.shape[0])
         sizes.setdefault(size, i)
         if len(sizes) > 1 and size != next(iter(sizes)):
             first_size, first_frame = next(iter(sizes.items()))
@@ -206,12 +223,24 @@ def load_transforms(path: str | os.PathLike) -> tuple[Cameras, torch.Tensor]:
         fx, fy, cx, cy = intrinsics
         Ks.append([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
         c2ws.append(c2w)
-        images.append(rgba)
+        image_paths.append(image_path)
+        mask_paths.append(mask_path)
     problems.raise_if_any()
     (w, h) = next(iter(sizes))
     cameras = Cameras.from_opengl(torch.tensor(Ks, dtype=torch.float32), torch.tensor(np.stack(c2ws), dtype=torch.float32),
                                   w, h)
-    return cameras, torch.from_numpy(np.stack(images))
+    return TransformsFolder(cameras, image_paths, mask_paths)
+
+
+def load_transforms(path: str | os.PathLike) -> tuple[Cameras, torch.Tensor]:
+    """Read a ``transforms.json`` folder (or the json file itself).
+
+    Returns ``(cameras, images)``: OpenCV cameras in the Z-up world (one image size) and
+    ``images [N,H,W,4] float32 in [0,1]`` (RGBA, straight alpha).
+    """
+    folder = scan_transforms(path)
+    images = [read_rgba(p, m) for p, m in zip(folder.image_paths, folder.mask_paths)]
+    return folder.cameras, torch.from_numpy(np.stack(images))
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -20,8 +20,13 @@ def preprocess_image(image: np.ndarray, cfg: LRMConfig, foreground_ratio: float 
                      what: str = "image") -> torch.Tensor:
     """``image [H, W, 3|4]`` float in [0, 1] -> model input ``[1, 3, S, S]`` float32 (S = ``cfg.image_size``)."""
     sq = recentre(ensure_mask(image, what), foreground_ratio or cfg.foreground_ratio, what)
-    rgb = sq[..., :3] * sq[..., 3:] + cfg.background * (1 - sq[..., 3:])
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    return model_input(torch.from_numpy(np.ascontiguousarray(sq)).permute(2, 0, 1)[None], cfg)
+
+
+def model_input(rgba: torch.Tensor, cfg: LRMConfig) -> torch.Tensor:
+    """Square ``rgba [B, 4, H, H]`` (straight alpha, in [0, 1]) composited on the model's background and resized to
+    its input resolution as its inference code does -> ``[B, 3, S, S]`` float32."""
+    x = rgba[:, :3] * rgba[:, 3:] + cfg.background * (1 - rgba[:, 3:])
     S = cfg.image_size
     if cfg.family == "openlrm":
         x = F.interpolate(x, size=(S, S), mode="bicubic", align_corners=True)
