@@ -94,6 +94,28 @@ def test_tiny_run_learns_and_its_weights_run_through_the_lrm_method(spot_data, t
     assert (tmp_path / "lrm" / "mesh.glb").stat().st_size > 0
 
 
+@pytest.mark.parametrize("entry", ["openlrm-base", "triposr"])
+def test_export_is_the_trained_network_in_the_published_layout(entry, spot_data, tmp_path):
+    """openlrm-base packs cross-attention q/k/v (in_proj_weight), TripoSR is a pickled model.ckpt + config.yaml."""
+    from gen3d.backend.models.lrm import load_lrm
+
+    out = tmp_path / entry
+    assert train(spot_data, out, "--set", f"model={entry}", "--set", "steps=2", "--set", "checkpoint_every=2") == 0
+    trained = load_file(str(out / "checkpoints" / "step_2" / "model.safetensors"))  # the trainer's own state
+    loaded = load_lrm(out / "weights" / entry).state_dict()
+    assert {f"lrm.{k}" for k in loaded} == set(trained)
+    assert all(torch.equal(v, trained[f"lrm.{k}"]) for k, v in loaded.items())
+    fresh = get_fresh(entry, spot_data, tmp_path)
+    assert not all(torch.equal(v, fresh[k]) for k, v in loaded.items())  # it did train
+
+
+def get_fresh(entry, data, tmp_path):
+    from gen3d.backend.training import get_recipe, prepare
+
+    run = prepare("lrm", data, tmp_path / "unused", "tiny", {"model": entry})
+    return get_recipe("lrm").model(run.cfg).lrm.state_dict()
+
+
 def test_two_processes_equal_one_with_the_doubled_batch(spot_data, tmp_path):
     steps = ["--set", "steps=4", "--set", "checkpoint_every=4"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

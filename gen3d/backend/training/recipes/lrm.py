@@ -24,7 +24,6 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -135,8 +134,9 @@ def source_camera(K: torch.Tensor, size: int, distance: float) -> torch.Tensor:
 # --- the dataset view -----------------------------------------------------------------------------------------
 class LRMViews(torch.utils.data.Dataset):
     """Keys ``(epoch, index)`` -> one object's training item (a dict of tensors, M = side_views + 1, R = region):
-    ``source [3, S, S]``, ``source_camera [16]``, ``origins, dirs [M, R, R, 3]`` (normalised frame), ``rgb [M, R, R, 3]``
-    composited on ``background [M]``, ``alpha [M, R, R]``, ``render_seed`` (int64, seeds the ray jitter)."""
+    ``source [3, S, S]``, ``source_camera [16]``, ``origins, dirs [M, R, R, 3]`` (normalised frame),
+    ``rgb [M, R, R, 3]`` composited on ``background [M]``, ``alpha [M, R, R]``, ``render_seed`` (int64, seeds the
+    ray jitter)."""
 
     def __init__(self, objects: list[ObjectViews], model_cfg: LRMConfig, cfg: LRMTrainConfig):
         self.objects, self.model_cfg, self.cfg = objects, model_cfg, cfg
