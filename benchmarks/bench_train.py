@@ -1,13 +1,14 @@
-"""Does ``gen3d train lrm`` teach a model its job? Held-out-view PSNR on the training object, trained vs untrained.
+"""Does ``gen3d train lrm`` teach a model its job? Held-out views of the training object, trained vs untrained.
 
     python benchmarks/bench_train.py                  # tiny architecture, 300 steps (a few minutes on a CPU)
     python benchmarks/bench_train.py --steps 1000 --preset tiny
 
 Spot is rendered (gen3d.kernels.mesh, textured) from 16 cameras on two rings at 64 x 64. The model trains on the 8
 even-numbered views; from input view 0 it then renders the 8 odd-numbered views, which it never saw, and those
-renders are compared with the ground truth (PSNR on white, whole images; silhouette IoU). The same seeded network before training
-is the baseline, and so is a blank white image (the object covers a small part of each view). Printed: one row per
-model with steps, wall time, samples/s, and PSNR and IoU on held-out and training views.
+renders are compared with the ground truth (PSNR on white, whole images; silhouette IoU with opacity and alpha cut
+at 0.5). The same seeded network before training is a baseline, and so is a blank white image (the object covers
+a small part of each view). Printed: one row per model with steps, wall time, samples/s, and PSNR and IoU on
+held-out and training views.
 """
 
 from __future__ import annotations

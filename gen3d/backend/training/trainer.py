@@ -168,6 +168,12 @@ def train(run: TrainRun) -> dict[str, Any]:
 
     ckpt = latest_checkpoint(out) if run.resume else None
     if main:
+        if ckpt is not None and (out / "run.json").is_file():
+            before = json.loads((out / "run.json").read_text())
+            changed = sorted(k for k, v in cfg.model_dump(mode="json").items() if before["options"].get(k) != v)
+            if changed or before["world_size"] != acc.num_processes:
+                log.warning("resuming with other options (%s) or process count: not bit for bit the run that was "
+                            "interrupted", ", ".join(changed) or "world_size")
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", {"recipe": recipe.name, "preset": run.preset, "data": str(run.data.resolve()),
                                       "objects": len(run.objects), "world_size": acc.num_processes,

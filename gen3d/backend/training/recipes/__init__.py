@@ -50,8 +50,8 @@ class TrainConfig(BaseModel):
     beta2: float = Field(0.95, ge=0, lt=1)
     warmup_steps: int = Field(3000, ge=0, description="linear warm-up steps, then cosine decay to 0")
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient norm to this (0: off)")
-    ema_decay: float = Field(0.0, ge=0, lt=1, description="exponential moving average of the weights (0: off); "
-                                                          "exported instead of the raw weights when on")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="exponential moving average of the weights (0: off; "
+                                                          "DDP only); exported instead of the raw weights when on")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16 on CUDA where supported, else fp16 on CUDA, fp32 on CPU")
     seed: int = Field(0, ge=0, lt=2 ** 31)
