@@ -188,3 +188,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, spot_data, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert not out.exists()
+
+
+def test_data_folder_forms(spot_data, tmp_path):
+    """Sub-folders, a manifest.jsonl (status "ok" only; ``id`` or ``model_id``), or one object folder itself."""
+    from gen3d.backend.errors import BadInput
+    from gen3d.backend.training.data import object_folders, scan_objects
+
+    assert object_folders(spot_data) == [spot_data / "spot"]
+    assert object_folders(spot_data / "spot") == [spot_data / "spot"]
+    root = tmp_path / "data"
+    shutil.copytree(spot_data / "spot", root / "cow")
+    (root / "not-listed").mkdir()
+    shutil.copy(spot_data / "spot" / "transforms.json", root / "not-listed" / "transforms.json")
+    lines = [{"id": "cow", "views": 8, "status": "ok"}, {"id": "broken", "status": "failed", "error": "bad mesh"},
+             {"model_id": "cow", "view": 1, "status": "ok"}]
+    (root / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert [o.name for o in scan_objects(root, 3)] == ["cow"]
+    (root / "manifest.jsonl").write_text('{"views": 8}\n')
+    with pytest.raises(BadInput, match=r"manifest.jsonl, line 1: no 'id'"):
+        object_folders(root)
