@@ -208,3 +208,33 @@ def test_data_folder_forms(spot_data, tmp_path):
     (root / "manifest.jsonl").write_text('{"views": 8}\n')
     with pytest.raises(BadInput, match=r"manifest.jsonl, line 1: no 'id'"):
         object_folders(root)
+
+
+def test_views_are_moved_into_the_lrm_input_frame(spot_data):
+    """The similarity puts the input camera where the LRM assumes it (OpenLRM's hard-coded canonical camera) and
+    keeps every view's image of the object: Spot's vertices, moved the same way, project to the same pixels."""
+    from gen3d.backend.commands.demo import spot_mesh
+    from gen3d.backend.geometry.cameras import Cameras
+    from gen3d.backend.geometry.transforms import scan_transforms
+    from gen3d.backend.models.lrm import LRM
+    from gen3d.backend.models.lrm.config import from_openlrm_config
+    from gen3d.backend.models.lrm.tiny import TINY_OPENLRM
+    from gen3d.backend.training.recipes.lrm import axes_pivot, normalise_cameras, source_camera
+
+    cams = scan_transforms(spot_data / "spot").cameras
+    verts = spot_mesh().vertices
+    pivot = axes_pivot(cams.c2w)
+    torch.testing.assert_close(pivot, (verts.min(0).values + verts.max(0).values) / 2, atol=1e-5, rtol=0)
+    lrm = LRM(from_openlrm_config(TINY_OPENLRM))
+    expected = lrm.source_camera(1)[0]  # OpenLRM's canonical source camera, written out in models/lrm/model.py
+    for src in (0, 5):
+        moved = normalise_cameras(cams.c2w, src, pivot, 2.0)
+        torch.testing.assert_close(source_camera(cams.K[src], cams.width, 2.0)[:12], expected[:12], atol=1e-6,
+                                   rtol=0)
+        R = moved[src, :3, :3] @ cams.c2w[src, :3, :3].T
+        scale = 2.0 / float((pivot - cams.c2w[src, :3, 3]) @ cams.c2w[src, :3, 2])
+        moved_verts = scale * (verts - cams.c2w[src, :3, 3]) @ R.T + moved[src, :3, 3]
+        uv, _ = cams.project(verts)
+        uv_moved, _ = Cameras(cams.K, moved, cams.width, cams.height).project(moved_verts)
+        torch.testing.assert_close(uv_moved, uv, atol=1e-3, rtol=0)
+        assert moved_verts.norm(dim=1).max() < lrm.cfg.radius  # inside the triplane box
