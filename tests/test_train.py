@@ -191,22 +191,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, spot_data, tmp_pa
 
 
 def test_data_folder_forms(spot_data, tmp_path):
-    """Sub-folders, a manifest.jsonl (status "ok" only; ``id`` or ``model_id``), or one object folder itself."""
+    """Object folders at any depth, a manifest.jsonl as ``dataset multiview`` writes it (``path``, status "ok" only;
+    ``id``/``model_id`` also name a folder), or one object folder itself."""
     from gen3d.backend.errors import BadInput
     from gen3d.backend.training.data import object_folders, scan_objects
 
     assert object_folders(spot_data) == [spot_data / "spot"]
     assert object_folders(spot_data / "spot") == [spot_data / "spot"]
     root = tmp_path / "data"
-    shutil.copytree(spot_data / "spot", root / "cow")
-    (root / "not-listed").mkdir()
-    shutil.copy(spot_data / "spot" / "transforms.json", root / "not-listed" / "transforms.json")
-    lines = [{"id": "cow", "views": 8, "status": "ok"}, {"id": "broken", "status": "failed", "error": "bad mesh"},
-             {"model_id": "cow", "view": 1, "status": "ok"}]
+    shutil.copytree(spot_data / "spot", root / "animals" / "cow")
+    shutil.copytree(spot_data / "spot", root / "calf")
+    assert object_folders(root) == [root / "animals" / "cow", root / "calf"]
+    lines = [{"model_id": "cow", "class": "animals", "status": "ok", "path": "animals/cow", "views": 8},
+             {"model_id": "broken", "class": "animals", "status": "failed", "error": "bad mesh"},
+             {"model_id": "calf", "status": "ok"}, {"id": "calf", "status": "ok"}]
     (root / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    assert [o.name for o in scan_objects(root, 3)] == ["cow"]
-    (root / "manifest.jsonl").write_text('{"views": 8}\n')
-    with pytest.raises(BadInput, match=r"manifest.jsonl, line 1: no 'id'"):
+    assert [o.name for o in scan_objects(root, 3)] == ["animals/cow", "calf"]
+    (root / "manifest.jsonl").write_text('{"views": 8, "status": "ok"}\n')
+    with pytest.raises(BadInput, match=r"manifest.jsonl, line 1: no 'path' or 'id'"):
         object_folders(root)
 
 

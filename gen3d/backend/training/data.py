@@ -1,10 +1,11 @@
 """Training data: folders of multi-view renders, one object per folder, and keyed sampling.
 
-A data folder ``DIR`` holds one sub-folder per object, each a nerfstudio ``transforms.json`` folder with RGBA PNGs
-(what ``dataset multiview`` writes and ``reconstruct`` reads; see :mod:`backend.geometry.transforms`). An optional
-``DIR/manifest.jsonl`` (one JSON object per line with ``id`` or ``model_id`` naming the object's sub-folder, and a
-``status``) selects the objects: lines whose status is not ``"ok"`` are skipped. Without a manifest every sub-folder
-holding a ``transforms.json`` is an object; ``DIR`` may itself be a single object folder.
+A data folder ``DIR`` holds one folder per object (at any depth, e.g. ``DIR/<class>/<id>/`` as ``dataset
+multiview`` writes them), each a nerfstudio ``transforms.json`` folder with RGBA PNGs (see
+:mod:`backend.geometry.transforms`; ``reconstruct`` reads the same). An optional ``DIR/manifest.jsonl`` (one JSON
+object per line: ``path``, the object's folder relative to ``DIR``, or ``id``/``model_id`` naming a direct
+sub-folder; and a ``status``) selects the objects: lines whose status is not ``"ok"`` are skipped. Without a
+manifest every folder below ``DIR`` holding a ``transforms.json`` is an object; ``DIR`` may itself be one.
 
 Sampling is *keyed*: :class:`KeyedSampler` yields keys ``(epoch, index)``, the epochs' seeded permutations laid end
 to end, and a dataset derives every random choice of an item (which views, crops, backgrounds) from
@@ -31,7 +32,7 @@ MANIFEST = "manifest.jsonl"
 
 @dataclass
 class ObjectViews:
-    """One object: its name (folder relative to the data folder) and its scanned views."""
+    """One object: its name (its folder relative to the data folder) and its scanned views."""
 
     name: str
     views: TransformsFolder
@@ -48,12 +49,15 @@ def _manifest_folders(root: Path) -> list[Path]:
             continue
         try:
             entry = json.loads(line)
-            name = entry.get("id", entry.get("model_id"))
+            name = entry.get("path", entry.get("id", entry.get("model_id")))
         except (json.JSONDecodeError, AttributeError):
             raise BadInput(f"{path}, line {n}: not a JSON object", {"file": str(path), "line": n}) from None
+        if entry.get("status", "ok") != "ok":
+            continue
         if not isinstance(name, str) or not name:
-            raise BadInput(f"{path}, line {n}: no 'id' naming the object's folder", {"file": str(path), "line": n})
-        if entry.get("status", "ok") == "ok" and name not in seen:
+            raise BadInput(f"{path}, line {n}: no 'path' or 'id' naming the object's folder",
+                           {"file": str(path), "line": n})
+        if name not in seen:
             seen.add(name)
             folders.append(root / name)
     return folders
@@ -68,7 +72,7 @@ def object_folders(root: str | Path) -> list[Path]:
         return [root]
     if (root / MANIFEST).is_file():
         return _manifest_folders(root)
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / FILENAME).is_file())
+    return sorted(p.parent for p in root.rglob(FILENAME))
 
 
 def scan_objects(root: str | Path, min_views: int) -> list[ObjectViews]:
@@ -85,7 +89,7 @@ def scan_objects(root: str | Path, min_views: int) -> list[ObjectViews]:
         if len(views.image_paths) < min_views:
             raise BadInput(f"{folder / FILENAME}: {len(views.image_paths)} views, the recipe needs at least "
                            f"{min_views}", {"field": "data", "path": str(folder)})
-        objects.append(ObjectViews(folder.name if folder != root else root.name, views))
+        objects.append(ObjectViews(folder.relative_to(root).as_posix() if folder != root else root.name, views))
     return objects
 
 
