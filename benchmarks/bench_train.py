@@ -87,8 +87,9 @@ def main() -> None:
         trained = LRMWithLoss(load_lrm(work / "out" / "weights" / run.cfg.model), run.cfg, {}).eval()
         rate = [json.loads(x)["samples_per_s"] for x in (work / "out" / "metrics.jsonl").read_text().splitlines()]
 
-        print(f"\nlrm recipe, preset {args.preset}{''.join(' ' + x for x in args.set)}, Spot {args.size} px, 8 training views, "
-              f"8 held-out views, device cpu ({torch.get_num_threads()} threads)")
+        options = "".join(" " + x for x in args.set)
+        print(f"\nlrm recipe, preset {args.preset}{options}, Spot {args.size} px, 8 training views, 8 held-out views, "
+              f"device cpu ({torch.get_num_threads()} threads)")
         print(f"{'model':<12} {'steps':>6} {'time s':>7} {'samples/s':>9} {'held-out PSNR':>14} {'IoU':>6} "
               f"{'opacity on/off object':>22} {'train-view PSNR':>16}")
         rows = (("blank white", None, 0, 0.0), ("untrained", untrained, 0, 0.0),
