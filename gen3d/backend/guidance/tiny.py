@@ -167,12 +167,23 @@ def write_controlnet_sdxl(out_dir: Path, entry=None) -> None:
     _write_controlnet(out_dir, "sdxl")
 
 
+def write_clip_preprocessor_config(folder: Path, size: int = 224) -> None:
+    """``preprocessor_config.json`` of a hub ``feature_extractor/`` (OpenAI CLIP's, as in the Zero123 diffusers
+    folders), every key as published; ``size`` replaces 224 for the tiny image encoders."""
+    _write_json(folder / "preprocessor_config.json", {
+        "crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "feature_extractor_type": "CLIPFeatureExtractor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_processor_type": "CLIPImageProcessor",
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "rescale_factor": 0.00392156862745098,
+        "size": {"shortest_edge": size}})
+
+
 def _write_zero123(out_dir: Path, projection_layout: str) -> None:
     """Zero123 diffusers folder. ``projection_layout``: ``clip_camera_projection`` (ashawkey/dreamgaussian,
     key ``proj.*``) or ``cc_projection`` (kxhit, key ``projection.*``, config without sizes)."""
     from diffusers import DDIMScheduler
     from safetensors.torch import save_file
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
     _vae().save_pretrained(out_dir / "vae")
@@ -181,8 +192,7 @@ def _write_zero123(out_dir: Path, projection_layout: str) -> None:
     CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
         patch_size=8, projection_dim=WIDTH)).save_pretrained(out_dir / "image_encoder")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        out_dir / "feature_extractor")
+    write_clip_preprocessor_config(out_dir / "feature_extractor", 32)
     linear = torch.nn.Linear(WIDTH + 4, WIDTH)
     if projection_layout == "clip_camera_projection":
         key, cls, module = "proj", "CLIPCameraProjection", "zero123"

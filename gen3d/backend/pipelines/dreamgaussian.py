@@ -84,6 +84,9 @@ class DreamGaussianImageOptions(_DreamGaussianOptions):
     lambda_mask: float = Field(1_000.0, ge=0, description="reference-view mask loss weight")
     warmup_rgb_loss: bool = Field(True, description="ramp the reference losses up linearly over stage 1")
     lambda_zero123: float = Field(1.0, ge=0, description="weight of the Zero123 score distillation")
+    reference_latent: Literal["mode", "sample"] = Field("mode", description=(
+        "Zero123's reference latent: the VAE posterior's mode (diffusers, zero123) or one sample seeded by the "
+        "job's seed (DreamGaussian)"))
     lambda_sd: float = Field(0.0, ge=0, description="weight of the SD 2.1 text prior (needs a prompt)")
     rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
 
@@ -137,7 +140,8 @@ def build_guide(opts: _DreamGaussianOptions, request: JobRequest, ctx: RunContex
     if isinstance(opts, DreamGaussianImageOptions):
         prior, w = load_prior(ctx, "zero123", opts.prior, opts.weights_path, opts.guidance_scale)
         ref_rgb = reference[:, :3] * reference[:, 3:] + (1 - reference[:, 3:])   # Zero123 expects white
-        prior.set_reference(ref_rgb, elevation=opts.elevation, azimuth=0.0, radius=opts.radius)
+        prior.set_reference(ref_rgb, elevation=opts.elevation, azimuth=0.0, radius=opts.radius,
+                            latent=opts.reference_latent, generator=torch.Generator().manual_seed(request.seed))
         terms.append(Term("zero123", prior, opts.lambda_zero123, distillation(prior, "zero123"), radius=opts.radius))
         info.append(w)
         if opts.lambda_sd > 0:

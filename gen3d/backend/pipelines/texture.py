@@ -65,6 +65,9 @@ class TextureOptions(Options):
     lambda_sd: float = Field(0.0, ge=0, description=(
         "with Zero123 and a prompt: weight of the SD 2.1 text prior mixed in (DreamGaussian's lambda_sd)"))
     guidance_scale: float | None = Field(None, gt=0, description="CFG scale (default: the prior's, 5 / 100)")
+    reference_latent: Literal["mode", "sample"] = Field("mode", description=(
+        "Zero123's reference latent: the VAE posterior's mode (diffusers, zero123) or one sample seeded by the "
+        "job's seed (DreamGaussian)"))
     strength: float = Field(0.2, ge=0.0, le=1.0, description=(
         "how much the prior may change each render at the first step (share of the DDIM trajectory re-run, "
         "annealed to a quarter of it by the last step; DreamGaussian's 0.8 -> 0.95 is 0.2)"))
@@ -364,7 +367,8 @@ class TexturePipeline(Pipeline):
             prior, w = load_prior(ctx, "zero123", name, opts.weights_path, opts.guidance_scale)
             elevation, azimuth, _ = orbit_angles(cam.c2w)[0].tolist()
             prior.set_reference(zero123_reference(image, known, prior.image_size), elevation=elevation,
-                                azimuth=azimuth, radius=radius)
+                                azimuth=azimuth, radius=radius, latent=opts.reference_latent,
+                                generator=torch.Generator().manual_seed(request.seed))
             terms, info = [Term("zero123", prior, 1.0, radius=radius)], [w]
             if opts.lambda_sd > 0:
                 if not prompt:

@@ -2,27 +2,33 @@
 
 Conditioning (diffusers ports): the reference image's CLIP ``image_embeds`` concatenated with the relative pose
 (:func:`backend.models.zero123.relative_pose`) and projected to one cross-attention token; plus the reference's VAE
-latent (``latent_dist.mode()``, **not** multiplied by the scaling factor) concatenated channel-wise with the noisy
-latent (UNet ``in_channels = 8``). The unconditional branch is zeros for both. Default CFG 5 (DreamGaussian).
+latent (**not** multiplied by the scaling factor) concatenated channel-wise with the noisy latent (UNet
+``in_channels = 8``). The unconditional branch is zeros for both. Default CFG 5 (DreamGaussian).
+
+The reference is first resized bilinearly to ``image_size`` (DreamGaussian's ``get_img_embeds``); its CLIP pixels are
+the published pipeline's (:func:`backend.guidance.clip_image.clip_pixels`: 8-bit by truncation, then the folder's
+``feature_extractor``). Its latent is the VAE posterior's **mode** by default (diffusers' ``Zero123Pipeline`` and the
+original zero123 sampler); DreamGaussian conditions on one **sample** drawn when the reference is set, which
+``latent="sample"`` reproduces (drawn from the given generator, so seeded by the job's seed).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ... import weights
 from ...geometry.cameras import Cameras, orbit_angles
 from ...models.zero123 import load_projection, relative_pose
+from ..clip_image import clip_pixels, load_clip_processor
 from .base import Condition, DiffusionPrior, default_dtype, fp16_variant
 from .sd import load_unet_vae_scheduler
 
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: how the reference latent is taken from the VAE posterior (module docstring)
+LATENTS = ("mode", "sample")
 
 
 class Zero123Prior(DiffusionPrior):
@@ -44,7 +50,7 @@ class Zero123Prior(DiffusionPrior):
             folder, subfolder="image_encoder", torch_dtype=dtype, variant=fp16_variant(folder / "image_encoder"))
         self.image_encoder.to(self.device).eval().requires_grad_(False)
         self.projection = load_projection(folder).to(self.device, self.dtype).eval().requires_grad_(False)
-        self._clip = self._clip_preprocessing(folder / "feature_extractor" / "preprocessor_config.json")
+        self.clip_processor = load_clip_processor(folder, self.image_encoder.config.image_size)
         self.reference: dict | None = None
         if guidance_scale is not None:
             self.guidance_scale = guidance_scale
@@ -55,23 +61,21 @@ class Zero123Prior(DiffusionPrior):
         stable = kw.pop("stable", weights.get_entry(name).extra.get("stable", False))
         return cls(weights.resolve(name, path), stable=stable, **kw)
 
-    @staticmethod
-    def _clip_preprocessing(config_path: Path) -> dict:
-        cfg_ = json.loads(config_path.read_text()) if config_path.exists() else {}
-        crop = cfg_.get("crop_size", 224)
-        size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
-        return {"size": size, "mean": torch.tensor(cfg_.get("image_mean", _CLIP_MEAN)).view(1, 3, 1, 1),
-                "std": torch.tensor(cfg_.get("image_std", _CLIP_STD)).view(1, 3, 1, 1)}
-
     @torch.no_grad()
-    def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float = 0.0, radius: float = 0.0) -> None:
-        """Reference view ``[1,3,H,W]`` in [0,1] (object on white, square) and its angles (degrees, our convention)."""
-        c = self._clip
-        x = F.interpolate(image.float(), (c["size"], c["size"]), mode="bicubic", align_corners=False, antialias=True)
-        x = ((x.clamp(0, 1) - c["mean"].to(x)) / c["std"].to(x)).to(self.device, self.dtype)
+    def set_reference(self, image: torch.Tensor, elevation: float, azimuth: float = 0.0, radius: float = 0.0,
+                      latent: Literal["mode", "sample"] = "mode", generator: torch.Generator | None = None) -> None:
+        """Reference view ``[1,3,H,W]`` in [0,1] (object on white, square) and its angles (degrees, our convention).
+
+        ``latent``: the VAE posterior's ``mode`` (default) or one ``sample`` from ``generator`` (module docstring).
+        """
+        if latent not in LATENTS:
+            raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
+        image = self.resize(image.float().clamp(0, 1))
+        x = clip_pixels(image, self.clip_processor).to(self.device, self.dtype)
         clip = self.image_encoder(x).image_embeds.float()
-        ref = self.resize(image.float()).to(self.device, self.dtype) * 2 - 1
-        latent = self.vae.encode(ref).latent_dist.mode().float()  # no scaling factor (both hub pipelines)
+        posterior = self.vae.encode(image.to(self.device, self.dtype) * 2 - 1).latent_dist
+        # no scaling factor (both hub pipelines)
+        latent = (posterior.mode() if latent == "mode" else posterior.sample(generator)).float()
         self.reference = {"clip": clip, "latent": latent, "elevation": float(elevation), "azimuth": float(azimuth),
                           "radius": float(radius)}
 
