@@ -20,7 +20,7 @@ from gen3d.backend.pipelines.runner import run_job
 from gen3d.backend.pipelines.stages.mesh_render import render_mesh
 from gen3d.backend.representations.mesh import load_glb, save_glb
 from tests.support.oracle import (OracleMVDream, OracleText, OracleZero123, colour_error, oracle_object,
-                                  oracle_views, render_oracle, silhouette_iou)
+                                  oracle_views, render_oracle, silhouette_iou, use_oracle)
 
 FOVY = 49.1
 EVAL_SIZE = 48
@@ -39,17 +39,6 @@ HELD_OUT = [(0.0, 90.0), (0.0, -90.0), (0.0, 180.0), (40.0, 135.0), (45.0, -60.0
             (-40.0, 120.0)]
 
 
-def _use_oracle(monkeypatch, prior):
-    """Every prior the methods load (``dreamgaussian.load_prior``, which ``texture`` uses too) is ``prior``."""
-    from gen3d.backend.pipelines import dreamgaussian
-
-    def load_prior(ctx, kind, name, path, guidance_scale):
-        prior.guidance_scale = guidance_scale or type(prior).guidance_scale
-        return prior, {"name": f"oracle-{kind}", "path": "", "tiny": False, "license": "test"}
-
-    monkeypatch.setattr(dreamgaussian, "load_prior", load_prior)
-
-
 def _score(mesh_path: Path, views) -> dict:
     """The output mesh against the oracle from the held-out ``views``: the worst silhouette IoU, the mean and the
     worst colour error over the views."""
@@ -64,7 +53,7 @@ def _score(mesh_path: Path, views) -> dict:
 
 
 def _run(tmp_path: Path, monkeypatch, prior, method: str, views, options: dict, **request) -> dict:
-    _use_oracle(monkeypatch, prior)
+    use_oracle(monkeypatch, prior)
     run_job(JobRequest(method=method, seed=0, options=options, **request), RunContext(out_dir=tmp_path / "out"))
     score = _score(tmp_path / "out" / "mesh.glb", views)
     print(method, type(prior).__name__, score)

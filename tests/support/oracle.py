@@ -28,8 +28,7 @@ API (for the score-distillation methods to come)::
     prior = OracleZero123(size=32, radius=2.0, fovy=49.1)   # or OracleMVDream(...), OracleText(...)
     # size: the "model's" resolution; radius, fovy: the orbit cameras it "was trained on" (match the method's)
     image = render_oracle(orbit_cameras(15.0, 0.0, 2.0, 49.1, 64, 64))[0]   # [H,W,4] a reference image
-    # ... inject `prior` where the method loads its prior (tests/test_oracle_conventions.py monkeypatches
-    # dreamgaussian.load_prior), run the method for real ...
+    use_oracle(monkeypatch, prior)   # every load_prior(...) of the methods returns it; then run the method for real
     cams, ref = oracle_views(elevations, azimuths, 2.0, 49.1, 48)           # held-out views, [N,H,W,4]
     silhouette_iou(alpha, ref[..., 3:]), colour_error(rgba, ref)             # against the method's renders
 
@@ -249,6 +248,27 @@ class OracleText(OraclePrior, StableDiffusionPrior):
         return self._orbit(angles[:, 0], angles[:, 1], self.radius)
 
 
+def use_oracle(monkeypatch, prior: OraclePrior) -> None:
+    """Every prior the methods load through ``dreamgaussian_guidance.load_prior`` becomes ``prior`` (for this test):
+    the function is replaced in every method module holding it (they import it by name); meta.json then names
+    ``oracle-<kind>``."""
+    import sys
+
+    from gen3d.backend import pipelines
+    from gen3d.backend.pipelines import dreamgaussian_guidance
+
+    pipelines.names()                                      # import every method module
+    original = dreamgaussian_guidance.load_prior
+
+    def load_prior(ctx, kind, name, path, guidance_scale):
+        prior.guidance_scale = guidance_scale or type(prior).guidance_scale
+        return prior, {"name": f"oracle-{kind}", "path": "", "tiny": False, "license": "test"}
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("gen3d.backend.pipelines") and getattr(module, "load_prior", None) is original:
+            monkeypatch.setattr(module, "load_prior", load_prior)
+
+
 def oracle_views(elevations, azimuths, radius: float, fovy: float, size: int) -> tuple[Cameras, torch.Tensor]:
     """Held-out evaluation views: ``(cameras, rgba [N,size,size,4])`` of the oracle object on white."""
     cams = orbit_cameras(torch.as_tensor(elevations, dtype=torch.float32),
@@ -256,5 +276,5 @@ def oracle_views(elevations, azimuths, radius: float, fovy: float, size: int) ->
     return cams, render_oracle(cams)
 
 
-__all__ = ["OracleZero123", "OracleMVDream", "OracleText", "OraclePrior", "oracle_object", "render_oracle",
+__all__ = ["use_oracle", "OracleZero123", "OracleMVDream", "OracleText", "OraclePrior", "oracle_object", "render_oracle",
            "oracle_views", "silhouette_iou", "colour_error", "TEXT_DIRECTIONS"]
