@@ -83,7 +83,6 @@ def cell_tets(cells: torch.Tensor, resolution: int) -> torch.Tensor:
 def tet_grid(resolution: int, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole grid, cached: vertices ``[(R+1)^3,3]`` in ``[-scale, scale]^3`` and tetrahedra ``[6R^3,4]``
     (for inspection and small grids; marching never builds it)."""
-    check_resolution(resolution)
     axis = torch.linspace(-scale, scale, resolution + 1)
     verts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     cells = torch.stack(torch.meshgrid(*[torch.arange(resolution)] * 3, indexing="ij"), -1).reshape(-1, 3)
