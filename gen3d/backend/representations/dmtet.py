@@ -169,10 +169,18 @@ class DMTet(torch.nn.Module):
         lo = -F.max_pool3d(-s, 2, stride=1)[0, 0]
         return torch.nonzero((lo < 0) & (hi >= 0))
 
+    def vertex_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Deformed positions ``[N,3]`` of flat vertex ids ``[N]`` (x-major), without building the whole lattice."""
+        n = self.resolution + 1
+        ijk = torch.stack([ids // (n * n), (ids // n) % n, ids % n], -1).to(self.sdf.dtype)
+        return -self.scale + self.cell * ijk + self.cell * torch.tanh(self.deformation.reshape(-1, 3)[ids])
+
     def surface(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The extracted mesh ``(vertices [M,3], faces [F,3])``, differentiable w.r.t. ``sdf`` and ``deformation``."""
+        """The extracted mesh ``(vertices [M,3], faces [F,3])``, differentiable w.r.t. ``sdf`` and ``deformation``;
+        only the vertices of sign-changing cells are gathered."""
         tets = cell_tets(self.crossing_cells(), self.resolution)
-        return marching_tets(self.positions().reshape(-1, 3), self.sdf.reshape(-1), tets)
+        used, local = torch.unique(tets, return_inverse=True)
+        return marching_tets(self.vertex_positions(used), self.sdf.reshape(-1)[used], local.reshape(tets.shape))
 
 
 class ColorVolume(torch.nn.Module):
