@@ -2,8 +2,8 @@
 
 diffusers' conventions (``examples/textual_inversion``): a placeholder token is added to the tokenizer and the text
 encoder's embedding table, initialised from an initializer word, and only that row is trained with the ordinary
-denoising loss (epsilon, or v for v-prediction models; ``t`` uniform over the training steps) on the image under
-object templates ("a photo of a {}", ...). The result is saved as ``learned_embeds.safetensors``,
+denoising loss (epsilon; a v-prediction model's output is converted to epsilon by the prior; ``t`` uniform over the
+training steps) on the image under object templates ("a photo of a {}", ...). The result is saved as ``learned_embeds.safetensors``,
 ``{token: [1, D]}``, the file diffusers' ``load_textual_inversion`` reads. Magic123 then prompts with
 "A high-resolution DSLR image of <token>".
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ...files import atomic_path
+from ...guidance.priors.base import Condition
 from ..base import RunContext
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,6 @@ def learn_token(prior, rgba: torch.Tensor, cfg: TextualInversionConfig, generato
         return torch.where(hit, row.to(output.dtype), output)
 
     hook = table.register_forward_hook(substitute)
-    alphas = prior.alphas_cumprod
-    v_pred = prior.scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
     ids_cache: dict[str, torch.Tensor] = {}
     try:
         for step in range(1, cfg.steps + 1):
@@ -103,11 +102,8 @@ def learn_token(prior, rgba: torch.Tensor, cfg: TextualInversionConfig, generato
             noise = torch.randn(z.shape, generator=generator).to(z)
             t = torch.randint(0, prior.num_train_timesteps, (1,), generator=generator).to(prior.device)
             z_t = prior.add_noise(z, noise, t)
-            hidden = encoder(ids_cache[text])[0]
-            pred = prior._eps(z_t.to(prior.dtype), t, encoder_hidden_states=hidden).float()
-            a = alphas[t].view(-1, 1, 1, 1)
-            target = a.sqrt() * noise - (1 - a).sqrt() * z if v_pred else noise
-            loss = F.mse_loss(pred, target)
+            cond = Condition({"cond": {"encoder_hidden_states": encoder(ids_cache[text])[0]}})
+            loss = F.mse_loss(prior.predict(z_t, t, cond, ("cond",))[0], noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
