@@ -14,6 +14,8 @@ the weights. Each row is the median of ``--repeats`` timed iterations (after a w
 - ``SD SDS 512`` / ``Zero123 SDS 256``: one score-distillation step of each prior, including the backward through the
   VAE encoder to the image (what a coarse or fine step adds per prior);
 - ``gaussians 128``: render + backward of the coarse Gaussians (20 000) at Magic123's 128 px;
+- ``fit Spot's SDF``: initialisation of a DMTet from Spot (inside test, distance transform, 30 fitting steps) and the
+  Chamfer distance of the result to Spot;
 - ``dmtet R @ S``: extract the surface (marching tets) of a bumpy sphere on an R grid, render it at S px through
   ``gen3d.kernels.mesh`` and back-propagate to the SDF/deformation/colour grids (the fine stage's own cost).
 
@@ -87,6 +89,34 @@ def bench_dmtet(device, repeats: int) -> list[tuple[str, float, str]]:
     return rows
 
 
+def bench_spot_fit(device, steps: int = 30) -> list[tuple[str, float, str]]:
+    """Chamfer distance (mean of both directions, 200 000 surface samples each) between Spot and the DMTet fitted to
+    its SDF, as % of Spot's bounding-box diagonal, per grid resolution."""
+    import numpy as np
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    from gen3d.backend.pipelines.stages.dmtet_geometry import dmtet_from_mesh
+
+    spot = trimesh.load(REPO / "gen3d/backend/data/spot/spot_triangulated.obj", force="mesh", process=False)
+    spot.merge_vertices(merge_tex=True, merge_norm=True)
+    v = spot.vertices - spot.bounds.mean(0)
+    diag = float(np.linalg.norm(spot.bounds[1] - spot.bounds[0]))
+    b = trimesh.sample.sample_surface(trimesh.Trimesh(v, spot.faces), 200_000, seed=1)[0]
+    rows = []
+    for res in (32, 64, 128):
+        t0 = time.perf_counter()
+        d = dmtet_from_mesh(v, spot.faces, res, steps, device)
+        seconds = time.perf_counter() - t0
+        sv, sf = d.surface()
+        a = trimesh.sample.sample_surface(trimesh.Trimesh(sv.detach().cpu().numpy(), sf.cpu().numpy()), 200_000,
+                                          seed=0)[0]
+        chamfer = (cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()) / 2
+        rows.append((f"fit Spot's SDF, grid {res}, {steps} steps", seconds,
+                     f"Chamfer {100 * chamfer / diag:.3f} % of the diagonal, {len(sf)} faces"))
+    return rows
+
+
 def bench_priors(device, repeats: int, root: Path) -> list[tuple[str, float, str]]:
     from bench_dreamgaussian import write_real_size
 
@@ -145,7 +175,7 @@ def bench_gaussians(device, repeats: int) -> list[tuple[str, float, str]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--only", choices=["dmtet", "gaussians", "priors"])
+    p.add_argument("--only", choices=["dmtet", "spot", "gaussians", "priors"])
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
 
@@ -157,6 +187,7 @@ def main() -> int:
     rows = []
     root = Path(tempfile.mkdtemp(prefix="gen3d-bench-m123-"))
     for name, fn in (("dmtet", lambda: bench_dmtet(device, args.repeats)),
+                     ("spot", lambda: bench_spot_fit(device)),
                      ("gaussians", lambda: bench_gaussians(device, args.repeats)),
                      ("priors", lambda: bench_priors(device, args.repeats, root))):
         if args.only in (None, name):

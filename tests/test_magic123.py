@@ -27,13 +27,8 @@ SMALL = {"iters": 6, "num_pts": 300, "render_sizes": [32, 32, 32], "ref_size": 3
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory) -> Path:
-    from gen3d.backend import weights
-
-    root = tmp_path_factory.mktemp("m123_weights")
-    for name in ("zero123-105000", "sd15", "depth-anything-v2-small"):
-        weights.write_tiny(name, root)
-    return root
+def weights_dir(tiny_weights) -> Path:
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")
