@@ -168,7 +168,6 @@ def distill_gaussians(opts: GaussianDistillOptions, guide, sampler, generator: t
         gs = opt.gaussians()
         loss = torch.zeros((), device=dev)
         use_ref, use_guide = reference.schedule(step) if reference is not None else (False, True)
-        meta = None
         if use_ref:
             rgbd, alpha, ref_meta = render_gaussians(gs, ref_cam, white, render_mode="RGB+ED" if with_depth else "RGB")
             depth = torch.where(alpha[..., 0] > 0.5, rgbd[..., 3], torch.inf) if with_depth else None

@@ -52,10 +52,10 @@ class DMTetOptions(Options):
 
 def dmtet_from_mesh(vertices: np.ndarray, faces: np.ndarray, resolution: int, steps: int,
                     device: torch.device | str = "cpu") -> DMTet:
-    """A DMTet over the cube that holds the closed mesh ``vertices [V,3]``, ``faces [F,3]`` with a margin, its SDF
-    fitted to the mesh's (the signed distance transform of its inside test on a lattice twice as fine)."""
-    scale = float(np.abs(np.asarray(vertices)).max()) * 1.05 + 4.0 / resolution
-    scale = scale + 2 * scale / resolution
+    """A DMTet over the origin-centred cube that holds the closed mesh ``vertices [V,3]``, ``faces [F,3]`` with a
+    margin (5 % and three cells), its SDF fitted to the mesh's (the signed distance transform of its inside test on
+    a lattice twice as fine)."""
+    scale = 1.05 * float(np.abs(np.asarray(vertices)).max()) / (1 - 6 / resolution)
     fine = min(2 * resolution, MAX_RESOLUTION)
     target = VolumeSDF.from_occupancy(mesh_occupancy(vertices, faces, fine, scale), scale)
     target.values = target.values.to(device)
