@@ -104,8 +104,9 @@ class Magic123Options(GaussianDistillOptions, DMTetOptions):
 
 
 def _build_guide(opts: Magic123Options, ctx: RunContext, generator: torch.Generator, rgba: torch.Tensor,
-                 prompt: str | None, negative: str, learn) -> tuple[Guide, str | None, list]:
-    """The 3D prior on the reference and the 2D prior on ``prompt`` (or a learned token via ``learn(sd)``)."""
+                 prompt: str | None, negative: str) -> tuple[Guide, list]:
+    """The 3D prior on the reference and, with a prompt or textual inversion, the 2D prior (its term's prompt is
+    empty until a token is learned)."""
     from ..guidance.distillation import CSD, SDS
     from ..guidance.schedules import make_schedule
 
@@ -119,16 +120,14 @@ def _build_guide(opts: Magic123Options, ctx: RunContext, generator: torch.Genera
     info = [w3]
     if opts.lambda_2d > 0 and (prompt or opts.textual_inversion):
         sd, w2 = load_prior(ctx, "sd", opts.prior_2d, opts.sd_weights_path, opts.guidance_scale_2d)
-        prompt = prompt or learn(sd)
-        terms.insert(0, Term("sd", sd, opts.lambda_2d, distillation(sd), prompt, negative, view_dependent=True))
+        terms.insert(0, Term("sd", sd, opts.lambda_2d, distillation(sd), prompt or "", negative, view_dependent=True))
         info.append(w2)
     else:
-        prompt = None
         log.info("magic123: no prompt and no textual inversion, so the 2D prior is off")
     kw = {"t_min": opts.t_range[0], "t_max": opts.t_range[1], "num_train_timesteps": z123.num_train_timesteps}
     if opts.timestep_schedule == "dreamtime":
         kw["alphas_cumprod"] = z123.alphas_cumprod.cpu()
-    return Guide(terms, make_schedule(opts.timestep_schedule, **kw), generator), prompt, info
+    return Guide(terms, make_schedule(opts.timestep_schedule, **kw), generator), info
 
 
 def _load_depth(ctx: RunContext, path: str | None):
@@ -193,16 +192,16 @@ class Magic123(Pipeline):
         reference = ReferenceView(rgba, opts.lambda_rgb, opts.lambda_mask, False, depth, opts.lambda_depth,
                                   opts.known_iters, opts.known_view_interval)
 
-        def learn(sd) -> str:
-            with ctx.stage("textual_inversion"):
-                token, _, path = learn_token(sd, rgba, TextualInversionConfig(opts.ti_steps, opts.ti_lr), gen, ctx)
-            out["learned_embeds.safetensors"] = path
-            return PROMPT.format(token)
-
         with ctx.stage("load"):
-            guide, prompt, info = _build_guide(opts, ctx, gen, rgba, request.prompt, request.negative_prompt or "",
-                                               learn)
-        ctx.cache["_meta_extra"] = {"weights": info + depth_info, "prompt_2d": prompt}
+            guide, info = _build_guide(opts, ctx, gen, rgba, request.prompt, request.negative_prompt or "")
+        sd_term = next((t for t in guide.terms if t.kind == "sd"), None)
+        if sd_term is not None and not sd_term.prompt:
+            with ctx.stage("textual_inversion"):
+                token, _, path = learn_token(sd_term.prior, rgba, TextualInversionConfig(opts.ti_steps, opts.ti_lr),
+                                             gen, ctx)
+            out["learned_embeds.safetensors"] = path
+            sd_term.prompt = PROMPT.format(token)
+        ctx.cache["_meta_extra"] = {"weights": info + depth_info, "prompt_2d": sd_term.prompt if sd_term else None}
         sampler = OrbitSampler(opts.elevation, opts.radius, opts.fovy, opts.min_ver, opts.max_ver)
         with ctx.stage("gaussians"):
             gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, reference)
