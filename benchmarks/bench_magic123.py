@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -184,16 +185,17 @@ def main() -> int:
     device = pick_device(args.device)
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()} "
           f"{'GPU' if device.type == 'cuda' else 'CPU threads'}), torch {torch.__version__}")
-    rows = []
-    root = Path(tempfile.mkdtemp(prefix="gen3d-bench-m123-"))
-    for name, fn in (("dmtet", lambda: bench_dmtet(device, args.repeats)),
-                     ("spot", lambda: bench_spot_fit(device)),
-                     ("gaussians", lambda: bench_gaussians(device, args.repeats)),
-                     ("priors", lambda: bench_priors(device, args.repeats, root))):
-        if args.only in (None, name):
-            for row in fn():
-                rows.append(row)
-                print(f"{row[0]:<62} {row[1]:>9.3f} s   {row[2]}", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="gen3d-bench-m123-"))   # random real-size weights (GBs): removed at exit
+    try:
+        for name, fn in (("dmtet", lambda: bench_dmtet(device, args.repeats)),
+                         ("spot", lambda: bench_spot_fit(device)),
+                         ("gaussians", lambda: bench_gaussians(device, args.repeats)),
+                         ("priors", lambda: bench_priors(device, args.repeats, root))):
+            if args.only in (None, name):
+                for row in fn():
+                    print(f"{row[0]:<62} {row[1]:>9.3f} s   {row[2]}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
