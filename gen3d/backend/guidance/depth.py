@@ -1,9 +1,10 @@
 """Monocular depth prior: a relative (affine-invariant) inverse-depth estimate of the reference image, and the
 Pearson-correlation depth loss Magic123 puts on the reference view.
 
-The model is Depth Anything V2 Small (registry ``depth-anything-v2-small``, ``depth-anything/Depth-Anything-V2-Small-hf``,
-Apache-2.0, 25 M parameters) through transformers' ``AutoModelForDepthEstimation`` in its published layout
-(``config.json``, ``model.safetensors``, ``preprocessor_config.json``). Magic123 used MiDaS ``dpt_beit_large_512``
+The model is Depth Anything V2 Small (registry ``depth-anything-v2-small``,
+``depth-anything/Depth-Anything-V2-Small-hf``, Apache-2.0, 25 M parameters) through transformers'
+``AutoModelForDepthEstimation`` in its published layout (``config.json``, ``model.safetensors``,
+``preprocessor_config.json``). Magic123 used MiDaS ``dpt_beit_large_512``
 (345 M parameters); the loss only correlates depths, so any relative inverse-depth model fits, and this one is 14x
 smaller, permissively licensed and at least as accurate on objects. Any other transformers depth model in the same
 layout (``Intel/dpt-beit-large-512``) loads through the same code via an explicit path.

@@ -146,11 +146,13 @@ def _load_depth(ctx: RunContext, path: str | None):
 
 
 def _resized(reference: ReferenceView, size: int) -> ReferenceView:
-    """The same reference target at ``size x size`` (the fine stage's render size)."""
+    """The same reference target at ``size x size`` (each stage's reference render size)."""
     from dataclasses import replace
 
     def rs(x):
-        return None if x is None else F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+        if x is None or x.shape[-1] == size:
+            return x
+        return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
     return replace(reference, rgba=rs(reference.rgba), depth=rs(reference.depth))
 
 
@@ -180,8 +182,8 @@ class Magic123(Pipeline):
         gen = torch.Generator().manual_seed(request.seed)
         out: dict[str, Path] = {}
         with ctx.stage("preprocess"):
-            image = prepare_reference(request.files["image"], opts.ref_size, opts.border_ratio, opts.recenter,
-                                      opts.rembg_model)
+            image = prepare_reference(request.files["image"], max(opts.ref_size, opts.fine_render_size),
+                                      opts.border_ratio, opts.recenter, opts.rembg_model)
             on_white = image[..., :3] * image[..., 3:] + 1 - image[..., 3:]
             out["input.png"] = write_png(ctx.out_dir / "input.png", (on_white * 255 + 0.5).astype(np.uint8))
             rgba = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
@@ -204,7 +206,7 @@ class Magic123(Pipeline):
         ctx.cache["_meta_extra"] = {"weights": info + depth_info, "prompt_2d": sd_term.prompt if sd_term else None}
         sampler = OrbitSampler(opts.elevation, opts.radius, opts.fovy, opts.min_ver, opts.max_ver)
         with ctx.stage("gaussians"):
-            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, reference)
+            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, _resized(reference, opts.ref_size))
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
             coarse = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,

@@ -3,9 +3,9 @@
 diffusers' conventions (``examples/textual_inversion``): a placeholder token is added to the tokenizer and the text
 encoder's embedding table, initialised from an initializer word, and only that row is trained with the ordinary
 denoising loss (epsilon; a v-prediction model's output is converted to epsilon by the prior; ``t`` uniform over the
-training steps) on the image under object templates ("a photo of a {}", ...). The result is saved as ``learned_embeds.safetensors``,
-``{token: [1, D]}``, the file diffusers' ``load_textual_inversion`` reads. Magic123 then prompts with
-"A high-resolution DSLR image of <token>".
+training steps) on the image under object templates ("a photo of a {}", ...). The result is saved as
+``learned_embeds.safetensors``, ``{token: [1, D]}``, the file diffusers' ``load_textual_inversion`` reads. Magic123
+then prompts with "A high-resolution DSLR image of <token>".
 
 The image is augmented each step (random background grey level, horizontal flip, scale and shift), since one view is
 all there is. The row is kept as a float32 parameter and substituted into the embedding output by a forward hook,
