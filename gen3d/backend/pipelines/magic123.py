@@ -153,7 +153,10 @@ def _resized(reference: ReferenceView, size: int) -> ReferenceView:
         if x is None or x.shape[-1] == size:
             return x
         return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-    return replace(reference, rgba=rs(reference.rgba), depth=rs(reference.depth))
+
+    rgba = rs(torch.cat([reference.rgba[:, :3] * reference.rgba[:, 3:], reference.rgba[:, 3:]], 1))  # premultiplied
+    rgba = torch.cat([rgba[:, :3] / rgba[:, 3:].clamp_min(1e-6), rgba[:, 3:]], 1).clamp(0, 1)
+    return replace(reference, rgba=rgba, depth=rs(reference.depth))
 
 
 @register
