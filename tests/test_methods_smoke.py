@@ -25,6 +25,7 @@ QUICK = {
     "dreamgaussian": ["iters=8", "iters_refine=2"],
     "dreamgaussian-text": ["iters=8", "iters_refine=2"],
     "texture": ["iters_refine=2", "texture_size=64"],
+    "magic123": ["iters=8", "known_iters=2", "fine_iters=2", "tet_resolution=16", "color_resolution=8"],
 }
 
 

@@ -133,6 +133,11 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  tiny_factory=_LRM_TINY),
     WeightsEntry("triposr", "stabilityai/TripoSR", "TripoSR (config.yaml + model.ckpt, 1.7 GB)", "MIT", 1.68,
                  ("lrm",), files=("config.yaml", "model.ckpt"), tiny_factory=_LRM_TINY),
+    WeightsEntry("depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Small-hf",
+                 "Depth Anything V2 Small (relative inverse depth): Magic123's monocular depth prior",
+                 "Apache-2.0", 0.1, ("magic123",),
+                 files=("config.json", "preprocessor_config.json", "model.safetensors"),
+                 tiny_factory="gen3d.backend.guidance.depth:write_tiny_depth_anything"),
 ]}
 
 

@@ -11,7 +11,8 @@ from .base import JobRequest, Options, Pipeline, RunContext, seed_everything
 #: modules that define methods; each calls :func:`register` at import time (``GEN3D_EXTRA_METHODS``, a
 #: comma-separated list of modules, adds more: test pipelines, plug-ins)
 METHOD_MODULES: list[str] = ["gen3d.backend.pipelines.reconstruct", "gen3d.backend.pipelines.lrm",
-                              "gen3d.backend.pipelines.dreamgaussian", "gen3d.backend.pipelines.texture"]
+                              "gen3d.backend.pipelines.dreamgaussian", "gen3d.backend.pipelines.texture",
+                              "gen3d.backend.pipelines.magic123"]
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False

@@ -66,6 +66,34 @@ class ReferenceView:
     lambda_rgb: float = 10_000.0
     lambda_mask: float = 1_000.0
     warmup: bool = True
+    #: monocular inverse depth ``[1,1,S,S]`` of the reference (larger = nearer) for the Pearson depth loss
+    depth: torch.Tensor | None = None
+    lambda_depth: float = 0.0
+    #: Magic123's schedule: only the reference losses for the first ``known_iters`` steps and then every
+    #: ``interval``-th step, only the guidance otherwise; both 0 = both every step (DreamGaussian)
+    known_iters: int = 0
+    interval: int = 0
+
+    def schedule(self, step: int) -> tuple[bool, bool]:
+        """``(reference losses, guidance)`` at 1-based ``step``."""
+        if self.known_iters <= 0 and self.interval <= 0:
+            return True, True
+        only = step <= self.known_iters or (self.interval > 0 and step % self.interval == 0)
+        return only, not only
+
+    def loss(self, rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor | None, weight: float = 1.0):
+        """Weighted colour (on white) and mask MSE, and the depth correlation when ``lambda_depth > 0``, of a render
+        of the reference camera: ``rgb [1,S,S,3]`` over white, ``alpha [1,S,S,1]``, camera ``depth [1,S,S]``."""
+        ref = self.rgba.to(rgb.device)
+        ref_rgb = ref[:, :3] * ref[:, 3:] + (1 - ref[:, 3:])
+        loss = weight * self.lambda_rgb * F.mse_loss(rgb.permute(0, 3, 1, 2), ref_rgb)
+        loss = loss + weight * self.lambda_mask * F.mse_loss(alpha.permute(0, 3, 1, 2), ref[:, 3:])
+        if self.depth is not None and self.lambda_depth > 0 and depth is not None:
+            from ...guidance.depth import depth_correlation_loss
+
+            loss = loss + weight * self.lambda_depth * depth_correlation_loss(
+                depth[0], self.depth[0, 0].to(depth.device), ref[0, 3] > 0.5)
+        return loss
 
 
 def ball_gaussians(num_pts: int, radius: float, generator: torch.Generator):
@@ -130,8 +158,7 @@ def distill_gaussians(opts: GaussianDistillOptions, guide, sampler, generator: t
     grad_cnt = torch.zeros(len(g), device=dev)
     if reference is not None:
         ref_cam = sampler.reference(reference.rgba.shape[-1]).to(dev)
-        ref = reference.rgba.to(dev)
-        ref_rgb = ref[:, :3] * ref[:, 3:] + (1 - ref[:, 3:])          # on white, the Gaussians' background
+        with_depth = reference.depth is not None and reference.lambda_depth > 0
     white = torch.ones(1, 3, device=dev)
     logs: dict[str, float] = {}
     for step in range(1, opts.iters + 1):
@@ -140,21 +167,26 @@ def distill_gaussians(opts: GaussianDistillOptions, guide, sampler, generator: t
         opt.set_lr("means", position_lr(step, opts.position_lr, opts.position_lr_max_steps))
         gs = opt.gaussians()
         loss = torch.zeros((), device=dev)
-        if reference is not None:
-            w = r if reference.warmup else 1.0
-            rgb, alpha, _ = render_gaussians(gs, ref_cam, white)
-            loss = loss + w * reference.lambda_rgb * F.mse_loss(rgb.permute(0, 3, 1, 2), ref_rgb)
-            loss = loss + w * reference.lambda_mask * F.mse_loss(alpha.permute(0, 3, 1, 2), ref[:, 3:])
-        size = render_size(r, opts.render_sizes)
-        cams, el, az = sampler.sample(size, generator)
-        cams = cams.to(dev)
-        black = float(torch.rand((), generator=generator)) < opts.invert_bg_prob
-        bg = (torch.zeros if black else torch.ones)(len(cams), 3, device=dev)
-        rgb, alpha, meta = render_gaussians(gs, cams, bg)
-        meta["means2d"].retain_grad()
-        images = rgb.permute(0, 3, 1, 2)
-        guidance, logs = guide.losses(images, cams, el, az, r)
-        loss = loss + guidance
+        use_ref, use_guide = reference.schedule(step) if reference is not None else (False, True)
+        if use_ref:
+            rgbd, alpha, ref_meta = render_gaussians(gs, ref_cam, white, render_mode="RGB+ED" if with_depth else "RGB")
+            depth = torch.where(alpha[..., 0] > 0.5, rgbd[..., 3], torch.inf) if with_depth else None
+            loss = loss + reference.loss(rgbd[..., :3], alpha, depth, r if reference.warmup else 1.0)
+            if not use_guide:
+                meta, images = ref_meta, rgbd[..., :3].detach().permute(0, 3, 1, 2)
+                meta["means2d"].retain_grad()
+                cams = ref_cam
+        if use_guide:
+            size = render_size(r, opts.render_sizes)
+            cams, el, az = sampler.sample(size, generator)
+            cams = cams.to(dev)
+            black = float(torch.rand((), generator=generator)) < opts.invert_bg_prob
+            bg = (torch.zeros if black else torch.ones)(len(cams), 3, device=dev)
+            rgb, alpha, meta = render_gaussians(gs, cams, bg)
+            meta["means2d"].retain_grad()
+            images = rgb.permute(0, 3, 1, 2)
+            guidance, logs = guide.losses(images, cams, el, az, r)
+            loss = loss + guidance
         if extra_loss is not None:
             extra, extra_logs = extra_loss(gs, r)
             loss = loss + extra

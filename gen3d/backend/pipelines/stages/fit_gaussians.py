@@ -178,12 +178,13 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 # --- rendering -----------------------------------------------------------------------------------------------------
 def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | None = None,
-                     sh_degree: int | None = None):
-    """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None."""
+                     sh_degree: int | None = None, render_mode: str = "RGB"):
+    """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None.
+    ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel."""
     deg = g.sh_degree if sh_degree is None else sh_degree
     return rasterization(g.means, g.quats, g.scales, g.opacities, g.sh[:, :(deg + 1) ** 2],
                          cameras.viewmats().to(g.device), cameras.K.to(g.device), cameras.width, cameras.height,
-                         sh_degree=deg, backgrounds=background)
+                         sh_degree=deg, backgrounds=background, render_mode=render_mode)
 
 
 # --- optimisation --------------------------------------------------------------------------------------------------
