@@ -90,7 +90,7 @@ class Instant3DPipeline(Pipeline):
         dev = ctx.device
         grid_path = resolve(opts.grid_model, opts.grid_weights_path)
         recon_path = resolve(opts.reconstructor, opts.reconstructor_path)
-        generator = self._cached(ctx, f"grid:{grid_path.resolve()}", lambda: GridGenerator(
+        generator = self._cached(ctx, f"grid:{grid_path.resolve()}", lambda: GridGenerator.from_folder(
             grid_path, sdxl=opts.grid_model == "sdxl-base", device=dev))
         model = self._cached(ctx, f"instantmesh:{recon_path.resolve()}",
                              lambda: load_instantmesh(recon_path).to(dev))

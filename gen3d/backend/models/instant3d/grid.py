@@ -81,21 +81,28 @@ class GridGenerator:
     """Text -> one 2x2 grid image from a diffusers text-to-image folder (SD or SDXL layout), Euler sampler with
     sgm-style linspace timesteps (the first at t=999, as GRM's EulerEDMSampler), classifier-free guidance."""
 
-    def __init__(self, folder: str | os.PathLike, sdxl: bool = False, device=None, dtype=None):
-        from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    def __init__(self, pipe):
+        """``pipe``: a loaded diffusers ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``."""
+        from diffusers import EulerDiscreteScheduler
+
+        self.pipe = pipe
+        self.device = pipe.device
+        self.pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+        self.pipe.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, sdxl: bool = False, device=None, dtype=None) -> "GridGenerator":
+        """A diffusers folder in the SD (2.1-base) or SDXL layout, fp16 on CUDA and fp32 elsewhere by default."""
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         from ...guidance.priors.base import default_dtype, fp16_variant
 
-        folder = Path(folder)
-        self.device = torch.device(device or "cpu")
-        self.dtype = dtype or default_dtype(self.device)
-        cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+        folder, device = Path(folder), torch.device(device or "cpu")
+        pipe_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
         extra = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
-        self.pipe = cls.from_pretrained(folder, torch_dtype=self.dtype, variant=fp16_variant(folder / "unet"),
-                                        **extra).to(self.device)
-        self.pipe.scheduler = EulerDiscreteScheduler.from_config(self.pipe.scheduler.config,
-                                                                 timestep_spacing="linspace")
-        self.pipe.set_progress_bar_config(disable=True)
+        pipe = pipe_class.from_pretrained(folder, torch_dtype=dtype or default_dtype(device),
+                                          variant=fp16_variant(folder / "unet"), **extra)
+        return cls(pipe.to(device))
 
     @torch.no_grad()
     def initial_latents(self, size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
@@ -104,7 +111,7 @@ class GridGenerator:
         z = vae.encode(blob).latent_dist.mean.float() * vae.config.scaling_factor  # the mode, not a sample
         noise = torch.randn(z.shape, generator=generator).to(self.device)
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
-        return blob_latents(z, noise, self.pipe.scheduler).to(self.dtype)
+        return blob_latents(z, noise, self.pipe.scheduler).to(self.pipe.unet.dtype)
 
     @torch.no_grad()
     def __call__(self, prompt: str, size: int, steps: int = 30, guidance_scale: float = 5.0, seed: int = 0,
