@@ -245,3 +245,34 @@ def test_instant3d_method_end_to_end_on_tiny_published_layouts(tmp_path, monkeyp
     assert len(mesh.faces) > 0 and mesh.texture is not None
     with pytest.raises(BadInput):
         run_job(JobRequest(method="instant3d", options=opts), RunContext(out_dir=tmp_path / "noprompt"))
+
+
+def test_grid_generator_starts_denoising_from_the_noised_blob(tmp_path):
+    """The UNet's first input is the blob's VAE latent plus sigma_max noise (Euler's x at t=999), scaled by
+    1/sqrt(1 + sigma^2) (Euler's scale_model_input), for both CFG halves."""
+    from gen3d.backend.guidance.tiny import write_sd21_base
+    from gen3d.backend.models.instant3d.grid import GridGenerator
+
+    write_sd21_base(tmp_path / "sd")
+    gen = GridGenerator.from_folder(tmp_path / "sd")
+    seen = []
+    gen.pipe.unet.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    size = 64
+    grid = gen("a chair", size, steps=2, guidance_scale=3.0, seed=7)
+    assert grid.shape == (size, size, 3) and 0 <= grid.min() and grid.max() <= 1
+    # independent: GRM's blob (full-size blob, tiled 2x2, bilinear back to size), its VAE mode, torch.randn(seed)
+    c = torch.arange(size, dtype=torch.float64)
+    g = torch.exp(-((c[:, None] - size // 2) ** 2 + (c[None] - size // 2) ** 2) / (2 * (0.1 * size) ** 2))
+    tiled = torch.nn.functional.interpolate((1 - g).repeat(2, 2)[None, None], size=(size, size), mode="bilinear")
+    blob = (2 * tiled - 1).float().expand(1, 3, -1, -1)
+    vae = gen.pipe.vae
+    with torch.no_grad():
+        z = vae.encode(blob).latent_dist.mean * vae.config.scaling_factor
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(7))
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)[999]
+    sigma = math.sqrt((1 - abar) / abar)
+    expected = (z + sigma * eps) / math.sqrt(1 + sigma ** 2)
+    first = seen[0]
+    assert first.shape[0] == 2  # unconditional + conditional
+    assert torch.allclose(first[0], expected[0], atol=1e-4) and torch.allclose(first[1], expected[0], atol=1e-4)
