@@ -107,8 +107,14 @@ class GridGenerator:
     @torch.no_grad()
     def initial_latents(self, size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
         vae = self.pipe.vae
+        dtype = vae.dtype
+        upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)  # SDXL's VAE overflows
+        if upcast:
+            vae.to(torch.float32)
         blob = blob_image(size)[None].to(self.device, vae.dtype)
         z = vae.encode(blob).latent_dist.mean.float() * vae.config.scaling_factor  # the mode, not a sample
+        if upcast:
+            vae.to(dtype)
         noise = torch.randn(z.shape, generator=generator).to(self.device)
         self.pipe.scheduler.set_timesteps(steps, device=self.device)
         return blob_latents(z, noise, self.pipe.scheduler).to(self.pipe.unet.dtype)
