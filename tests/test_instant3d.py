@@ -118,6 +118,36 @@ def test_modulated_encoder_matches_transformers_vit_with_adaln_hooks():
         assert torch.allclose(ours(x, c), expected, atol=1e-5)
 
 
+def test_triplane_block_matches_torch_multihead_attention_layers():
+    """InstantMesh's block from torch layers: LayerNorm (default eps 1e-5) -> cross-attention (separate q/k/v,
+    no bias) -> LayerNorm -> self-attention (packed) -> LayerNorm -> Linear-GELU-Linear, each residual."""
+    from gen3d.backend.models.lrm.transformer import TriplaneBlock
+
+    cfg = _tiny_cfg()
+    D, K, heads = cfg.dim, cfg.enc_dim, cfg.heads
+    ref = torch.nn.ModuleDict({
+        "norm1": torch.nn.LayerNorm(D), "norm2": torch.nn.LayerNorm(D), "norm3": torch.nn.LayerNorm(D),
+        "cross_attn": torch.nn.MultiheadAttention(D, heads, kdim=K, vdim=K, bias=False, batch_first=True),
+        "self_attn": torch.nn.MultiheadAttention(D, heads, bias=False, batch_first=True),
+        "mlp": torch.nn.Sequential(torch.nn.Linear(D, 4 * D), torch.nn.GELU(), torch.nn.Dropout(0.0),
+                                   torch.nn.Linear(4 * D, D))}).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    published = {f"transformer.layers.0.{k}": v for k, v in ref.state_dict().items()}
+    ours = TriplaneBlock(cfg).eval()
+    ours.load_state_dict({k[len("transformer.blocks.0."):]: v for k, v in instantmesh_to_ours(published).items()},
+                         strict=True)
+    x, ctx = torch.randn(2, 12, D) * 3e-3, torch.randn(2, 9, K)  # small: LayerNorm eps matters
+    with torch.no_grad():
+        h = x + ref["cross_attn"](ref["norm1"](x), ctx, ctx, need_weights=False)[0]
+        n = ref["norm2"](h)
+        h = h + ref["self_attn"](n, n, n, need_weights=False)[0]
+        expected = h + ref["mlp"](ref["norm3"](h))
+        assert torch.allclose(ours(x, ctx, None), expected, atol=1e-5)
+
+
 def test_camera_encoding_reproduces_instantmesh_zero123plus_cameras():
     got = encode_cameras(zero123plus_cameras())
     # view 0 as InstantMesh's get_zero123plus_input_cameras() prints it (checkpoint_keys README)
