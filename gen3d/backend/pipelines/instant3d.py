@@ -38,8 +38,9 @@ class Instant3DOptions(Options):
                                   description="grid side in pixels (default 512 for SD 2.1, 1024 for SDXL)")
     steps: int = Field(30, ge=1, le=200, description="Euler sampling steps of the grid model")
     guidance_scale: float = Field(5.0, ge=0, le=30, description="classifier-free guidance scale")
-    view_radius: float = Field(2.7, gt=0.5, le=10, description="camera distance the grid views are posed at")
-    view_fov: float = Field(50.0, gt=5, lt=120, description="vertical field of view of the grid views (degrees)")
+    view_radius: float | None = Field(None, gt=0.5, le=10,
+                                      description="camera distance the grid views are posed at (ring: 2.7)")
+    view_fov: float | None = Field(None, gt=5, lt=120, description="vertical fov of the grid views (ring: 50 deg)")
     mesh_resolution: int | None = Field(None, ge=32, le=512, description="marching-cubes grid (model default 256)")
     mesh_level: float | None = Field(None, gt=0, description="density iso level (model default 10)")
     target_faces: int = Field(100_000, ge=0, le=2_000_000, description="decimate to this many faces (0 = keep)")
@@ -81,7 +82,7 @@ class Instant3DPipeline(Pipeline):
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView, record_placement
         from ..models.instant3d.checkpoints import load_instantmesh
-        from ..models.instant3d.grid import GRID_ELEVATION, GridGenerator, grid_cameras, split_grid
+        from ..models.instant3d.grid import GRID_RING, GridGenerator, grid_cameras, split_grid
         from ..models.instant3d.reconstructor import encode_cameras
         from ..weights import is_tiny, resolve
         from .stages.export import export_results, write_png
@@ -127,8 +128,8 @@ class Instant3DPipeline(Pipeline):
         with ctx.stage("export"):
             out.update(export_results(ctx.out_dir, mesh, preview_views=opts.preview_views,
                                       preview_size=opts.preview_size))
-            out.update(record_placement(request, ctx, mesh.vertices,
-                                        CanonicalView(GRID_ELEVATION, opts.view_radius, opts.view_fov)))
+            out.update(record_placement(request, ctx, mesh.vertices, CanonicalView(
+                GRID_RING.elevations[0], opts.view_radius or GRID_RING.distance, opts.view_fov or GRID_RING.fov_deg)))
         ctx.cache.setdefault("_metrics", {}).update({"faces": int(len(mesh.faces)),
                                                      "vertices": int(len(mesh.vertices)),
                                                      "grid_size": size, "views": int(len(views))})

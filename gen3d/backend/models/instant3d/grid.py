@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...blender.poses import RINGS
 from ...geometry.cameras import Cameras, orbit_cameras
 
-GRID_ELEVATION = 20.0
-GRID_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
-#: camera distance and vertical fov the views are posed with (GRM's for its Instant3D grids)
-GRID_RADIUS, GRID_FOV = 2.7, 50.0
+#: the four views' ring, shared with ``dataset multiview --orbit instant3d``: elevation 20, azimuths 0/90/180/270,
+#: distance 2.7 and vertical fov 50 (GRM's for its Instant3D grids)
+GRID_RING = RINGS["instant3d"]
 BLOB_STD = 0.1
 
 
@@ -72,9 +72,10 @@ def split_grid(grid: np.ndarray) -> np.ndarray:
     return np.concatenate([views, white_key_alpha(views)[..., None]], -1).astype(np.float32)
 
 
-def grid_cameras(size: int, radius: float = GRID_RADIUS, fov_deg: float = GRID_FOV) -> Cameras:
-    """The four grid views' cameras, in view order."""
-    return orbit_cameras(GRID_ELEVATION, torch.tensor(GRID_AZIMUTHS), radius, fov_deg, size, size)
+def grid_cameras(size: int, radius: float | None = None, fov_deg: float | None = None) -> Cameras:
+    """The four grid views' cameras, in view order (``radius`` / ``fov_deg`` default to the ring's)."""
+    ring = GRID_RING
+    return orbit_cameras(ring.elevations, ring.azimuths, radius or ring.distance, fov_deg or ring.fov_deg, size, size)
 
 
 class GridGenerator:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...blender.poses import RINGS
 from ...errors import BadInput
 from ...geometry.cameras import Cameras, orbit_cameras
 from ..lrm.config import DINO_VITB16, IMAGENET_MEAN, IMAGENET_STD, OPENLRM_PLANES, LRMConfig
@@ -36,11 +37,11 @@ INSTANTMESH_CONFIGS: dict[str, dict[str, Any]] = {
     for size, (layers, tdim, samples) in {"base": (12, 40, 96), "large": (16, 80, 128)}.items()
 }
 
-#: Zero123++ v1.2's six output views as InstantMesh poses them (run.py): elevation, azimuth (degrees, InstantMesh's
-#: frame = ours), radius 4.0, vertical fov 30, 320-pixel views, view k at row k // 2, column k % 2 of the 3x2 image
-ZERO123PLUS_ELEVATIONS = (20.0, -10.0, 20.0, -10.0, 20.0, -10.0)
-ZERO123PLUS_AZIMUTHS = (30.0, 90.0, 150.0, 210.0, 270.0, 330.0)
-ZERO123PLUS_RADIUS, ZERO123PLUS_FOV, ZERO123PLUS_SIZE = 4.0, 30.0, 320
+#: Zero123++ v1.2's six output views as InstantMesh poses them (run.py): azimuths 30..330 step 60 (InstantMesh's
+#: frame = ours, relative to the input view), elevations +20/-10 alternating, radius 4.0, vertical fov 30, 320-pixel
+#: views, view k at row k // 2, column k % 2 of the 3x2 image (the ring of ``dataset multiview --orbit zero123pp``)
+ZERO123PLUS_RING = RINGS["zero123pp"]
+ZERO123PLUS_SIZE = 320
 
 
 def from_instantmesh_config(params: dict[str, Any]) -> LRMConfig:
@@ -79,8 +80,8 @@ def from_instantmesh_config(params: dict[str, Any]) -> LRMConfig:
             colour_activation="sigmoid_mip", radius=1.0, plane_axes=OPENLRM_PLANES, samples_per_ray=samples,
             importance_samples=samples // 2, delta_units="metric", midpoint_composite=True,
             mesh_resolution=256, mesh_level=10.0, background=1.0, foreground_ratio=0.85,
-            source_camera_distance=ZERO123PLUS_RADIUS,
-            source_focal=0.5 / math.tan(math.radians(ZERO123PLUS_FOV / 2)),
+            source_camera_distance=ZERO123PLUS_RING.distance,
+            source_focal=0.5 / math.tan(math.radians(ZERO123PLUS_RING.fov_deg / 2)),
             render_size=int(params.get("render_size", 192)), model_yaw_deg=-90.0, license="Apache-2.0",
         )
     except KeyError as e:
@@ -99,9 +100,10 @@ def encode_cameras(cams: Cameras, model_yaw_deg: float = -90.0) -> torch.Tensor:
     return torch.cat([c2w[:, :3, :4].reshape(-1, 12), intr], -1)
 
 
-def zero123plus_cameras(size: int = ZERO123PLUS_SIZE, radius: float = ZERO123PLUS_RADIUS) -> Cameras:
+def zero123plus_cameras(size: int = ZERO123PLUS_SIZE, radius: float | None = None) -> Cameras:
     """The six Zero123++ v1.2 views InstantMesh reconstructs from, in view order."""
-    return orbit_cameras(ZERO123PLUS_ELEVATIONS, ZERO123PLUS_AZIMUTHS, radius, ZERO123PLUS_FOV, size, size)
+    ring = ZERO123PLUS_RING
+    return orbit_cameras(ring.elevations, ring.azimuths, radius or ring.distance, ring.fov_deg, size, size)
 
 
 class SparseViewLRM(LRM):
