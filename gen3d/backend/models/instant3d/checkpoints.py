@@ -21,9 +21,9 @@ import torch
 
 from ...errors import BadInput, MissingWeights
 from ...files import atomic_path, write_json
-from ..lrm.checkpoints import (StateDict, _compile, _rename, build_from_state, join_vit_qkv,
-                               pack_multihead_attention, read_torch_checkpoint, split_multihead_attention,
-                               split_vit_qkv)
+from ..lrm.checkpoints import (StateDict, build_from_state, compile_renames, join_vit_qkv,
+                               pack_multihead_attention, read_torch_checkpoint, rename_keys,
+                               split_multihead_attention, split_vit_qkv)
 from .reconstructor import INSTANTMESH_CONFIGS, SparseViewLRM, from_instantmesh_config
 
 PREFIX = "lrm_generator."
@@ -63,14 +63,14 @@ _VIT_QKV = re.compile(r"^encoder\.model\.encoder\.layer\.(\d+)\.attention\.atten
 def instantmesh_to_ours(sd: StateDict) -> StateDict:
     """InstantNeRF ``state_dict`` names (without ``lrm_generator.``) -> ours."""
     rest, qkv = join_vit_qkv(sd, _VIT_QKV, "InstantMesh checkpoint")
-    return {**split_multihead_attention(_rename(rest, _compile(RENAMES, False), "InstantMesh checkpoint")), **qkv}
+    return {**split_multihead_attention(rename_keys(rest, compile_renames(RENAMES, False), "InstantMesh checkpoint")), **qkv}
 
 
 def ours_to_instantmesh(sd: StateDict) -> StateDict:
     """Inverse of :func:`instantmesh_to_ours` (InstantNeRF's own names)."""
     sd = dict(sd)
     vit = split_vit_qkv(sd, "encoder.model.")
-    return {**_rename(pack_multihead_attention(sd), _compile(RENAMES, True), "SparseViewLRM state_dict"), **vit}
+    return {**rename_keys(pack_multihead_attention(sd), compile_renames(RENAMES, True), "SparseViewLRM state_dict"), **vit}
 
 
 def generator_state(ckpt: StateDict) -> StateDict:

@@ -90,7 +90,7 @@ _VIT_QKV = re.compile(r"^image_tokenizer\.model\.(?:encoder\.layer|layers)\.(\d+
                       r"(?:attention\.(query|key|value)|(q_proj|k_proj|v_proj))\.(weight|bias)$")
 
 
-def _compile(renames: list[tuple[str, str]], inverse: bool) -> list[tuple[re.Pattern, str]]:
+def compile_renames(renames: list[tuple[str, str]], inverse: bool) -> list[tuple[re.Pattern, str]]:
     out = []
     for published, ours in renames:
         src, dst = (ours, published) if inverse else (published, ours)
@@ -98,7 +98,7 @@ def _compile(renames: list[tuple[str, str]], inverse: bool) -> list[tuple[re.Pat
     return out
 
 
-def _rename(sd: StateDict, rules: list[tuple[re.Pattern, str]], what: str) -> StateDict:
+def rename_keys(sd: StateDict, rules: list[tuple[re.Pattern, str]], what: str) -> StateDict:
     out: StateDict = {}
     for key, t in sd.items():
         for pat, repl in rules:
@@ -141,18 +141,19 @@ def pack_multihead_attention(sd: StateDict) -> StateDict:
 
 def openlrm_to_ours(sd: StateDict) -> StateDict:
     """OpenLRM ``model.safetensors`` names -> our names (packed ``in_proj_weight`` split into q/k/v)."""
-    return split_multihead_attention(_rename(sd, _compile(OPENLRM_RENAMES, False), "OpenLRM checkpoint"))
+    return split_multihead_attention(rename_keys(sd, compile_renames(OPENLRM_RENAMES, False), "OpenLRM checkpoint"))
 
 
 def ours_to_openlrm(sd: StateDict) -> StateDict:
     """Inverse of :func:`openlrm_to_ours`."""
-    return _rename(pack_multihead_attention(sd), _compile(OPENLRM_RENAMES, True), "LRM state_dict")
+    return rename_keys(pack_multihead_attention(sd), compile_renames(OPENLRM_RENAMES, True), "LRM state_dict")
 
 
 # --- TripoSR ----------------------------------------------------------------------------------------------------
 def join_vit_qkv(sd: StateDict, pattern: re.Pattern, what: str) -> tuple[StateDict, StateDict]:
     """Split off a transformers-ViT state's separate query/key/value tensors (``pattern`` groups: layer, one or more
-    alternative name groups (query/q_proj ...), weight|bias) and concatenate them into our ``encoder.blocks.N.attn.qkv``; returns (rest, joined)."""
+    alternative name groups (query/q_proj ...), weight|bias) and concatenate them into our
+    ``encoder.blocks.N.attn.qkv``; returns (rest, joined)."""
     rest: StateDict = {}
     parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, t in sd.items():
@@ -185,7 +186,7 @@ def triposr_to_ours(sd: StateDict) -> StateDict:
     ``[3, C, r, r]`` -> ``[1, 3*r*r, C]``, pooler dropped."""
     rest, qkv = join_vit_qkv({k: t for k, t in sd.items() if not TRIPOSR_UNUSED.match(k)}, _VIT_QKV,
                              "TripoSR checkpoint")
-    out = {**_rename(rest, _compile(TRIPOSR_RENAMES, False), "TripoSR checkpoint"), **qkv}
+    out = {**rename_keys(rest, compile_renames(TRIPOSR_RENAMES, False), "TripoSR checkpoint"), **qkv}
     tok = out["transformer.tokens"]
     out["transformer.tokens"] = tok.permute(0, 2, 3, 1).reshape(1, -1, tok.shape[1])
     return out
@@ -198,8 +199,8 @@ def ours_to_triposr(sd: StateDict, low_res: int) -> StateDict:
     out = split_vit_qkv(sd, "image_tokenizer.model.")
     tok = sd.pop("transformer.tokens")
     sd["transformer.tokens"] = tok.reshape(3, low_res, low_res, -1).permute(0, 3, 1, 2)
-    rules = [(p, r) for p, r in _compile(TRIPOSR_RENAMES, True) if "model.layers" not in r]  # 4.x names only
-    out.update(_rename(sd, rules, "LRM state_dict"))
+    rules = [(p, r) for p, r in compile_renames(TRIPOSR_RENAMES, True) if "model.layers" not in r]  # 4.x names only
+    out.update(rename_keys(sd, rules, "LRM state_dict"))
     d = out["image_tokenizer.model.embeddings.cls_token"].shape[-1]
     out["image_tokenizer.model.pooler.dense.weight"] = torch.zeros(d, d)
     out["image_tokenizer.model.pooler.dense.bias"] = torch.zeros(d)
