@@ -108,9 +108,10 @@ class Instant3DPipeline(Pipeline):
                              request.negative_prompt or "",
                              callback=lambda i, n: (ctx.check_cancelled(), ctx.progress("grid", i, n)))
             views = split_grid(grid)  # [4, s, s, 4] RGBA
+            preview = to_uint8(image_grid(list(views), 4))  # the four views, shown before any mesh exists
             out["grid.png"] = write_png(ctx.out_dir / "grid.png", to_uint8(grid))
-            out["views.png"] = write_png(ctx.out_dir / "views.png", to_uint8(image_grid(list(views), 4)))
-            ctx.progress("grid", opts.steps, opts.steps, to_uint8(image_grid(list(views), 4)))
+            out["views.png"] = write_png(ctx.out_dir / "views.png", preview)
+            ctx.progress("grid", opts.steps, opts.steps, preview)
 
         with ctx.stage("triplane"), torch.no_grad(), autocast(dev, opts.half_precision):
             cams = grid_cameras(views.shape[1], opts.view_radius, opts.view_fov)
