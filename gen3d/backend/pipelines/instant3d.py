@@ -83,7 +83,7 @@ class Instant3DPipeline(Pipeline):
         from ..geometry.placement import CanonicalView, record_placement
         from ..models.instant3d.checkpoints import load_instantmesh
         from ..models.instant3d.grid import GRID_RING, GridGenerator, grid_cameras, split_grid
-        from ..models.instant3d.reconstructor import encode_cameras
+        from ..models.instant3d.reconstructor import encode_cameras, model_views
         from ..weights import is_tiny, resolve
         from .stages.export import export_results, write_png
 
@@ -115,7 +115,7 @@ class Instant3DPipeline(Pipeline):
 
         with ctx.stage("triplane"), torch.no_grad(), autocast(dev, opts.half_precision):
             cams = grid_cameras(views.shape[1], opts.view_radius, opts.view_fov)
-            images = model.prepare_views(torch.from_numpy(views[..., :3]).permute(0, 3, 1, 2))[None].to(dev)
+            images = model_views(torch.from_numpy(views[..., :3]).permute(0, 3, 1, 2), model.cfg)[None].to(dev)
             planes = model.forward_planes(images, encode_cameras(cams, model.cfg.model_yaw_deg)[None].to(dev))
             planes = planes.float()
         if not torch.isfinite(planes).all():

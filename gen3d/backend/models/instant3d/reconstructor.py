@@ -106,6 +106,17 @@ def zero123plus_cameras(size: int = ZERO123PLUS_SIZE, radius: float | None = Non
     return orbit_cameras(ring.elevations, ring.azimuths, radius or ring.distance, ring.fov_deg, size, size)
 
 
+def model_views(views: torch.Tensor, cfg: LRMConfig) -> torch.Tensor:
+    """``views [..., 3, H, W]`` RGB in [0, 1] on the model's background -> ``[..., 3, S, S]`` at the model's input
+    size (bicubic with antialias, clamped: InstantMesh's ``v2.functional.resize(..., interpolation=3)``)."""
+    S = cfg.image_size
+    lead = views.shape[:-3]
+    x = views.reshape(-1, *views.shape[-3:]).float()
+    if x.shape[-2:] != (S, S):
+        x = F.interpolate(x, size=(S, S), mode="bicubic", align_corners=False, antialias=True)
+    return x.clamp(0, 1).reshape(*lead, 3, S, S)
+
+
 class SparseViewLRM(LRM):
     """An LRM that reconstructs one triplane from V posed views (Instant3D; InstantMesh's weights load into it)."""
 
@@ -114,16 +125,6 @@ class SparseViewLRM(LRM):
             raise BadInput("a sparse-view reconstructor needs its cameras in the encoder (one per view)",
                            {"field": "camera_modulates"})
         super().__init__(cfg)
-
-    def prepare_views(self, views: torch.Tensor) -> torch.Tensor:
-        """``views [..., 3, H, W]`` RGB in [0, 1] on the model's background -> ``[..., 3, S, S]`` at the model's input
-        size (bicubic with antialias, clamped: InstantMesh's ``v2.functional.resize(..., interpolation=3)``)."""
-        S = self.cfg.image_size
-        lead = views.shape[:-3]
-        x = views.reshape(-1, *views.shape[-3:]).float()
-        if x.shape[-2:] != (S, S):
-            x = F.interpolate(x, size=(S, S), mode="bicubic", align_corners=False, antialias=True)
-        return x.clamp(0, 1).reshape(*lead, 3, S, S)
 
     def forward_planes(self, images: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
         """``images [B, V, 3, S, S]`` in [0, 1] (``[B, 3, S, S]``: one view), ``cameras [B, V, 16]``
