@@ -33,6 +33,7 @@ PRESETS = ("tiny", "small", "full")
 RECIPES = {
     "lrm": "gen3d.backend.training.recipes.lrm:LRMRecipe",
     "instant3d-recon": "gen3d.backend.training.recipes.instant3d_recon:Instant3DReconRecipe",
+    "instant3d-grid": "gen3d.backend.training.recipes.instant3d_grid:Instant3DGridRecipe",
 }
 
 
