@@ -263,8 +263,8 @@ def test_instant3d_method_end_to_end_on_tiny_published_layouts(tmp_path, monkeyp
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(root))
     previews = []
     ctx = RunContext(out_dir=tmp_path / "out", progress_fn=lambda s, i, n, p: previews.append((s, p is not None)))
-    opts = {"grid_size": 64, "steps": 2, "mesh_resolution": 40, "texture_size": 128, "preview_views": 2,
-            "preview_size": 32, "target_faces": 4000}
+    opts = {"grid_size": 64, "steps": 2, "mesh_resolution": 32, "texture_size": 64, "preview_views": 1,
+            "preview_size": 24, "target_faces": 2000}
     arts = run_job(JobRequest(method="instant3d", prompt="a red chair", preset="fast", options=opts), ctx)
     assert {"grid.png", "views.png", "mesh.glb", "preview.png", "meta.json"} <= set(arts)
     stages = [s for s, _ in previews]
@@ -273,7 +273,7 @@ def test_instant3d_method_end_to_end_on_tiny_published_layouts(tmp_path, monkeyp
     assert meta["weights"]["reconstructor"]["license"] == "Apache-2.0" and meta["weights"]["grid"]["tiny"]
     mesh = load_glb(tmp_path / "out" / "mesh.glb")
     assert len(mesh.faces) > 0 and mesh.texture is not None
-    with pytest.raises(BadInput):
+    with pytest.raises(BadInput, match="prompt"):
         run_job(JobRequest(method="instant3d", options=opts), RunContext(out_dir=tmp_path / "noprompt"))
 
 
