@@ -138,6 +138,15 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  "Apache-2.0", 0.1, ("magic123",),
                  files=("config.json", "preprocessor_config.json", "model.safetensors"),
                  tiny_factory="gen3d.backend.guidance.depth:write_tiny_depth_anything"),
+    WeightsEntry("instantmesh-nerf-base", "TencentARC/InstantMesh",
+                 "InstantMesh NeRF reconstructor, base (6 Zero123++ views -> triplane; Lightning .ckpt, 1.25 GB)",
+                 "Apache-2.0", 1.25, ("instant3d",), files=("instant_nerf_base.ckpt",),
+                 license_url=_hf("TencentARC/InstantMesh"),
+                 tiny_factory="gen3d.backend.models.instant3d.tiny:write_tiny"),
+    WeightsEntry("instantmesh-nerf-large", "TencentARC/InstantMesh",
+                 "InstantMesh NeRF reconstructor, large (Lightning .ckpt, 1.51 GB)", "Apache-2.0", 1.51,
+                 ("instant3d",), files=("instant_nerf_large.ckpt",), license_url=_hf("TencentARC/InstantMesh"),
+                 tiny_factory="gen3d.backend.models.instant3d.tiny:write_tiny"),
 ]}
 
 

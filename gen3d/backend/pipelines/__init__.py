@@ -12,7 +12,8 @@ from .base import JobRequest, Options, Pipeline, RunContext, seed_everything
 #: comma-separated list of modules, adds more: test pipelines, plug-ins)
 METHOD_MODULES: list[str] = ["gen3d.backend.pipelines.reconstruct", "gen3d.backend.pipelines.lrm",
                               "gen3d.backend.pipelines.dreamgaussian", "gen3d.backend.pipelines.texture",
-                              "gen3d.backend.pipelines.magic123"]
+                              "gen3d.backend.pipelines.magic123",
+                              "gen3d.backend.pipelines.instant3d"]
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False

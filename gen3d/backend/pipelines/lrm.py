@@ -9,20 +9,16 @@ The mesh lands in Blender's frame (Z up) with the input view looking along +Y (a
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from ..errors import NumericalError
 from . import register
 from .base import JobRequest, Options, Pipeline, RunContext
-
-log = logging.getLogger(__name__)
+from .stages.triplane_mesh import autocast, image_grid, textured_mesh_from_field, to_uint8
 
 
 class LRMOptions(Options):
@@ -47,67 +43,6 @@ class LRMOptions(Options):
         "standard": {},
         "high": {"texture_size": 2048, "preview_views": 16, "target_faces": 300_000},
     }
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def triplane_mesh(field, resolution: int, level: float, smooth_iterations: int, target_faces: int):
-    """Marching cubes (PyMCubes) of ``field``'s density at ``level`` on a ``resolution^3`` grid over its box, then
-    cleanup -> a ``trimesh.Trimesh`` in the world frame with outward normals."""
-    import mcubes
-    import trimesh
-
-    from .stages.extract_mesh import cleanup_mesh
-
-    grid = field.density_grid(resolution)
-    if not np.isfinite(grid).all():
-        raise NumericalError("the predicted density has NaN/inf values", {"stage": "mesh"})
-    verts, faces = mcubes.marching_cubes(grid, level)
-    if len(faces) == 0:
-        raise NumericalError(f"no surface: the predicted density never reaches the level {level} "
-                             f"(max {float(grid.max()):.3g}); try a lower mesh_level",
-                             {"max_density": float(grid.max()), "level": level})
-    r = field.radius
-    verts = torch.from_numpy(verts.astype(np.float32) / (resolution - 1) * 2 * r - r)
-    if field.model_from_world is not None:  # model -> world
-        verts = verts @ field.model_from_world.cpu()
-    mesh = trimesh.Trimesh(verts.numpy(), faces.astype(np.int64), process=False)
-    voxel = 2 * r / (resolution - 1)
-    cleaned = cleanup_mesh(mesh, 0.01 * voxel, 0.02, smooth_iterations, target_faces)
-    log.info("lrm mesh: %d faces at level %g on %d^3, %d after cleanup", len(faces), level, resolution,
-             len(cleaned.faces))
-    return cleaned
-
-
-def bake_colour_field(mesh, colour_fn: Callable[[torch.Tensor], torch.Tensor], resolution: int) -> torch.Tensor:
-    """Bake a colour *field* into ``mesh``'s UV texture: each covered texel gets ``colour_fn(points [N, 3]) ->
-    [N, 3]`` at its surface point (the shared stage's UV-space rasterisation), empty texels are filled pull-push
-    from their neighbours. Returns ``[R, R, 3]`` float32 in [0, 1]. Any colour field works (triplane, SDF colour)."""
-    from .stages.bake_texture import pull_push_fill, uv_space_surface
-
-    surface = uv_space_surface(mesh, resolution)
-    colour = torch.zeros(resolution, resolution, 3)
-    if surface.valid.any():
-        colour[surface.valid.cpu()] = colour_fn(surface.position[surface.valid]).float().cpu().clamp(0, 1)
-    return pull_push_fill(colour, surface.valid.cpu()).clamp(0, 1)
-
-
-def _grid(images: list[np.ndarray], cols: int) -> np.ndarray:
-    rows = -(-len(images) // cols)
-    h, w = images[0].shape[:2]
-    out = np.ones((rows * h, cols * w, 3), dtype=np.float32)
-    for i, im in enumerate(images):
-        out[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
-    return out
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 @register
@@ -142,9 +77,7 @@ class LRMPipeline(Pipeline):
         from ..geometry.image_prep import read_image
         from ..geometry.placement import CanonicalView, fov_from_focal, record_placement
         from ..models.lrm.preprocess import preprocess_image
-        from ..representations.mesh import TexturedMesh
         from .stages.export import export_results, write_png
-        from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
 
         opts = LRMOptions(**request.options)
         model = self._model(opts, ctx)
@@ -155,16 +88,16 @@ class LRMPipeline(Pipeline):
         with ctx.stage("preprocess"):
             image = preprocess_image(read_image(request.files["image"]), cfg, opts.foreground_ratio,
                                      what=Path(request.files["image"]).name)
-            out["input.png"] = write_png(ctx.out_dir / "input.png", _to_uint8(image[0].permute(1, 2, 0).numpy()))
+            out["input.png"] = write_png(ctx.out_dir / "input.png", to_uint8(image[0].permute(1, 2, 0).numpy()))
         ctx.progress("triplane", 0, 1)
-        with ctx.stage("triplane"), torch.no_grad(), _autocast(dev, opts.half_precision):
+        with ctx.stage("triplane"), torch.no_grad(), autocast(dev, opts.half_precision):
             planes = model.forward_planes(image.to(dev)).float()
         ctx.progress("triplane", 1, 1)
         if not torch.isfinite(planes).all():
             raise NumericalError("the model produced NaN/inf triplane features", {"stage": "triplane"})
         field = model.field(planes[0])
 
-        with ctx.stage("triplane_preview"), torch.no_grad(), _autocast(dev, opts.half_precision):
+        with ctx.stage("triplane_preview"), torch.no_grad(), autocast(dev, opts.half_precision):
             size = opts.preview_size or min(cfg.render_size, 256)
             n = opts.preview_views
             cams = orbit_cameras(15.0, torch.arange(n) * 360.0 / n, 2.4 * cfg.radius, 40.0, size, size)
@@ -176,23 +109,14 @@ class LRMPipeline(Pipeline):
                 rgb = field.render_rays(origins[i].reshape(-1, 3), dirs[i].reshape(-1, 3),
                                         settings, background=1.0, generator=gen)["rgb"]
                 frames.append(rgb.reshape(size, size, 3).cpu().numpy())
-                ctx.progress("triplane_preview", i + 1, n, _to_uint8(frames[-1]))
-            out["triplane.png"] = write_png(ctx.out_dir / "triplane.png", _to_uint8(_grid(frames, min(n, 4))))
+                ctx.progress("triplane_preview", i + 1, n, to_uint8(frames[-1]))
+            out["triplane.png"] = write_png(ctx.out_dir / "triplane.png", to_uint8(image_grid(frames, min(n, 4))))
 
-        with ctx.stage("mesh"), torch.no_grad(), _autocast(dev, opts.half_precision):
-            ctx.progress("mesh", 0, 1)
-            tm = triplane_mesh(field, opts.mesh_resolution or cfg.mesh_resolution, opts.mesh_level or cfg.mesh_level,
-                               opts.smooth_iterations, opts.target_faces)
-            ctx.progress("mesh", 1, 1)
-        ctx.progress("uv_unwrap", 0, 1)
-        with ctx.stage("uv_unwrap"):
-            mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
-        ctx.progress("bake", 0, 1)
-        with ctx.stage("bake"), torch.no_grad(), _autocast(dev, opts.half_precision):
-            texture = bake_colour_field(mesh.to(dev), field.colour, opts.texture_size)
+        mesh = textured_mesh_from_field(field, ctx, opts.mesh_resolution or cfg.mesh_resolution,
+                                        opts.mesh_level or cfg.mesh_level, opts.smooth_iterations, opts.target_faces,
+                                        opts.texture_size, opts.half_precision)
         ctx.progress("export", 0, 1)
         with ctx.stage("export"):
-            mesh = TexturedMesh(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, texture)
             out.update(export_results(ctx.out_dir, mesh, preview_views=opts.preview_views,
                                       preview_size=opts.preview_size or 256))
             out.update(record_placement(request, ctx, mesh.vertices, CanonicalView(

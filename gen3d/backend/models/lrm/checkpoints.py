@@ -90,7 +90,7 @@ _VIT_QKV = re.compile(r"^image_tokenizer\.model\.(?:encoder\.layer|layers)\.(\d+
                       r"(?:attention\.(query|key|value)|(q_proj|k_proj|v_proj))\.(weight|bias)$")
 
 
-def _compile(renames: list[tuple[str, str]], inverse: bool) -> list[tuple[re.Pattern, str]]:
+def compile_renames(renames: list[tuple[str, str]], inverse: bool) -> list[tuple[re.Pattern, str]]:
     out = []
     for published, ours in renames:
         src, dst = (ours, published) if inverse else (published, ours)
@@ -98,7 +98,7 @@ def _compile(renames: list[tuple[str, str]], inverse: bool) -> list[tuple[re.Pat
     return out
 
 
-def _rename(sd: StateDict, rules: list[tuple[re.Pattern, str]], what: str) -> StateDict:
+def rename_keys(sd: StateDict, rules: list[tuple[re.Pattern, str]], what: str) -> StateDict:
     out: StateDict = {}
     for key, t in sd.items():
         for pat, repl in rules:
@@ -112,9 +112,9 @@ def _rename(sd: StateDict, rules: list[tuple[re.Pattern, str]], what: str) -> St
 
 
 # --- OpenLRM ----------------------------------------------------------------------------------------------------
-def openlrm_to_ours(sd: StateDict) -> StateDict:
-    """OpenLRM ``model.safetensors`` names -> our names (packed ``in_proj_weight`` split into q/k/v)."""
-    out = _rename(sd, _compile(OPENLRM_RENAMES, False), "OpenLRM checkpoint")
+def split_multihead_attention(out: StateDict) -> StateDict:
+    """``nn.MultiheadAttention`` weights (already under our attention prefixes) -> our ``q/k/v`` Linear weights:
+    packed ``in_proj_weight`` split in three, separate ``{q,k,v}_proj_weight`` renamed."""
     for key in [k for k in out if k.endswith(("attn.in_proj_weight", "attn.in_proj_bias"))]:
         base, kind = key.rsplit(".in_proj_", 1)
         for name, part in zip("qkv", out.pop(key).chunk(3, dim=0)):
@@ -125,9 +125,9 @@ def openlrm_to_ours(sd: StateDict) -> StateDict:
     return out
 
 
-def ours_to_openlrm(sd: StateDict) -> StateDict:
-    """Inverse of :func:`openlrm_to_ours`: q/k/v packed into ``in_proj_weight`` exactly when nn.MultiheadAttention
-    packs them (key/value width == query width)."""
+def pack_multihead_attention(sd: StateDict) -> StateDict:
+    """Inverse of :func:`split_multihead_attention`: q/k/v packed into ``in_proj_weight`` exactly when
+    nn.MultiheadAttention packs them (key/value width == query width)."""
     sd = dict(sd)
     for qkey in [k for k in sd if re.search(r"attn\.q\.weight$", k)]:
         base = qkey[: -len(".q.weight")]
@@ -136,28 +136,57 @@ def ours_to_openlrm(sd: StateDict) -> StateDict:
             sd[f"{base}.in_proj_weight"] = torch.cat([q, k, v])
         else:
             sd.update({f"{base}.q_proj_weight": q, f"{base}.k_proj_weight": k, f"{base}.v_proj_weight": v})
-    return _rename(sd, _compile(OPENLRM_RENAMES, True), "LRM state_dict")
+    return sd
+
+
+def openlrm_to_ours(sd: StateDict) -> StateDict:
+    """OpenLRM ``model.safetensors`` names -> our names (packed ``in_proj_weight`` split into q/k/v)."""
+    return split_multihead_attention(rename_keys(sd, compile_renames(OPENLRM_RENAMES, False), "OpenLRM checkpoint"))
+
+
+def ours_to_openlrm(sd: StateDict) -> StateDict:
+    """Inverse of :func:`openlrm_to_ours`."""
+    return rename_keys(pack_multihead_attention(sd), compile_renames(OPENLRM_RENAMES, True), "LRM state_dict")
 
 
 # --- TripoSR ----------------------------------------------------------------------------------------------------
+def join_vit_qkv(sd: StateDict, pattern: re.Pattern, what: str) -> tuple[StateDict, StateDict]:
+    """Split off a transformers-ViT state's separate query/key/value tensors (``pattern`` groups: layer, one or more
+    alternative name groups (query/q_proj ...), weight|bias) and concatenate them into our
+    ``encoder.blocks.N.attn.qkv``; returns (rest, joined)."""
+    rest: StateDict = {}
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, t in sd.items():
+        m = pattern.match(key)
+        if m:
+            layer, *names, kind = m.groups()
+            parts.setdefault((layer, kind), {})[next(n for n in names if n)[0]] = t
+        else:
+            rest[key] = t
+    joined: StateDict = {}
+    for (layer, kind), p in parts.items():
+        if set(p) != {"q", "k", "v"}:
+            raise BadInput(f"{what}: ViT layer {layer} {kind} lacks one of query/key/value", {"layer": layer})
+        joined[f"encoder.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([p["q"], p["k"], p["v"]])
+    return rest, joined
+
+
+def split_vit_qkv(sd: StateDict, prefix: str) -> StateDict:
+    """Inverse of :func:`join_vit_qkv` with transformers-4.x names under ``prefix`` (e.g. ``encoder.model.``)."""
+    out: StateDict = {}
+    for key in [k for k in sd if re.match(r"encoder\.blocks\.\d+\.attn\.qkv\.", k)]:
+        layer, kind = re.match(r"encoder\.blocks\.(\d+)\.attn\.qkv\.(\w+)", key).groups()
+        for name, part in zip(("query", "key", "value"), sd.pop(key).chunk(3, dim=0)):
+            out[f"{prefix}encoder.layer.{layer}.attention.attention.{name}.{kind}"] = part
+    return out
+
+
 def triposr_to_ours(sd: StateDict) -> StateDict:
     """TripoSR ``model.ckpt`` names -> ours: ViT q/k/v concatenated into ``qkv``, triplane tokens
     ``[3, C, r, r]`` -> ``[1, 3*r*r, C]``, pooler dropped."""
-    rest: StateDict = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, t in sd.items():
-        m = _VIT_QKV.match(key)
-        if m:
-            layer, name4, name5, kind = m.groups()
-            qkv.setdefault((layer, kind), {})[(name4 or name5)[0]] = t
-        elif not TRIPOSR_UNUSED.match(key):
-            rest[key] = t
-    out = _rename(rest, _compile(TRIPOSR_RENAMES, False), "TripoSR checkpoint")
-    for (layer, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise BadInput(f"TripoSR checkpoint: ViT layer {layer} {kind} lacks one of query/key/value",
-                           {"layer": layer})
-        out[f"encoder.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    rest, qkv = join_vit_qkv({k: t for k, t in sd.items() if not TRIPOSR_UNUSED.match(k)}, _VIT_QKV,
+                             "TripoSR checkpoint")
+    out = {**rename_keys(rest, compile_renames(TRIPOSR_RENAMES, False), "TripoSR checkpoint"), **qkv}
     tok = out["transformer.tokens"]
     out["transformer.tokens"] = tok.permute(0, 2, 3, 1).reshape(1, -1, tok.shape[1])
     return out
@@ -167,15 +196,11 @@ def ours_to_triposr(sd: StateDict, low_res: int) -> StateDict:
     """Inverse of :func:`triposr_to_ours` with transformers-4.x ViT names (the published layout); the pooler that
     TripoSR's ViTModel carries is written as zeros so that the official code loads the file strictly."""
     sd = dict(sd)
-    out: StateDict = {}
-    for key in [k for k in sd if re.match(r"encoder\.blocks\.\d+\.attn\.qkv\.", k)]:
-        layer, kind = re.match(r"encoder\.blocks\.(\d+)\.attn\.qkv\.(\w+)", key).groups()
-        for name, part in zip(("query", "key", "value"), sd.pop(key).chunk(3, dim=0)):
-            out[f"image_tokenizer.model.encoder.layer.{layer}.attention.attention.{name}.{kind}"] = part
+    out = split_vit_qkv(sd, "image_tokenizer.model.")
     tok = sd.pop("transformer.tokens")
     sd["transformer.tokens"] = tok.reshape(3, low_res, low_res, -1).permute(0, 3, 1, 2)
-    rules = [(p, r) for p, r in _compile(TRIPOSR_RENAMES, True) if "model.layers" not in r]  # 4.x names only
-    out.update(_rename(sd, rules, "LRM state_dict"))
+    rules = [(p, r) for p, r in compile_renames(TRIPOSR_RENAMES, True) if "model.layers" not in r]  # 4.x names only
+    out.update(rename_keys(sd, rules, "LRM state_dict"))
     d = out["image_tokenizer.model.embeddings.cls_token"].shape[-1]
     out["image_tokenizer.model.pooler.dense.weight"] = torch.zeros(d, d)
     out["image_tokenizer.model.pooler.dense.bias"] = torch.zeros(d)
@@ -183,9 +208,10 @@ def ours_to_triposr(sd: StateDict, low_res: int) -> StateDict:
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
-def _build(cfg: LRMConfig, sd: StateDict, where: Path) -> LRM:
+def build_from_state(cfg: LRMConfig, sd: StateDict, where: Path, model_class: type[LRM] = LRM) -> LRM:
+    """``model_class(cfg)`` holding ``sd`` (our names; every tensor present with its shape, else one BadInput)."""
     with torch.device("meta"):
-        model = LRM(cfg)
+        model = model_class(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -198,6 +224,18 @@ def _build(cfg: LRMConfig, sd: StateDict, where: Path) -> LRM:
                         "wrong_shape": wrong[:20]})
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     return model.eval()
+
+
+def read_torch_checkpoint(ckpt: Path) -> StateDict:
+    """A pickled state_dict (or a Lightning checkpoint's ``state_dict``), read with ``torch.load(weights_only=True)``:
+    tensors and plain containers only, never code."""
+    try:
+        sd = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a non-tensor pickle is refused by weights_only
+        raise BadInput(f"{ckpt}: not a tensors-only checkpoint ({type(e).__name__}: {e})", {"path": str(ckpt)}) from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return sd
 
 
 def _need(path: Path, what: str) -> Path:
@@ -213,7 +251,7 @@ def load_openlrm(folder: str | Path) -> LRM:
     folder = Path(folder)
     cfg = from_openlrm_config(json.loads(_need(folder / "config.json", "OpenLRM config.json").read_text()))
     sd = load_file(str(_need(folder / "model.safetensors", "OpenLRM model.safetensors")))
-    return _build(cfg, openlrm_to_ours(sd), folder)
+    return build_from_state(cfg, openlrm_to_ours(sd), folder)
 
 
 def resolve_interpolations(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -245,14 +283,8 @@ def load_triposr(folder: str | Path) -> LRM:
     """A TripoSR hub folder (``config.yaml`` + ``model.ckpt``) -> LRM in eval mode on the CPU (tensors-only load)."""
     folder = Path(folder)
     cfg = read_triposr_config(_need(folder / "config.yaml", "TripoSR config.yaml"))
-    ckpt = _need(folder / "model.ckpt", "TripoSR model.ckpt")
-    try:
-        sd = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # a non-tensor pickle is refused by weights_only
-        raise BadInput(f"{ckpt}: not a tensors-only checkpoint ({type(e).__name__}: {e})", {"path": str(ckpt)}) from e
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    return _build(cfg, triposr_to_ours(sd), folder)
+    sd = read_torch_checkpoint(_need(folder / "model.ckpt", "TripoSR model.ckpt"))
+    return build_from_state(cfg, triposr_to_ours(sd), folder)
 
 
 def detect_family(folder: str | Path) -> str:

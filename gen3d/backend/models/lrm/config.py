@@ -94,6 +94,11 @@ class LRMConfig:
     #: rotation about +Z (degrees) taking the model frame into Blender's (input view on -Y looking +Y)
     model_yaw_deg: float = 0.0
     license: str = ""
+    #: where the camera embedding enters: "transformer" (OpenLRM: adaLN on every triplane-block norm) or "encoder"
+    #: (InstantMesh / Instant3D: adaLN shift/scale on both norms of every ViT layer, one camera per view)
+    camera_modulates: str = "transformer"
+    #: LayerNorm eps inside the triplane blocks when it differs from the final norm's (InstantMesh: 1e-5 vs 1e-6)
+    block_norm_eps: float | None = None
 
     @property
     def plane_tokens(self) -> int:

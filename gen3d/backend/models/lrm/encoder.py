@@ -52,7 +52,11 @@ class ViTMlp(nn.Module):
 
 
 class ViTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, eps: float, layerscale: bool):
+    """Pre-norm ViT layer; with ``mod_dim`` both norms are modulated adaLN-style by a per-image vector (InstantMesh's
+    camera modulation): ``shift1, scale1, shift2, scale2 = modulation(SiLU(mod))``, ``LN(x) * (1 + scale) + shift``,
+    no gates. ``modulation`` starts at zero, so a fresh block is the plain ViT layer."""
+
+    def __init__(self, dim: int, heads: int, eps: float, layerscale: bool, mod_dim: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = ViTAttention(dim, heads)
@@ -60,10 +64,21 @@ class ViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = ViTMlp(dim, 4 * dim)
         self.ls2 = LayerScale(dim) if layerscale else nn.Identity()
+        self.modulation = nn.Linear(mod_dim, 4 * dim) if mod_dim else None
+        if self.modulation is not None:
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, mod: torch.Tensor | None = None) -> torch.Tensor:
+        h1, h2 = self.norm1(x), None
+        if self.modulation is not None:
+            shift1, scale1, shift2, scale2 = self.modulation(F.silu(mod)).chunk(4, dim=-1)
+            h1 = h1 * (1 + scale1[:, None]) + shift1[:, None]
+        x = x + self.ls1(self.attn(h1))
+        h2 = self.norm2(x)
+        if self.modulation is not None:
+            h2 = h2 * (1 + scale2[:, None]) + shift2[:, None]
+        return x + self.ls2(self.mlp(h2))
 
 
 class PatchEmbed(nn.Module):
@@ -97,7 +112,8 @@ def resize_pos_embed(pos: torch.Tensor, grid_h: int, grid_w: int, offset: float,
 
 class ImageEncoder(nn.Module):
     """Images ``[B, 3, S, S]`` float in [0, 1] (S = ``cfg.image_size``) -> tokens ``[B, 1 + (S/p)^2, enc_dim]``:
-    the final-normed CLS token followed by the normed patch tokens (register tokens dropped)."""
+    the final-normed CLS token followed by the normed patch tokens (register tokens dropped). With
+    ``cfg.camera_modulates == "encoder"`` every layer is modulated by ``mod [B, camera_embed_dim]``, one per image."""
 
     def __init__(self, cfg: LRMConfig):
         super().__init__()
@@ -107,11 +123,12 @@ class ImageEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.enc_pos_grid ** 2, d))
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.enc_registers, d)) if cfg.enc_registers else None
-        self.blocks = nn.ModuleList(ViTBlock(d, cfg.enc_heads, cfg.enc_eps, cfg.enc_layerscale)
+        mod_dim = cfg.camera_embed_dim if cfg.camera_modulates == "encoder" else 0
+        self.blocks = nn.ModuleList(ViTBlock(d, cfg.enc_heads, cfg.enc_eps, cfg.enc_layerscale, mod_dim)
                                     for _ in range(cfg.enc_layers))
         self.norm = nn.LayerNorm(d, eps=cfg.enc_eps)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, mod: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.image_mean is not None:  # made here, not a buffer: models are built on `meta` then assigned
             mean = torch.tensor(self.cfg.image_mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
             std = torch.tensor(self.cfg.image_std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
@@ -124,6 +141,6 @@ class ImageEncoder(nn.Module):
         if self.register_tokens is not None:
             x = torch.cat([x[:, :1], self.register_tokens.expand(len(x), -1, -1), x[:, 1:]], 1)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, mod)
         x = self.norm(x)
         return torch.cat([x[:, :1], x[:, 1 + self.cfg.enc_registers:]], 1)

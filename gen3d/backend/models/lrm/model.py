@@ -87,13 +87,13 @@ class LRM(nn.Module):
     def forward_planes(self, images: torch.Tensor, cameras: torch.Tensor | None = None) -> torch.Tensor:
         """``images [B, 3, S, S]`` float in [0, 1] (preprocessed, S = cfg.image_size), ``cameras [B, 16]`` (OpenLRM;
         default: :meth:`source_camera`) -> ``planes [B, 3, triplane_dim, 2r, 2r]``."""
-        tokens = self.encoder(images)
         mod = None
         if self.camera_embedder is not None:
             cams = self.source_camera(len(images), images.device) if cameras is None else cameras
-            mod = self.camera_embedder(cams.to(tokens.dtype))
-        x = self.transformer(tokens, mod)
-        return self.upsample(x)
+            mod = self.camera_embedder(cams.to(images.dtype))
+        if self.cfg.camera_modulates == "encoder":
+            return self.upsample(self.transformer(self.encoder(images, mod)))
+        return self.upsample(self.transformer(self.encoder(images), mod))
 
     def upsample(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, 3*r*r, D]`` -> planes ``[B, 3, C, 2r, 2r]``."""

@@ -47,10 +47,11 @@ def tiny_triposr_yaml() -> dict[str, Any]:
     return cfg
 
 
-def random_lrm(cfg: LRMConfig, seed: int = 0) -> LRM:
-    """An LRM with seeded random weights (LayerNorms at identity, small linear weights), meshable at its level."""
+def random_lrm(cfg: LRMConfig, seed: int = 0, model_class: type[LRM] = LRM, example: tuple = ()) -> LRM:
+    """An LRM with seeded random weights (LayerNorms at identity, small linear weights), meshable at its level.
+    ``example``: ``forward_planes`` arguments for the density calibration (default: one random image)."""
     gen = torch.Generator().manual_seed(seed)
-    model = LRM(cfg)
+    model = model_class(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith((".norm.weight", "norm1.weight", "norm2.weight", "in_norm.weight", "out_norm.weight")):
@@ -64,15 +65,15 @@ def random_lrm(cfg: LRMConfig, seed: int = 0) -> LRM:
         for name, p in model.named_parameters():
             if name.endswith("tokens") or name.endswith("pos_embed"):
                 p.mul_(20.0)  # make the planes vary strongly with position
-        _calibrate_density(model, gen)
+        _calibrate_density(model, gen, example)
     return model.eval()
 
 
-def _calibrate_density(model: LRM, gen: torch.Generator) -> None:
+def _calibrate_density(model: LRM, gen: torch.Generator, example: tuple) -> None:
     """Shift the density output so that ~15 % of a coarse grid lies above the model's meshing level."""
     cfg = model.cfg
     image = torch.rand(1, 3, cfg.image_size, cfg.image_size, generator=gen)
-    planes = model.forward_planes(image)
+    planes = model.forward_planes(*(example or (image,)))
     field = model.field(planes[0])
     lin = torch.linspace(-cfg.radius * 0.6, cfg.radius * 0.6, 16)
     pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)

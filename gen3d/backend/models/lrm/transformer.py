@@ -80,12 +80,14 @@ class TriplaneBlock(nn.Module):
     def __init__(self, cfg: LRMConfig):
         super().__init__()
         self.order = cfg.block_order
-        d, mod = cfg.dim, cfg.camera_embed_dim
-        self.norm_self = ModNorm(d, cfg.norm_eps, mod)
+        d = cfg.dim
+        mod = cfg.camera_embed_dim if cfg.camera_modulates == "transformer" else 0
+        eps = cfg.norm_eps if cfg.block_norm_eps is None else cfg.block_norm_eps
+        self.norm_self = ModNorm(d, eps, mod)
         self.self_attn = Attention(d, cfg.heads, d, cfg.attn_qkv_bias, cfg.attn_out_bias)
-        self.norm_cross = ModNorm(d, cfg.norm_eps, mod)
+        self.norm_cross = ModNorm(d, eps, mod)
         self.cross_attn = Attention(d, cfg.heads, cfg.enc_dim, cfg.attn_qkv_bias, cfg.attn_out_bias)
-        self.norm_ff = ModNorm(d, cfg.norm_eps, mod)
+        self.norm_ff = ModNorm(d, eps, mod)
         self.ff = FeedForward(d, cfg.ff_mult, cfg.ff_kind)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mod: torch.Tensor | None) -> torch.Tensor:

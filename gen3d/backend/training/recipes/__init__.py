@@ -32,6 +32,8 @@ PRESETS = ("tiny", "small", "full")
 #: recipe name -> "module:Class" (a new recipe is one line here and one module)
 RECIPES = {
     "lrm": "gen3d.backend.training.recipes.lrm:LRMRecipe",
+    "instant3d-recon": "gen3d.backend.training.recipes.instant3d_recon:Instant3DReconRecipe",
+    "instant3d-grid": "gen3d.backend.training.recipes.instant3d_grid:Instant3DGridRecipe",
 }
 
 

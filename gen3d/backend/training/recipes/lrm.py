@@ -159,7 +159,7 @@ class LRMViews(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key
         gen = item_generator(self.cfg.seed, epoch, index)
-        M = self.cfg.side_views + 1
+        M = self.item_views()
         lo, hi, region = self.cfg.render_range
         views = torch.randperm(len(self.objects[index]), generator=gen)[:M].tolist()
         res = int(torch.randint(lo, hi + 1, (1,), generator=gen))
@@ -168,18 +168,28 @@ class LRMViews(torch.utils.data.Dataset):
         seed = torch.randint(0, 2 ** 62, (), generator=gen)
         return {**self.views(index, views, res, anchors, region, background), "render_seed": seed}
 
+    def item_views(self) -> int:
+        """Views drawn per item: the input and ``side_views`` others."""
+        return self.cfg.side_views + 1
+
+    def frame(self, index: int, views: list[int], rgba: torch.Tensor) -> tuple[Cameras, dict[str, torch.Tensor]]:
+        """The drawn views' cameras in the training frame and the model's inputs: view 0 moved to the canonical
+        input camera (``source [3, S, S]``, ``source_camera [16]``)."""
+        mc, cams = self.model_cfg, self.objects[index].views.cameras
+        c2w = normalise_cameras(cams.c2w[views], 0, self.pivots[index], mc.source_camera_distance)
+        inputs = {"source": model_input(rgba[:1], mc)[0],
+                  "source_camera": source_camera(cams.K[views[0]], cams.width, mc.source_camera_distance)}
+        return Cameras(cams.K[views], c2w, cams.width, cams.height), inputs
+
     def views(self, index: int, views: list[int], res: int, anchors: torch.Tensor, region: int,
               background: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views ``views`` of object ``index`` (the first is the input), rendered at ``res`` and cropped to the
+        """Views ``views`` of object ``index`` (the first are the inputs), rendered at ``res`` and cropped to the
         ``region`` squares at ``anchors [M, 2]`` (row, column)."""
-        obj, mc = self.objects[index], self.model_cfg
-        folder, cams = obj.views, obj.views.cameras
+        folder = self.objects[index].views
         rgba = torch.stack([torch.from_numpy(read_rgba(folder.image_paths[v], folder.mask_paths[v])) for v in views])
         rgba = rgba.permute(0, 3, 1, 2)  # [M, 4, H, W]
-        source = model_input(rgba[:1], mc)[0]
-        c2w = normalise_cameras(cams.c2w[views], 0, self.pivots[index], mc.source_camera_distance)
-        target = Cameras(cams.K[views], c2w, cams.width, cams.height).resized(res, res)
-        origins, dirs = target.pixel_rays()
+        posed, inputs = self.frame(index, views, rgba)
+        origins, dirs = posed.resized(res, res).pixel_rays()
         alpha = rgba[:, 3:]
         rgb = rgba[:, :3] * alpha + background[:, None, None, None] * (1 - alpha)
         small = F.interpolate(torch.cat([rgb, alpha], 1), size=(res, res), mode="bicubic", align_corners=True)
@@ -188,9 +198,7 @@ class LRMViews(torch.utils.data.Dataset):
         cols = anchors[:, 1, None] + torch.arange(region)
         m = torch.arange(len(views))[:, None, None]
         crop = (m, rows[:, :, None], cols[:, None, :])
-        return {"source": source, "source_camera": source_camera(cams.K[views[0]], cams.width,
-                                                                   mc.source_camera_distance),
-                "origins": origins[crop], "dirs": dirs[crop], "rgb": small[crop][..., :3].contiguous(),
+        return {**inputs, "origins": origins[crop], "dirs": dirs[crop], "rgb": small[crop][..., :3].contiguous(),
                 "alpha": small[crop][..., 3].contiguous(), "background": background.float()}
 
 
