@@ -1,7 +1,6 @@
 """The job server end to end: a real ``python -m gen3d serve`` on loopback (with a token), real HTTP.
 
-Jobs use the test pipeline ``sleepy`` of tests/support/methods.py, and ``reconstruct`` on a ray-traced sphere
-when it is registered. Expected values come from what the test itself sent (bytes, hashes, counts, the
+Jobs use the test pipeline ``sleepy`` of tests/support/methods.py, and ``reconstruct`` on a ray-traced sphere. Expected values come from what the test itself sent (bytes, hashes, counts, the
 sphere's size), never from the server's own output.
 """
 
@@ -35,6 +34,7 @@ def srv(tmp_path_factory):
     (root / "weights").mkdir()
     with Server(root / "data", token=TOKEN, extra_args=("--max-upload-mb", "4", "--cancel-grace-s", "2",
                                                         "--weights-dir", str(root / "weights"))) as s:
+        s.weights_dir = root / "weights"
         yield s
 
 
@@ -277,6 +277,52 @@ def test_invalid_requests_are_refused_before_queueing(srv):
     assert {p.name for p in jobs_dir.iterdir()} <= {j["id"] for j in srv.client.get("/v1/jobs").json()["jobs"]}
 
 
+def test_bad_uploads_are_refused_by_the_methods_own_checks_naming_the_field(srv):
+    """The method's validation (the one the CLI runs too) opens every upload before anything is queued: an RGB
+    image for a method that needs the object's mask, a GLB that is not one, an empty transforms.json. 422 with
+    the input field named and no server path in the message."""
+    n = job_count(srv)
+    post = lambda request, files: srv.client.post(  # noqa: E731
+        "/v1/jobs", data={"request": json.dumps(request)}, files=files)
+    cases = [({"method": "lrm"}, {"image": ("ref.png", F.png_bytes(32, 32), "image/png")}, "image"),
+             ({"method": "texture", "prompt": "wood"}, {"mesh": ("box.glb", b"glTF" + os.urandom(200))}, "mesh"),
+             ({"method": "reconstruct"}, {"views": ("v.zip", F.views_zip({"transforms.json": b"{}"}))}, "views"),
+             ({"method": "lrm"}, {"image": ("ref.png", F.png_bytes(32, 32)), "mesh": ("m.obj", F.obj_bytes())},
+              "mesh")]
+    for request, files, field in cases:
+        err = assert_error(post(request, files), 422, "bad_input")
+        assert err["detail"].get("field") == field, err
+        assert err["message"].startswith(field) or repr(field) in err["message"], err
+        text = json.dumps(err)
+        assert str(srv.data_dir) not in text and "/jobs/" not in text and ".upload" not in text, err
+    err = assert_error(post(sleepy(), {"image": ("a.png", b"\x89PNG\r\n\x1a\n" + b"x" * 64)}), 422)
+    assert str(srv.data_dir) not in json.dumps(err) and ".upload" not in err["message"], err
+    err = assert_error(post(sleepy(), {"image": ("bomb.png", F.png_bomb())}), 413, "too_large")
+    assert f"{err['detail']['max_pixels']}" in err["message"], err  # the limit it names is the one it applies
+    assert job_count(srv) == n
+    assert {p.name for p in (srv.data_dir / "jobs").iterdir()} <= {j["id"] for j in srv.client.get("/v1/jobs").json()["jobs"]}
+
+
+def test_methods_report_smoke_test_weights(srv, tmp_path):
+    """``tiny`` reaches /v1/methods (per weight and per method) once an entry's folder is a smoke-test model
+    (the marker file ``weights tiny`` writes is what makes it one)."""
+    from gen3d.backend.weights import TINY_MARKER
+
+    folder = srv.weights_dir / "triposr"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TINY_MARKER).write_text("{}")
+    try:
+        lrm = next(m for m in srv.client.get("/v1/methods").json()["methods"] if m["name"] == "lrm")
+        assert lrm["tiny"] is True and lrm["ready"] is True
+        assert lrm["weights"] == [{"name": "triposr", "ready": True, "tiny": True,
+                                   "command": "python -m gen3d weights download triposr"}]
+        sleepy_m = next(m for m in srv.client.get("/v1/methods").json()["methods"] if m["name"] == "sleepy")
+        assert sleepy_m["tiny"] is False
+    finally:
+        (folder / TINY_MARKER).unlink()
+        folder.rmdir()
+
+
 def test_artifact_names_cannot_leave_the_job_folder(srv):
     job = srv.wait(srv.submit(sleepy(steps=1))["id"])
     base = f"/v1/jobs/{job['id']}/artifacts/"
@@ -336,12 +382,7 @@ TINY_RECONSTRUCT = {"fit_steps": 20, "num_points": 400, "max_gaussians": 2000, "
 def test_reconstruct_job_end_to_end(srv, tmp_path):
     """A reconstruct job on a ray-traced sphere (6 views, 64²): SSE progress through its stages, a GLB whose
     size matches the sphere's, downloadable."""
-    methods = {m["name"]: m for m in srv.client.get("/v1/methods").json()["methods"]}
-    if "reconstruct" not in methods:
-        pytest.skip("the reconstruct method is not registered yet")
-    known = methods["reconstruct"]["options_schema"]["properties"]
-    options = {k: v for k, v in TINY_RECONSTRUCT.items() if k in known}
-    job = srv.submit({"method": "reconstruct", "preset": "fast", "seed": 1, "options": options},
+    job = srv.submit({"method": "reconstruct", "preset": "fast", "seed": 1, "options": TINY_RECONSTRUCT},
                      files={"views": ("sphere.zip", scenes.sphere_views_zip(tmp_path), "application/zip")})
     stages, states = [], []
     with srv.client.stream("GET", job["urls"]["events"], timeout=300) as r:

@@ -6,6 +6,8 @@ translate them in one place each (``api/app.py``, ``__main__.py``); library code
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -25,6 +27,22 @@ class Gen3DError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "detail": self.detail}
+
+    def naming(self, paths: dict[str | Path, str]) -> "Gen3DError":
+        """A copy that says ``name`` wherever its message or detail says ``path`` (longest paths first; ``path``
+        and ``file`` detail keys dropped): for errors shown to someone who did not choose those paths, such as an
+        upload's server path, named by its input field."""
+        texts = {}
+        for path, name in paths.items():
+            for text in {str(path), str(Path(path).resolve()) if Path(path).is_absolute() else str(path)}:
+                if len(text) > 1:
+                    texts.setdefault(text, name)
+        message = self.message
+        detail = json.dumps({k: v for k, v in self.detail.items() if k not in ("path", "file")}, default=str)
+        for text in sorted(texts, key=len, reverse=True):
+            message = message.replace(text, texts[text])
+            detail = detail.replace(json.dumps(text)[1:-1], texts[text])
+        return type(self)(message, json.loads(detail), code=self.code)
 
 
 class BadInput(Gen3DError):
@@ -67,6 +85,14 @@ class MissingWeights(Gen3DError):
     code = "missing_weights"
     http_status = 503
     exit_code = 3
+
+
+class DownloadFailed(Gen3DError):
+    """Fetching weights failed (no network, the hub refused, the repository is gated); CLI exit 2."""
+
+    code = "download_failed"
+    http_status = 502
+    exit_code = 2
 
 
 class Cancelled(Gen3DError):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from .errors import BadInput, MissingWeights, NotFound
+from .errors import BadInput, DownloadFailed, MissingWeights, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +278,13 @@ def download(name: str, accept_license: bool = False, dest: str | os.PathLike | 
     root = Path(dest) if dest else (weights_dir() / name if weights_dir() else None)
     log.info("downloading %s from %s@%s (about %.1f GB, licence: %s)", name, entry.repo, entry.revision,
              entry.size_gb, entry.license)
-    path = snapshot_download(entry.repo, revision=entry.revision, allow_patterns=list(entry.files) or None,
-                             local_dir=str(root) if root else None)
+    try:
+        path = snapshot_download(entry.repo, revision=entry.revision, allow_patterns=list(entry.files) or None,
+                                 local_dir=str(root) if root else None)
+    except Exception as e:  # no network, offline mode, gated or moved repository, disk full: one line says which
+        reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise DownloadFailed(f"cannot download {name} from {entry.repo}: {reason}",
+                             {"weights": name, "repo": entry.repo, "exception": type(e).__name__}) from None
     return Path(path)
 
 

@@ -271,11 +271,15 @@ def submit_job(
     job_id = store.new_id()
     job_dir = store.job_dir(job_id)
     parts = {role: part for role, part in (("image", image), ("mesh", mesh), ("views", views)) if part is not None}
+    saved: dict[str, Path] = {}
     try:
         saved = _save_uploads(parts, job_dir / "inputs", pipeline, svc.settings)
         spec = spec.model_copy(update={"files": {role: str(p) for role, p in saved.items()}})
         pipeline.validate(spec)
         catalog.require_weights(pipeline)
+    except Gen3DError as e:  # the uploads are named by their field, never by where the server keeps them
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise e.naming(uploads.upload_names(saved, job_dir)) from None
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise

@@ -77,6 +77,7 @@ class Health(BaseModel):
 class WeightStatus(BaseModel):
     name: str
     ready: bool | None = Field(description="present on disk; null when the weights registry cannot tell")
+    tiny: bool = Field(False, description="smoke-test weights (tiny random models): outputs are not real generations")
     command: str | None = Field(None, description="the command that downloads it when missing")
 
 
@@ -90,6 +91,7 @@ class Method(BaseModel):
     presets: dict[str, dict[str, Any]]
     weights: list[WeightStatus]
     ready: bool | None = Field(description="every weight present (null: unknown)")
+    tiny: bool = Field(False, description="some of its weights are smoke-test weights (python -m gen3d weights tiny)")
 
 
 class MethodList(BaseModel):

@@ -41,10 +41,11 @@ def check_image(path: Path, max_pixels: int, role: str = "image", decode: bool =
                                {"field": role, "width": w, "height": h, "max_pixels": max_pixels})
             if decode:
                 im.load()
-    except Image.DecompressionBombError as e:
-        raise TooLarge(f"{role}: {e}", {"field": role, "max_pixels": max_pixels}) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadInput(f"{role}: not a readable image ({e})", {"field": role}) from None
+    except Image.DecompressionBombError:  # PIL's own, larger limit: say ours, which is the one that counts
+        raise TooLarge(f"{role}: the image has more pixels than the limit of {max_pixels}",
+                       {"field": role, "max_pixels": max_pixels}) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # PIL's messages carry the server path
+        raise BadInput(f"{role}: not a readable image (PNG, JPEG, WebP, BMP or TIFF)", {"field": role}) from None
     return fmt or ""
 
 
@@ -142,3 +143,15 @@ def _transforms_folder(root: Path, saved: list[PurePosixPath]) -> Path:
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         raise BadInput("views: transforms.json needs a non-empty 'frames' list", {"field": "views"})
     return folder
+
+
+def upload_names(files: dict[str, str | Path], job_dir: Path) -> dict[str | Path, str]:
+    """What :meth:`Gen3DError.naming` shows instead of a job's server paths: each upload's field, the job folder
+    as ``job``."""
+    names: dict[str | Path, str] = {}
+    for role, path in files.items():
+        names[path] = role
+        if Path(path).suffix:  # a file: its server-chosen name (image.png, mesh.glb) too
+            names[Path(path).name] = role
+    names[job_dir] = "job"
+    return names

@@ -93,6 +93,7 @@ def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Pa
              job_id: str, request: dict, out_dir: str) -> None:
     from ..errors import Cancelled, Gen3DError, InternalError
     from ..pipelines import JobRequest, RunContext
+    from .uploads import upload_names
     from ..pipelines.runner import run_job
 
     out = Path(out_dir)
@@ -104,8 +105,9 @@ def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Pa
     except Cancelled:
         conn.send(("cancelled", job_id, _state(cache, device)))
         return
-    except Gen3DError as e:
-        conn.send(("failed", job_id, e.to_dict(), _state(cache, device)))
+    except Gen3DError as e:  # uploads are named by their input field, not by where the server keeps them
+        named = e.naming(upload_names(request.get("files", {}), out.parent))
+        conn.send(("failed", job_id, named.to_dict(), _state(cache, device)))
         return
     except BaseException as e:  # noqa: BLE001 - anything else is a bug to report, not a reason to die
         err = InternalError(f"{type(e).__name__}: {e}", {"traceback": traceback.format_exc(limit=8)})

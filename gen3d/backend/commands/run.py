@@ -12,6 +12,17 @@ from pathlib import Path
 from ..errors import BadInput
 
 
+def read_cameras(path: str) -> list:
+    """The ``--cameras`` file: a JSON list of wire cameras (or one camera)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise BadInput(f"--cameras: cannot read {path} ({e.strerror})", {"field": "cameras", "path": path}) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"--cameras: {path} is not JSON ({e})", {"field": "cameras", "path": path}) from None
+    return data if isinstance(data, list) else [data]
+
+
 def parse_set(pairs: list[str]) -> dict:
     """``["iters=100", "bg=[1,1,1]"]`` -> ``{"iters": 100, "bg": [1, 1, 1]}`` (values parsed as JSON when they can be)."""
     out = {}
@@ -50,9 +61,24 @@ class TqdmProgress:
             self.bar = None
 
 
+def job_request(**fields) -> "JobRequest":
+    """A :class:`JobRequest` from the flags; pydantic's complaints become one :class:`BadInput` naming the flag."""
+    from pydantic import ValidationError
+
+    from ..pipelines import JobRequest
+
+    try:
+        return JobRequest(**fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+        raise BadInput(f"--{where.split('.')[0].replace('_', '-')}: {where}: {first.get('msg')}",
+                       {"field": where}) from None
+
+
 def _run(args) -> int:
     from ..device import pick_device
-    from ..pipelines import JobRequest, RunContext
+    from ..pipelines import RunContext
     from ..pipelines.runner import run_job
 
     if args.weights_dir:
@@ -62,12 +88,16 @@ def _run(args) -> int:
     for role, p in files.items():
         if not Path(p).exists():
             raise BadInput(f"--{role}: {p} does not exist", {"field": role, "path": p})
-    cameras = json.loads(Path(args.cameras).read_text()) if args.cameras else []
-    request = JobRequest(method=args.method, prompt=args.prompt, negative_prompt=args.negative_prompt,
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out: {args.out} is a file; give a folder (it is created when the run starts)",
+                       {"field": "out", "path": args.out})
+    cameras = read_cameras(args.cameras) if args.cameras else []
+    request = job_request(method=args.method, prompt=args.prompt, negative_prompt=args.negative_prompt,
                          seed=args.seed, preset=args.preset, options=parse_set(args.set), files=files,
                          cameras=cameras)
     progress = TqdmProgress()
-    ctx = RunContext(out_dir=Path(args.out), device=pick_device(args.device), progress_fn=progress,
+    ctx = RunContext(out_dir=out, device=pick_device(args.device), progress_fn=progress,
                      weights_dir=Path(args.weights_dir) if args.weights_dir else None)
     try:
         artifacts = run_job(request, ctx)

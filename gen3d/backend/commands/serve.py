@@ -41,9 +41,29 @@ def check_host(host: str, token: str | None) -> None:
                        "pass --token (or set GEN3D_TOKEN), or use --host 127.0.0.1", {"field": "--host", "host": host})
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program listens on, before anything starts (uvicorn would only say so after the
+    worker process is up)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise BadInput(f"--host {host}: cannot resolve it ({e.strerror})", {"field": "--host", "host": host}) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise BadInput(f"port {port} on {host} is not available ({e.strerror}): another Gen3D server or "
+                           f"program uses it; choose another with --port", {"field": "--port", "port": port}) from None
+
+
 def _run(args) -> int:
     token = args.token or os.environ.get("GEN3D_TOKEN") or None
     check_host(args.host, token)
+    check_port(args.host, args.port)
     import uvicorn
 
     from ..api.app import create_app

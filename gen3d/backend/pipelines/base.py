@@ -137,18 +137,25 @@ class Pipeline:
     inputs: ClassVar[dict[str, str]] = {}
     #: roles of which at least one must be present
     required_inputs: ClassVar[tuple[str, ...]] = ()
+    #: the ``image`` input must carry the object's mask (alpha), or rembg must be able to make one
+    needs_mask: ClassVar[bool] = False
     Options: ClassVar[type[Options]] = Options
     #: names of entries of the weights registry this method needs
     weights: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, request: JobRequest) -> Options:
-        """Check inputs and options before queueing; returns the resolved options."""
+        """The one check of a request, before anything is queued or written (the API and the CLI both call it):
+        options, required inputs and every input file opened as its role says; returns the resolved options.
+        Methods with more rules extend it (``super().validate(request)`` first)."""
+        from .inputs import check_files
+
         opts = self.Options.resolve(request.preset, request.options)
         for role in self.required_inputs:
             present = bool(request.prompt) if role == "prompt" else (
                 bool(request.cameras) if role == "cameras" else role in request.files)
             if not present:
                 raise BadInput(f"method {self.name!r} needs the input {role!r}", {"field": role})
+        check_files(self, request, opts)
         return opts
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:

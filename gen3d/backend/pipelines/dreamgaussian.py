@@ -236,6 +236,7 @@ class DreamGaussianImage(_DreamGaussian):
     inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
               "prompt": "optional: mixes in the SD 2.1 text prior when lambda_sd > 0"}
     required_inputs = ("image",)
+    needs_mask = True
     Options = DreamGaussianImageOptions
     #: the default prior; Stable Zero123 and SD 2.1 (``prior``, ``lambda_sd``) are resolved when chosen
     weights = ("zero123-xl",)

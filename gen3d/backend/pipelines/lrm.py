@@ -54,6 +54,7 @@ class LRMPipeline(Pipeline):
                    "OpenLRM weights are CC BY-NC (non-commercial).")
     inputs = {"image": "one RGBA image of an object (alpha = its mask; opaque images need rembg installed locally)"}
     required_inputs = ("image",)
+    needs_mask = True
     Options = LRMOptions
     #: the default model's; the API refuses a job when a listed entry is missing, and the other models are optional
     #: (a job asking for a missing one fails with MissingWeights naming its download command)

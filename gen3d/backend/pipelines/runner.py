@@ -41,18 +41,21 @@ def run_job(request: JobRequest, ctx: RunContext) -> dict[str, Path]:
     Errors are :class:`Gen3DError`; anything else is wrapped as :class:`InternalError`.
     """
     pipeline = get(request.method)
-    options = pipeline.validate(request)
+    options = pipeline.validate(request)  # before anything is written
+    created = not ctx.out_dir.exists()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(request.seed)
     t0 = time.perf_counter()
     try:
         artifacts = pipeline.run(request.model_copy(update={"options": options.model_dump()}), ctx)
-    except Gen3DError:
-        raise
-    except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - needs a GPU
-        raise InternalError("the GPU ran out of memory; try the 'fast' preset or a smaller resolution",
-                            {"error": str(e)}, code="out_of_memory") from e
-    except Exception as e:
+    except BaseException as e:
+        if created and not any(ctx.out_dir.iterdir()):  # a failed start leaves no empty folder behind
+            ctx.out_dir.rmdir()
+        if isinstance(e, Gen3DError) or not isinstance(e, Exception):
+            raise
+        if isinstance(e, torch.cuda.OutOfMemoryError):  # pragma: no cover - needs a GPU
+            raise InternalError("the GPU ran out of memory; try the 'fast' preset or a smaller resolution",
+                                {"error": str(e)}, code="out_of_memory") from e
         log.exception("method %s failed", request.method)
         raise InternalError(f"{request.method} failed: {type(e).__name__}: {e}",
                             {"exception": type(e).__name__}) from e
