@@ -103,3 +103,30 @@ def test_cli_list_and_tiny_subset(tmp_path, monkeypatch, capsys):
     assert main(["weights", "path", "controlnet-canny-sd15"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "controlnet-canny-sd15")
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_list_shows_what_runs_with_honest_sizes_and_verify_marks_tiny(tmp_path, monkeypatch, capsys):
+    """``weights list`` lists the entries of registered methods (and of ``dataset generate``), not those of methods
+    still to come; a smoke-test entry shows its size on disk, and ``verify`` says it is one."""
+    from gen3d.backend.pipelines import names
+
+    assert main(["weights", "tiny", "--dir", str(tmp_path), "triposr"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(tmp_path))
+    assert main(["weights", "list", "--json"]) == 0
+    import json
+
+    listed = {r["name"] for r in json.loads(capsys.readouterr().out)}
+    runs = set(names()) | {"controlnet-dataset"}
+    assert listed == {n for n, e in weights.ENTRIES.items() if runs & set(e.methods)}
+    assert main(["weights", "list", "--all", "--json"]) == 0
+    assert {r["name"] for r in json.loads(capsys.readouterr().out)} == set(weights.ENTRIES)
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = next(l for l in out if l.startswith("triposr"))
+    disk_mb = weights.folder_size(tmp_path / "triposr") / 1e6
+    assert f"{disk_mb:.1f} MB on disk" in line and "smoke-test" in line and "1.68 GB" in line
+    users = [l.split("used by: ")[1].split(", ") for l in out if "used by: " in l]
+    assert set(sum(users, [])) <= runs
+    assert main(["weights", "verify", "triposr"]) == 0
+    assert "ok (smoke-test weights" in capsys.readouterr().out

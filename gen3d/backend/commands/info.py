@@ -27,7 +27,8 @@ def _run(args) -> int:
     for k, v in data["versions"].items():
         print(f"  {k:<13} {v}")
     for k, v in data["accelerators"].items():
-        print(f"  {k:<13} {'available' if v else 'not installed'}")
+        if k not in data["versions"]:  # an installed one is already listed with its version
+            print(f"  {k:<13} {'available' if v else 'not installed'}")
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ..pipelines.base import PRESETS
+
 
 def describe(name: str) -> dict:
     """The description of one method that ``/v1/methods`` serves too."""
@@ -16,17 +18,33 @@ def describe(name: str) -> dict:
             "presets": p.Options.presets, "weights": list(p.weights)}
 
 
-def _run(args) -> int:
-    from ..pipelines import names
+def weights_text(weights: list[dict]) -> str:
+    """``triposr missing (python -m gen3d weights download triposr), sd15 tiny`` for a method's weights."""
+    parts = []
+    for w in weights:
+        state = "unknown" if w["ready"] is None else "tiny (smoke-test)" if w["tiny"] else (
+            "present" if w["ready"] else f"missing ({w['command']})" if w["command"] else "missing")
+        parts.append(f"{w['name']} {state}")
+    return ", ".join(parts) or "none needed"
 
-    data = [describe(n) for n in names()]
+
+def _run(args) -> int:
+    from ..api.catalog import all_methods
+
+    data = all_methods()
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
     for d in data:
+        required = set(d["required_inputs"])
+        inputs = [f"{r} (required)" if r in required else r for r in d["inputs"]]
+        presets = [f"{p} ({', '.join(f'{k}={v}' for k, v in d['presets'][p].items())})" if d["presets"].get(p)
+                   else p for p in PRESETS]
         print(f"{d['name']:<20} {d['title']}")
-        print(f"{'':<20} inputs: {', '.join(d['inputs']) or '-'}; options: "
-              f"{', '.join(d['options_schema'].get('properties', {}))}")
+        print(f"{'':<20} inputs: {', '.join(inputs) or '-'}")
+        print(f"{'':<20} weights: {weights_text(d['weights'])}")
+        print(f"{'':<20} presets: {'; '.join(presets)}")
+        print(f"{'':<20} options: {', '.join(d['options_schema'].get('properties', {})) or '-'}")
     return 0
 
 

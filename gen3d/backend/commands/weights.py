@@ -8,17 +8,41 @@ from pathlib import Path
 from ..errors import BadInput
 
 
-def _list(args) -> int:
+#: registry users that are not methods: the commands that load them
+TOOLS = {"controlnet-dataset": "dataset generate"}
+
+
+def listed(all_entries: bool = False) -> list[str]:
+    """Entries that something here runs (a registered method or a tool); every entry with ``all_entries``."""
+    from .. import weights
+    from ..pipelines import names
+
+    users = set(names()) | set(TOOLS)
+    return sorted(n for n, e in weights.ENTRIES.items() if all_entries or users & set(e.methods))
+
+
+def size_text(row: dict) -> str:
+    """The published download size; for smoke-test weights the size on disk, marked as such."""
     from .. import weights
 
-    rows = [weights.describe(n) for n in sorted(weights.ENTRIES)]
+    if row["tiny"]:
+        return f"{weights.folder_size(row['path']) / 1e6:.1f} MB on disk, smoke-test weights (real: {row['size_gb']:.2f} GB)"
+    return f"{row['size_gb']:.2f} GB"
+
+
+def _list(args) -> int:
+    from .. import weights
+    from ..pipelines import names
+
+    rows = [weights.describe(n) for n in listed(args.all)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    runs = set(names()) | set(TOOLS)
     for r in rows:
-        flag = " (smoke-test weights)" if r["tiny"] else ""
-        print(f"{r['name']:<24} {r['status']:<8} {r['size_gb']:>5.2f} GB  {r['repo']}{flag}")
-        print(f"{'':<24} licence: {r['license']}; used by: {', '.join(r['methods'])}")
+        users = [m for m in r["methods"] if m in runs] or r["methods"]
+        print(f"{r['name']:<24} {r['status']:<8} {size_text(r)}  {r['repo']}")
+        print(f"{'':<24} licence: {r['license']}; used by: {', '.join(users)}")
     return 0
 
 
@@ -33,7 +57,7 @@ def _download(args) -> int:
 def _verify(args) -> int:
     from .. import weights
 
-    names = [args.name] if args.name else sorted(weights.ENTRIES)
+    names = [args.name] if args.name else listed()
     bad = 0
     for name in names:
         if not args.name and weights.status(name) == "missing":
@@ -41,7 +65,9 @@ def _verify(args) -> int:
             continue
         problems = weights.verify(name)
         bad += bool(problems)
-        print(f"{name:<24} {'ok' if not problems else '; '.join(problems)}")
+        tiny = " (smoke-test weights: tiny random models, not the real checkpoint)" if (
+            not problems and weights.status(name) == "tiny") else ""
+        print(f"{name:<24} {'ok' + tiny if not problems else '; '.join(problems)}")
     return 1 if bad else 0
 
 
@@ -72,8 +98,9 @@ def _tiny(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("weights", help="list, download, verify pretrained weights; write tiny smoke-test models")
     s = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
-    q = s.add_parser("list", help="every registry entry with its status (present, missing, tiny)")
+    q = s.add_parser("list", help="the entries of the available methods with their status (present, missing, tiny)")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--all", action="store_true", help="also entries of methods that are not available yet")
     q.set_defaults(func=_list)
     q = s.add_parser("download", help="fetch one entry from the Hugging Face hub (resumable)")
     q.add_argument("name")
