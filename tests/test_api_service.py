@@ -113,6 +113,10 @@ def test_job_end_to_end_with_sse_uploads_and_artifacts(srv):
     assert events[-1][2]["state"] == "succeeded"
     steps = [d["step"] for n, _, d in events if n == "progress"]
     assert steps == sorted(steps) and steps[-1] == 6 and all(d["total"] == 6 for n, _, d in events if n == "progress")
+    progress = [d for n, _, d in events if n == "progress"]  # sleepy declares no stage shares: its one stage's
+    assert [d["progress"] for d in progress] == [pytest.approx(d["step"] / 6) for d in progress]  # fraction
+    assert progress[0]["eta_s"] is None  # no pace after one step of 0.05 s
+    assert progress[-1]["message"] == "sleep 6/6" and events[-1][2]["progress"] == 1.0
     previews = [d["url"] for n, _, d in events if n == "preview"]
     assert previews
     png = srv.client.get(previews[-1])
@@ -384,15 +388,22 @@ def test_reconstruct_job_end_to_end(srv, tmp_path):
     size matches the sphere's, downloadable."""
     job = srv.submit({"method": "reconstruct", "preset": "fast", "seed": 1, "options": TINY_RECONSTRUCT},
                      files={"views": ("sphere.zip", scenes.sphere_views_zip(tmp_path), "application/zip")})
-    stages, states = [], []
+    stages, states, fractions, messages = [], [], [], set()
     with srv.client.stream("GET", job["urls"]["events"], timeout=300) as r:
         for name, _, data in read_sse(r):
-            if name == "progress" and data["stage"] not in stages:
-                stages.append(data["stage"])
+            if name == "progress":
+                fractions.append(data["progress"])
+                messages.add(data["message"])
+                if data["stage"] not in stages:
+                    stages.append(data["stage"])
             if name == "job":
                 states.append(data["state"])
     assert states[-1] == "succeeded", srv.job(job["id"])
     assert len(stages) >= 2, stages
+    # whole-job progress: it never goes back when a stage starts, a message per stage, 100 % at the end
+    assert fractions == sorted(fractions) and 0.0 <= fractions[0] < 0.5, fractions
+    assert len(messages) >= len(stages) and "starting" not in messages
+    assert srv.job(job["id"])["progress"] == 1.0
     done = srv.job(job["id"])
     names = {a["name"] for a in done["artifacts"]}
     assert {"mesh.glb", "meta.json"} <= names

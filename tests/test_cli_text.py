@@ -27,3 +27,14 @@ def test_methods_text_shows_presets_and_weights_status(tmp_path, monkeypatch, ca
     assert "weights: none needed" in lines["reconstruct"]
     presets = next(l for l in lines["lrm"] if l.startswith("presets: "))
     assert "fast (mesh_resolution=128" in presets and "standard" in presets and "high (" in presets
+
+
+def test_every_method_marks_a_few_main_options():
+    """The served schema marks each method's main options (``x-main``); the add-on shows the rest as Advanced."""
+    from gen3d.backend.commands.methods import describe
+    from gen3d.backend.pipelines import names
+
+    for name in names():
+        props = describe(name)["options_schema"]["properties"]
+        main = [k for k, p in props.items() if p.get("x-main")]
+        assert 2 <= len(main) <= 6 and len(main) < len(props), (name, main)

@@ -56,7 +56,7 @@ def test_valid_uvs_come_back_identical_with_a_new_texture(tmp_path):
     out = tmp_path / "out"
     artifacts = run_job(JobRequest(method="texture", prompt="a wooden crate", seed=3, files={"mesh": str(src)},
                                    options=SMALL), RunContext(out_dir=out))
-    assert {"mesh.glb", "texture.png", "preview.png", "meta.json"} <= set(artifacts)
+    assert {"mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", "texture.png", "preview.png", "meta.json"} <= set(artifacts)
     before, after = load_glb(src), load_glb(out / "mesh.glb")
     assert torch.equal(after.vertices, before.vertices) and torch.equal(after.faces, before.faces)
     assert torch.equal(after.uvs, before.uvs)

@@ -33,6 +33,7 @@ class SleepyOptions(Options):
     preview: bool = Field(False, description="send a preview image every step")
     fail_at: int | None = Field(None, ge=1, description="raise a NumericalError at this step")
     presets = {"fast": {"steps": 2}, "high": {"steps": 20}}
+    main = ("steps",)
 
 
 @register

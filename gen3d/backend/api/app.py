@@ -88,7 +88,7 @@ class Service:
 def _event_payload(kind: str, job: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if kind == "state":
         return "job", schemas.public_job(job)
-    data = {k: job.get(k) for k in ("id", "state", "stage", "step", "total", "eta_s", "message")}
+    data = {k: job.get(k) for k in ("id", "state", "stage", "step", "total", "progress", "eta_s", "message")}
     data["emitted_at"] = job.get("updated")
     if kind == "preview":
         data["url"] = schemas.preview_url(job)

@@ -32,7 +32,6 @@ class Scheduler:
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="gen3d-scheduler", daemon=True)
-        self._stage_started: dict[str, tuple[str, float]] = {}
         self._cancel_at: float | None = None
         self._crashes = 0  # consecutive worker deaths without a job finishing
         self._start_after = 0.0
@@ -153,8 +152,8 @@ class Scheduler:
             w.device = msg[2]
             w.set_state(msg[3])
         elif kind == "progress":
-            _, job_id, stage, step, total, t = msg
-            self._progress(job_id, stage, step, total, t)
+            _, job_id, stage, step, total, t, whole = msg
+            self._update(job_id, kind="progress", stage=stage, step=step, total=total, updated=t, **whole)
         elif kind == "preview":
             _, job_id, name, t = msg
             self._update(job_id, kind="preview", preview=name, updated=t)
@@ -163,7 +162,8 @@ class Scheduler:
             w.set_state(msg[-1])
             w.job_id, self._crashes = None, 0
             if kind == "done":
-                self._finish(job_id, "succeeded", artifacts=self._artifacts(job_id, msg[2]), message="done")
+                self._finish(job_id, "succeeded", artifacts=self._artifacts(job_id, msg[2]), message="done",
+                             progress=1.0)
             elif kind == "failed":
                 self._finish(job_id, "failed", error=msg[2], message=msg[2].get("message", "failed"))
             else:
@@ -175,16 +175,7 @@ class Scheduler:
         out = self.store.out_dir(job_id)
         return [{"name": n, "size": (out / n).stat().st_size} for n in names if (out / n).is_file()]
 
-    def _progress(self, job_id: str, stage: str, step: int, total: int, t: float) -> None:
-        now = time.time()
-        if self._stage_started.get(job_id, (None,))[0] != stage:
-            self._stage_started[job_id] = (stage, now)
-        elapsed = now - self._stage_started[job_id][1]
-        eta = round(elapsed / step * (total - step), 2) if 0 < step <= total else None
-        self._update(job_id, stage=stage, step=step, total=total, eta_s=eta, updated=t)
-
     def _finish(self, job_id: str, state: str, **fields: Any) -> None:
-        self._stage_started.pop(job_id, None)
         self._cancel_at = None
         fields.setdefault("eta_s", None)
         self._update(job_id, state=state, finished=time.time(), updated=time.time(), **fields)

@@ -34,8 +34,11 @@ class Job(BaseModel):
     stage: str | None = Field(None, description="the pipeline stage now running")
     step: int = 0
     total: int = Field(0, description="steps of the current stage")
-    eta_s: float | None = Field(None, description="seconds left in the current stage, from its pace so far")
-    message: str = ""
+    progress: float = Field(0.0, ge=0.0, le=1.0, description="the whole job's fraction done (stages weighted by "
+                            "their measured share of a run); 1 when it succeeded")
+    eta_s: float | None = Field(None, description="seconds left in the whole job, from its pace so far (null until "
+                                "there is enough to go on)")
+    message: str = Field("", description="what the job is doing now (the stage and its step)")
     error: ErrorInfo | None = None
     artifacts: list[Artifact] = Field(default_factory=list)
     preview_url: str | None = Field(None, description="latest preview image while running")
@@ -119,8 +122,10 @@ def artifact_url(job_id: str, name: str) -> str:
 def public_job(job: dict[str, Any]) -> dict[str, Any]:
     """A stored job as the API shows it (the fields of :class:`Job`)."""
     jid = job["id"]
-    out = {k: job.get(k) for k in ("id", "method", "state", "stage", "step", "total", "eta_s", "message", "error",
+    out = {k: job.get(k) for k in ("id", "method", "state", "stage", "step", "total", "progress", "eta_s", "message",
+                                   "error",
                                    "cancel_requested", "created", "started", "finished", "updated", "request")}
+    out["progress"] = out["progress"] or 0.0  # jobs stored before whole-job progress existed
     out["artifacts"] = [{"name": a["name"], "url": artifact_url(jid, a["name"]), "size": a.get("size")}
                         for a in job.get("artifacts") or []]
     out["preview_url"] = preview_url(job)

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 def new_job(job_id: str, method: str, request: dict[str, Any]) -> dict[str, Any]:
     return {"id": job_id, "method": method, "state": "queued", "stage": None, "step": 0, "total": 0,
-            "eta_s": None, "message": "queued", "error": None, "artifacts": [], "preview": None,
+            "progress": 0.0, "eta_s": None, "message": "queued", "error": None, "artifacts": [], "preview": None,
             "created": time.time(), "started": None, "finished": None, "updated": time.time(), "request": request,
             "cancel_requested": False}
 

@@ -5,10 +5,11 @@ duplex pipe. Loaded models live in the worker's ``cache`` dict and survive betwe
 Cancellation is a shared event the pipeline polls through ``ctx.check_cancelled()``.
 
 Messages, server -> worker: ``("run", job_id, request_dict, out_dir)``, ``("unload",)``, ``("stop",)``.
-Worker -> server: ``("ready", pid, device, state)``, ``("progress", job_id, stage, step, total, t)``,
+Worker -> server: ``("ready", pid, device, state)``, ``("progress", job_id, stage, step, total, t, whole)``,
 ``("preview", job_id, name, t)``, ``("done", job_id, artifact_names, state)``,
 ``("failed", job_id, error_dict, state)``, ``("cancelled", job_id, state)``, ``("unloaded", state)``;
-``t`` is the worker's ``time.time()`` when the pipeline reported, ``state`` is ``{"models": names of cached
+``t`` is the worker's ``time.time()`` when the pipeline reported, ``whole`` the whole job's ``progress``, ``eta_s``
+and ``message`` (:class:`~gen3d.backend.pipelines.progress.JobProgress`), ``state`` is ``{"models": names of cached
 models, "memory": accelerator memory in MiB or None}``.
 """
 
@@ -47,12 +48,13 @@ class _Reporter:
     def __init__(self, conn: Connection, job_id: str, out_dir: Path):
         self.conn, self.job_id, self.out_dir = conn, job_id, out_dir
         self.stage, self.sent_at, self.preview_at = None, 0.0, 0.0
+        self.ctx = None  # the job's RunContext, for its whole-job progress
 
     def __call__(self, stage: str, step: int, total: int, preview=None) -> None:
         now = time.time()
         if stage != self.stage or step >= total or step <= 1 or now - self.sent_at >= PROGRESS_INTERVAL_S:
             self.stage, self.sent_at = stage, now
-            self.conn.send(("progress", self.job_id, str(stage), int(step), int(total), now))
+            self.conn.send(("progress", self.job_id, str(stage), int(step), int(total), now, self.ctx.job.snapshot()))
         if preview is not None and now - self.preview_at >= PREVIEW_INTERVAL_S:
             self.preview_at = now
             self._write_preview(preview)
@@ -98,8 +100,9 @@ def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Pa
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(out_dir=out, device=device, progress_fn=_Reporter(conn, job_id, out),
-                     cancelled_fn=cancel.is_set, weights_dir=weights_dir, cache=cache)
+    reporter = _Reporter(conn, job_id, out)
+    ctx = reporter.ctx = RunContext(out_dir=out, device=device, progress_fn=reporter, cancelled_fn=cancel.is_set,
+                                    weights_dir=weights_dir, cache=cache)
     try:
         artifacts = run_job(JobRequest.model_validate(request), ctx)
     except Cancelled:

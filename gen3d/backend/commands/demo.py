@@ -2,7 +2,7 @@
 
 Spot (Keenan Crane, public domain; ``gen3d/backend/data/spot``) is rendered with ``gen3d.kernels.mesh`` from 16 cameras on
 two rings at 256 x 256 into a ``transforms.json`` folder, then reconstructed with ``reconstruct --preset fast``
-through the same :func:`~backend.pipelines.runner.run_job` as the server, with tqdm progress. Prints where the
+through the same :func:`~backend.pipelines.runner.run_job` as the server, with its progress. Prints where the
 GLB and the preview are.
 """
 
@@ -70,20 +70,14 @@ def make_spot_views(folder: Path, resolution: int = 256, per_ring: int = 8) -> P
 def _demo(args) -> int:
     from ..device import pick_device
     from ..pipelines import JobRequest, RunContext
-    from ..pipelines.runner import run_job
-    from .run import TqdmProgress
+    from .run import run_with_progress
 
     out = Path(args.out)
     views = out / "input_views"
     print(f"rendering Spot from 16 cameras into {views} ...")
     make_spot_views(views)
     request = JobRequest(method="reconstruct", preset=args.preset, seed=args.seed, files={"views": str(views)})
-    progress = TqdmProgress()
-    ctx = RunContext(out_dir=out, device=pick_device(args.device), progress_fn=progress)
-    try:
-        artifacts = run_job(request, ctx)
-    finally:
-        progress.close()
+    artifacts = run_with_progress(request, RunContext(out_dir=out, device=pick_device(args.device)))
     print(f"textured mesh: {artifacts['mesh.glb']}")
     print(f"preview:       {artifacts['preview.png']}")
     print(f"all artifacts and meta.json in {out}")

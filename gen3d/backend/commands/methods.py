@@ -13,6 +13,8 @@ def describe(name: str) -> dict:
 
     p = get(name)
     schema = p.Options.model_json_schema()
+    for option in p.Options.main:
+        schema["properties"][option]["x-main"] = True
     return {"name": p.name, "title": p.title or p.name, "description": p.description, "inputs": p.inputs,
             "required_inputs": list(p.required_inputs), "options_schema": schema,
             "presets": p.Options.presets, "weights": list(p.weights)}

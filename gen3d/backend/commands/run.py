@@ -1,4 +1,4 @@
-"""``python -m gen3d run METHOD ...``: run one method locally with tqdm progress per stage.
+"""``python -m gen3d run METHOD ...``: run one method locally, with the job's progress on stderr.
 
 The same :func:`backend.pipelines.runner.run_job` runs server jobs.
 """
@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from ..errors import BadInput
+
+if TYPE_CHECKING:  # importing pipelines imports torch: not at parse time
+    from ..pipelines import JobRequest, RunContext
+    from ..pipelines.progress import JobProgress
 
 
 def read_cameras(path: str) -> list:
@@ -37,28 +44,69 @@ def parse_set(pairs: list[str]) -> dict:
     return out
 
 
-class TqdmProgress:
-    """Renders ``ctx.progress(stage, step, total)`` as one tqdm bar per stage."""
+class CliProgress:
+    """The job's whole progress (``ctx.job``): on a terminal one bar (percent, the stage's message, ETA); anywhere
+    else (a log file, a pipe) plain lines, one when a stage starts and at most one per ``interval_s`` within it."""
 
-    def __init__(self):
-        self.bar = None
-        self.stage = None
+    def __init__(self, job: Callable[[], "JobProgress"], stream: TextIO | None = None, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.job, self.stream, self.interval_s, self.clock = job, stream or sys.stderr, interval_s, clock
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar, self.label, self.printed_at = None, None, float("-inf")
 
     def __call__(self, stage, step, total, preview=None):
+        job = self.job()
+        if self.tty:
+            self._draw(job)
+        elif job.label != self.label or self.clock() - self.printed_at >= self.interval_s:
+            self.label, self.printed_at = job.label, self.clock()
+            print(self.line(job), file=self.stream, flush=True)
+
+    @staticmethod
+    def line(job: "JobProgress") -> str:
+        from ..pipelines.progress import format_seconds
+
+        eta = job.eta_s
+        return f"[{100 * job.fraction:5.1f}%] {job.message}" + (
+            f", about {format_seconds(eta)} left" if eta is not None and not job.finished else "")
+
+    def _draw(self, job: "JobProgress") -> None:
         from tqdm import tqdm
 
-        if stage != self.stage:
-            self.close()
-            self.stage, self.bar = stage, tqdm(total=total, desc=stage, unit="step", dynamic_ncols=True)
-        if self.bar.total != total:
-            self.bar.total = total
-        self.bar.n = step
+        from ..pipelines.progress import format_seconds
+
+        if self.bar is None:
+            self.bar = tqdm(total=100, file=self.stream, dynamic_ncols=True,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+        eta = job.eta_s
+        self.bar.n = round(100 * job.fraction, 1)
+        self.bar.set_description_str(job.message, refresh=False)
+        self.bar.set_postfix_str(f"about {format_seconds(eta)} left" if eta is not None else "", refresh=False)
         self.bar.refresh()
 
-    def close(self):
+    def close(self) -> None:
+        from ..pipelines.progress import format_seconds
+
+        job = self.job()
         if self.bar is not None:
+            if job.finished:
+                self._draw(job)
             self.bar.close()
             self.bar = None
+        if job.finished:
+            print(f"[100.0%] done in {format_seconds(job.elapsed)}", file=self.stream, flush=True)
+
+
+def run_with_progress(request: "JobRequest", ctx: "RunContext", stream: TextIO | None = None) -> dict[str, Path]:
+    """:func:`~gen3d.backend.pipelines.runner.run_job` with :class:`CliProgress` on ``stream`` (stderr)."""
+    from ..pipelines.runner import run_job
+
+    progress = CliProgress(lambda: ctx.job, stream)
+    ctx.progress_fn = progress
+    try:
+        return run_job(request, ctx)
+    finally:
+        progress.close()
 
 
 def job_request(**fields) -> "JobRequest":
@@ -79,7 +127,6 @@ def job_request(**fields) -> "JobRequest":
 def _run(args) -> int:
     from ..device import pick_device
     from ..pipelines import RunContext
-    from ..pipelines.runner import run_job
 
     if args.weights_dir:
         os.environ["GEN3D_WEIGHTS_DIR"] = str(Path(args.weights_dir).resolve())
@@ -96,13 +143,9 @@ def _run(args) -> int:
     request = job_request(method=args.method, prompt=args.prompt, negative_prompt=args.negative_prompt,
                          seed=args.seed, preset=args.preset, options=parse_set(args.set), files=files,
                          cameras=cameras)
-    progress = TqdmProgress()
-    ctx = RunContext(out_dir=out, device=pick_device(args.device), progress_fn=progress,
+    ctx = RunContext(out_dir=out, device=pick_device(args.device),
                      weights_dir=Path(args.weights_dir) if args.weights_dir else None)
-    try:
-        artifacts = run_job(request, ctx)
-    finally:
-        progress.close()
+    artifacts = run_with_progress(request, ctx)
     print(f"wrote {len(artifacts)} artifacts to {args.out}:")
     for name in sorted(artifacts):
         print(f"  {name}")

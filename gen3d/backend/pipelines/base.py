@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from ..errors import BadInput, Cancelled
+from .progress import JobProgress
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: the few options a person usually sets (``x-main`` in the served schema; the add-on puts the rest under
+    #: "Advanced")
+    main: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def resolve(cls, preset: str = "standard", overrides: dict[str, Any] | None = None) -> "Options":
@@ -99,8 +103,11 @@ class RunContext:
     weights_dir: Path | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: whole-job progress (fraction, ETA, message) from the stages and steps; the runner sets the method's shares
+    job: JobProgress = field(default_factory=JobProgress)
 
     def progress(self, stage: str, step: int, total: int, preview: np.ndarray | None = None) -> None:
+        self.job.report(stage, step, total)
         if self.progress_fn is not None:
             self.progress_fn(stage, step, total, preview)
 
@@ -120,10 +127,12 @@ class _StageTimer:
     def __enter__(self):
         self.t0 = time.perf_counter()
         self.ctx.check_cancelled()
+        self.ctx.job.begin(self.name)
         return self
 
     def __exit__(self, *exc):
         self.ctx.timings[self.name] = round(time.perf_counter() - self.t0, 3)
+        self.ctx.job.end(self.name)
         return False
 
 
@@ -142,6 +151,8 @@ class Pipeline:
     Options: ClassVar[type[Options]] = Options
     #: names of entries of the weights registry this method needs
     weights: ClassVar[tuple[str, ...]] = ()
+    #: ``ctx.stage`` name -> its share of a run's time (from measured stage timings), for whole-job progress
+    stage_shares: ClassVar[dict[str, float]] = {}
 
     def validate(self, request: JobRequest) -> Options:
         """The one check of a request, before anything is queued or written (the API and the CLI both call it):

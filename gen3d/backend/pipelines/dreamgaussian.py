@@ -90,6 +90,7 @@ class DreamGaussianImageOptions(_DreamGaussianOptions):
     lambda_sd: float = Field(0.0, ge=0, description="weight of the SD 2.1 text prior (needs a prompt)")
     rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
 
+    main = ('prior', 'elevation', 'iters', 'texture_size')
     presets = {
         # a quick draft: a tenth of the steps at a fifth of the resolution, the schedules scaled alike
         "fast": {"iters": 50, "num_pts": 1000, "render_sizes": (64, 64, 96), "ref_size": 96,
@@ -113,6 +114,7 @@ class DreamGaussianTextOptions(_DreamGaussianOptions):
     view_dependent_prompt: bool = Field(False, description=(
         "append ', front/side/back view' to the prompt (DreamGaussian computes but never uses it)"))
 
+    main = ('prior', 'iters', 'guidance_scale', 'texture_size')
     presets = {name: {k: v for k, v in values.items() if k != "ref_size"}
                for name, values in DreamGaussianImageOptions.presets.items()}
     presets["fast"].update(position_lr_max_steps=30, density_start_iter=0, densification_interval=5)

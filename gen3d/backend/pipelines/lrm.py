@@ -37,6 +37,7 @@ class LRMOptions(Options):
     preview_size: int | None = Field(None, ge=16, le=1024, description="turntable view size (model default)")
     half_precision: bool = Field(True, description="fp16 (bf16 where supported) autocast on CUDA")
 
+    main = ('model', 'mesh_resolution', 'texture_size', 'target_faces')
     presets = {
         "fast": {"mesh_resolution": 128, "texture_size": 512, "preview_views": 4, "preview_size": 128,
                  "target_faces": 30_000},
@@ -56,6 +57,9 @@ class LRMPipeline(Pipeline):
     required_inputs = ("image",)
     needs_mask = True
     Options = LRMOptions
+    #: from meta.json timings of a fast-preset run (CPU, tiny TripoSR: a real model's triplane pass weighs more)
+    stage_shares = {"load": 0.01, "preprocess": 0.01, "triplane": 0.03, "triplane_preview": 0.29, "mesh": 0.28,
+                    "uv_unwrap": 0.14, "bake": 0.05, "export": 0.22}
     #: the default model's; the API refuses a job when a listed entry is missing, and the other models are optional
     #: (a job asking for a missing one fails with MissingWeights naming its download command)
     weights = ("triposr",)

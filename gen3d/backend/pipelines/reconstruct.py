@@ -53,6 +53,7 @@ class ReconstructOptions(Options):
     refine_resolution: float = Field(1.0, gt=0, le=1, description="refinement render size, fraction of the input")
     preview_size: int = Field(256, ge=64, le=1024, description="size of each preview tile")
 
+    main = ('fit_steps', 'mesh_resolution', 'texture_resolution', 'target_faces')
     presets = {
         "fast": {"fit_steps": 100, "num_points": 3000, "max_gaussians": 20_000, "sh_degree": 0,
                  "fit_resolutions": [0.25, 0.5], "densify_every": 50, "mesh_resolution": 96,
@@ -96,6 +97,8 @@ class Reconstruct(Pipeline):
     inputs = {"views": "folder with transforms.json and RGBA images (or RGB + masks)"}
     required_inputs = ("views",)
     Options = ReconstructOptions
+    #: from meta.json timings of ``demo`` (the fast preset on Spot, CPU)
+    stage_shares = {"load": 0.01, "fit": 0.62, "mesh": 0.13, "uv": 0.04, "bake": 0.03, "refine": 0.13, "export": 0.04}
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         o = ReconstructOptions(**request.options)

@@ -20,6 +20,7 @@ from ..errors import Gen3DError, InternalError
 from ..files import write_json
 from . import get, seed_everything
 from .base import JobRequest, RunContext
+from .progress import JobProgress, quiet_library_bars
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ def run_job(request: JobRequest, ctx: RunContext) -> dict[str, Path]:
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(request.seed)
     t0 = time.perf_counter()
+    ctx.job = JobProgress(pipeline.stage_shares)
     try:
-        artifacts = pipeline.run(request.model_copy(update={"options": options.model_dump()}), ctx)
+        with quiet_library_bars(load=bool(pipeline.weights)):
+            artifacts = pipeline.run(request.model_copy(update={"options": options.model_dump()}), ctx)
     except BaseException as e:
         if created and not any(ctx.out_dir.iterdir()):  # a failed start leaves no empty folder behind
             ctx.out_dir.rmdir()
@@ -79,6 +82,7 @@ def run_job(request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         if "preview.png" in artifacts:
             stamp_preview(artifacts["preview.png"])
     artifacts["meta.json"] = write_json(ctx.out_dir / "meta.json", meta)
+    ctx.job.finish()
     return artifacts
 
 

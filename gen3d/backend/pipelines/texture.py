@@ -88,6 +88,7 @@ class TextureOptions(Options):
     preview_views: int = Field(4, ge=1, le=16, description="turntable views per row of preview.png")
     preview_size: int = Field(256, ge=32, le=1024, description="turntable view size")
 
+    main = ('prior', 'strength', 'texture_size', 'iters_refine')
     presets = {
         "fast": {"iters_refine": 20, "texture_size": 512, "refine_size": 256, "preview_size": 128},
         "standard": {},
@@ -245,7 +246,7 @@ class TexturePipeline(Pipeline):
         from ..geometry.image_prep import read_image
         from .dreamgaussian_guidance import OrbitSampler
         from .stages.bake_texture import BakeConfig, bake_texture, pull_push_fill, uv_space_surface
-        from .stages.export import turntable_preview, write_png
+        from .stages.export import export_obj, turntable_preview, write_png
         from .stages.prior_refine import PriorRefineConfig, ReferenceView, refine_with_prior
         from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
 
@@ -341,6 +342,7 @@ class TexturePipeline(Pipeline):
             texture = pull_push_fill(after.texture.detach().cpu(), surface.valid.cpu()).clamp(0, 1)
             result = replace(mesh, texture=texture)
             out["mesh.glb"] = save_glb(result, ctx.out_dir / "mesh.glb")
+            out.update(export_obj(ctx.out_dir, result))
             out["texture.png"] = write_png(ctx.out_dir / "texture.png",
                                            (texture.numpy() * 255 + 0.5).astype(np.uint8))
             after = replace(unit, texture=texture)

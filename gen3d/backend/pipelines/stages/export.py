@@ -45,16 +45,19 @@ def write_png(path: Path, image: np.ndarray) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+def export_obj(out_dir: Path, mesh: TexturedMesh) -> dict[str, Path]:
+    """``mesh.obj`` with its ``mesh.mtl`` and ``mesh.png`` (when textured); returns artifact name -> path."""
+    save_obj(mesh, Path(out_dir) / "mesh.obj")
+    return {name: Path(out_dir) / name for name in ("mesh.obj", "mesh.mtl", "mesh.png")
+            if (Path(out_dir) / name).exists()}
+
+
 def export_results(out_dir: Path, mesh: TexturedMesh, gaussians: Gaussians | None = None,
                    preview_views: int = 8, preview_size: int = 256) -> dict[str, Path]:
     """Write every artifact into ``out_dir``; returns artifact name -> path."""
     out_dir = Path(out_dir)
     mesh = mesh.to("cpu")
-    artifacts = {"mesh.glb": save_glb(mesh, out_dir / "mesh.glb")}
-    save_obj(mesh, out_dir / "mesh.obj")
-    for name in ("mesh.obj", "mesh.mtl", "mesh.png"):
-        if (out_dir / name).exists():
-            artifacts[name] = out_dir / name
+    artifacts = {"mesh.glb": save_glb(mesh, out_dir / "mesh.glb"), **export_obj(out_dir, mesh)}
     if gaussians is not None:
         artifacts["gaussians.ply"] = save_gaussians_ply(gaussians.to("cpu"), out_dir / "gaussians.ply")
     artifacts["preview.png"] = write_png(out_dir / "preview.png",
