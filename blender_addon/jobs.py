@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class JobRecord:
     files: dict[str, str]
     out_dir: str
     placement: str = "cursor"  # "cursor": move to the 3D cursor; "in_place": keep world coordinates
+    size: float = 0.0  # > 0: scale the result about the cursor to this largest dimension (metres)
     cursor: tuple[float, float, float] = (0.0, 0.0, 0.0)
     source_object: str = ""
     hide_source: bool = False
@@ -45,6 +47,7 @@ class JobRecord:
     stage: str = ""
     step: int = 0
     total: int = 0
+    fraction: float | None = None  # the whole job's progress from the backend (None: an older backend)
     eta: float | None = None
     message: str = ""
     error: str = ""
@@ -64,18 +67,25 @@ class JobRecord:
 
     @property
     def progress(self) -> float:
+        if self.fraction is not None:
+            return self.fraction
         return min(1.0, self.step / self.total) if self.total else 0.0
 
     def status_text(self) -> str:
+        """``running · fit 120/600 · 35 % · ~2 min left`` while active; the state alone once finished."""
         if self.state == "failed":
             return self.error or "failed"
+        if not self.active:
+            return self.state
         parts = [self.state]
-        if self.stage:
+        if self.message and self.message not in (self.state, "queued"):
+            parts.append(self.message)
+        elif self.stage:
             parts.append(self.stage)
-        if self.total:
-            parts.append(f"{self.step}/{self.total}")
+        if self.state == "running":
+            parts.append(f"{round(100 * self.progress)} %")
         if self.eta:
-            parts.append(f"~{int(self.eta)} s left")
+            parts.append(f"~{int(self.eta)} s left" if self.eta < 120 else f"~{round(self.eta / 60)} min left")
         return " · ".join(parts)
 
 
@@ -259,6 +269,7 @@ class JobManager:
 
             job = client.wait(job_id, on_update, deadline=deadline)
             if job.get("state") != "succeeded":
+                discard_unused(out_dir)
                 q.put(("job", key, job))
                 return
             q.put(("state", key, "downloading"))
@@ -282,9 +293,11 @@ class JobManager:
             path = client.download(job_id, glb, os.path.join(out_dir, os.path.basename(glb)))
             q.put(("result", key, path))
         except BackendError as e:
+            discard_unused(out_dir)
             q.put(("error", key, e))
         except Exception as e:  # a bug here must still end the job readably, not leave it "running"
             log.exception("job %s worker crashed", key)
+            discard_unused(out_dir)
             q.put(("error", key, BackendError("internal", f"{type(e).__name__}: {e}")))
 
     # -- main thread ----------------------------------------------------------------------------------------------
@@ -343,6 +356,13 @@ class JobManager:
                 rec.state = "succeeded"
 
 
+def discard_unused(out_dir: str) -> None:
+    """Remove a job's result folder when it holds nothing but the ``inputs`` the add-on wrote for it (a job that
+    never started, or ended without a result), so failed attempts leave no empty result folders behind."""
+    if out_dir and os.path.isdir(out_dir) and set(os.listdir(out_dir)) <= {"inputs"}:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
 def artifact_names(job: dict) -> list[str]:
     arts = job.get("artifacts") or []
     if isinstance(arts, dict):
@@ -363,6 +383,8 @@ def apply_snapshot(rec: JobRecord, job: dict) -> None:
     for attr in ("step", "total"):
         if isinstance(job.get(attr), (int, float)):
             setattr(rec, attr, int(job[attr]))
+    if isinstance(job.get("progress"), (int, float)):
+        rec.fraction = float(job["progress"])
     eta = job.get("eta_s", job.get("eta"))
     rec.eta = float(eta) if isinstance(eta, (int, float)) else None
     if job.get("artifacts"):

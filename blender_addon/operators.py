@@ -23,7 +23,7 @@ from mathutils import Vector
 from . import reimport, scene_io, views
 from .backend_process import BackendProcess, backend_argv
 from .client import TERMINAL_STATES, BackendError, Client
-from .jobs import JobRecord, manager, method_inputs, method_kind, method_weights
+from .jobs import JobRecord, discard_unused, manager, method_inputs, method_kind, method_weights
 from .preferences import get_prefs, make_client, output_dir, user_dir
 from .properties import method_schema, option_overrides
 
@@ -231,6 +231,7 @@ class _JobOperator:
 
     _rec: JobRecord | None = None
     _timer = None
+    _out_dir = ""
 
     def find_method(self, context, kind: str, preferred: str = "") -> dict:
         """The backend's method of ``kind`` (``preferred`` first), refreshing the status when needed."""
@@ -252,9 +253,9 @@ class _JobOperator:
                                {"command": command} if command else {})
         return method
 
-    def request(self, context, method: dict) -> dict:
+    def request(self, context, method: dict, prefix: str = "") -> dict:
         """The JSON part of the job: the panel's seed, preset, changed options (plus ``options_json``) and, for
-        methods that take one, the prompt."""
+        methods that take one, the prompt of the section (``prefix``: "" Generate, "texture_" Refine Texture)."""
         settings, name = context.scene.gen3d, method["name"]
         options = option_overrides(settings, name)
         if self.options_json:
@@ -262,14 +263,15 @@ class _JobOperator:
         req = {"method": name, "seed": settings.seed, "preset": settings.preset, "options": options}
         if "prompt" in method_inputs(method):
             for key in ("prompt", "negative_prompt"):
-                if getattr(settings, key):
-                    req[key] = getattr(settings, key)
+                if getattr(settings, prefix + key):
+                    req[key] = getattr(settings, prefix + key)
         return req
 
     def new_out_dir(self, context, kind: str) -> str:
         path = os.path.join(output_dir(get_prefs(context)), f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-"
                                                             f"{uuid.uuid4().hex[:6]}")
         os.makedirs(os.path.join(path, "inputs"), exist_ok=True)
+        self._out_dir = path
         return path
 
     def launch(self, context, **record) -> set[str]:
@@ -302,13 +304,16 @@ class _JobOperator:
         return {"FINISHED"}
 
     def run(self, context, prepare) -> set[str]:
-        """``prepare(context) -> record kwargs``; readable errors instead of tracebacks."""
+        """``prepare(context) -> record kwargs``; readable errors instead of tracebacks, and no result folder left
+        behind by a job that did not start."""
+        self._out_dir = ""
         try:
             return self.launch(context, **prepare(context))
         except BackendError as e:
             self.report({"ERROR"}, f"Gen3D: {e}")
         except (ValueError, OSError, RuntimeError) as e:
             self.report({"ERROR"}, f"Gen3D: {e}")
+        discard_unused(self._out_dir)
         return {"CANCELLED"}
 
     # -- UI: a modal that watches the job so ESC cancels it on the server ---------------------------------------
@@ -333,28 +338,45 @@ class _JobOperator:
         return {"PASS_THROUGH"}
 
 
-def _reference_image(context, folder: str) -> dict[str, str]:
-    """The panel's reference image as ``{"image": path}`` (a datablock is saved as PNG), or ``{}``."""
+def _reference_image(context, folder: str, method: dict, prefix: str = "") -> dict[str, str]:
+    """The section's reference image as ``{"image": path}`` (a datablock is saved as PNG), or ``{}`` when there
+    is none or the method takes no image."""
     s = context.scene.gen3d
-    if s.image_source == "FILE" and s.image_path:
-        path = bpy.path.abspath(s.image_path)
+    if "image" not in method_inputs(method):
+        return {}
+    source, path, image = (getattr(s, prefix + k) for k in ("image_source", "image_path", "image"))
+    if source == "FILE" and path:
+        path = bpy.path.abspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"the reference image {path} does not exist")
         return {"image": path}
-    if s.image_source == "IMAGE" and s.image is not None:
-        return {"image": scene_io.save_image_png(s.image, os.path.join(folder, "reference.png"))}
+    if source == "IMAGE" and image is not None:
+        return {"image": scene_io.save_image_png(image, os.path.join(folder, "reference.png"))}
     return {}
 
 
-def _with_camera(scene, method: dict, request: dict) -> dict:
-    """Generate from the active camera: adds the 3D ``cursor`` and, when the scene has a perspective camera, that
-    camera with role ``reference`` (the backend places the object as the camera sees the reference image); a method
-    with an ``elevation`` option not set in the request gets the camera's pitch (positive = looking down)."""
+def _image_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` of an image file, read by Blender (the datablock is removed again)."""
+    img = bpy.data.images.load(path, check_existing=False)
+    try:
+        return tuple(img.size)
+    finally:
+        bpy.data.images.remove(img)
+
+
+def _with_camera(scene, method: dict, request: dict, image: str = "") -> dict:
+    """Adds the 3D ``cursor`` and, when the panel says "Through Active Camera", that camera with role ``reference``
+    (its intrinsics fitted to the reference ``image``'s size: the backend places the object as the camera sees the
+    image); a method with an ``elevation`` option not set in the request gets the camera's pitch (positive = looking
+    down)."""
     request["cursor"] = list(scene.cursor.location)
+    if scene.gen3d.placement != "CAMERA":
+        return request
     cam = scene.camera
     if cam is None or cam.type != "CAMERA" or cam.data.type != "PERSP":
-        return request
-    request["cameras"] = [{**scene_io.camera_to_wire(cam, scene), "role": "reference"}]
+        raise ValueError("placing through the active camera needs a perspective scene camera (or choose 3D Cursor)")
+    size = _image_size(image) if image else None
+    request["cameras"] = [{**scene_io.camera_to_wire(cam, scene, size), "role": "reference"}]
     if "elevation" in (method_schema(method).get("properties") or {}):
         forward = cam.matrix_world.to_3x3() @ Vector((0.0, 0.0, -1.0))
         pitch = math.degrees(math.asin(max(-1.0, min(1.0, -forward.normalized().z))))
@@ -365,8 +387,8 @@ def _with_camera(scene, method: dict, request: dict) -> dict:
 class GEN3D_OT_generate(_JobOperator, bpy.types.Operator):
     bl_idname = "gen3d.generate"
     bl_label = "Generate"
-    bl_description = ("Generate a textured mesh from the prompt and/or reference image; with a scene camera it "
-                      "stands where the camera sees the reference (else at the 3D cursor)")
+    bl_description = ("Generate a textured mesh from the method's inputs; it lands at the 3D cursor at the chosen "
+                      "size, or where the active camera sees the reference image")
 
     @classmethod
     def poll(cls, context):
@@ -384,15 +406,16 @@ class GEN3D_OT_generate(_JobOperator, bpy.types.Operator):
             s = context.scene.gen3d
             method = self.find_method(context, "generate", s.method)
             out = self.new_out_dir(context, "generate")
-            files = _reference_image(context, os.path.join(out, "inputs"))
+            files = _reference_image(context, os.path.join(out, "inputs"), method)
             inputs = set(method.get("required_inputs") or ())
             if "image" in inputs and "image" not in files:
                 raise ValueError(f"method {method['name']!r} needs a reference image")
             if "prompt" in inputs and not s.prompt:
                 raise ValueError(f"method {method['name']!r} needs a prompt")
-            request = _with_camera(context.scene, method, self.request(context, method))
+            request = _with_camera(context.scene, method, self.request(context, method), files.get("image", ""))
+            size = s.result_size if s.placement == "CURSOR" else 0.0
             return dict(kind="generate", method=method["name"], request=request, files=files, out_dir=out,
-                        placement="cursor")
+                        placement="cursor", size=size)
 
         return self.run(context, prepare)
 
@@ -458,13 +481,14 @@ class GEN3D_OT_refine_texture(_JobOperator, bpy.types.Operator):
             out = self.new_out_dir(context, "refine")
             mesh_path = os.path.join(out, "inputs", "mesh.glb")
             scene_io.export_evaluated_mesh_glb(obj, context.evaluated_depsgraph_get(), mesh_path)
-            files = {"mesh": mesh_path, **_reference_image(context, os.path.join(out, "inputs"))}
-            request = self.request(context, method)
-            if "image" in files:  # the reference image was taken through the active camera
+            files = {"mesh": mesh_path, **_reference_image(context, os.path.join(out, "inputs"), method, "texture_")}
+            request = self.request(context, method, "texture_")
+            if "image" in files:  # taken through the active camera: its intrinsics fitted to the image's size
                 cam = context.scene.camera
                 if cam is None or cam.type != "CAMERA":
                     raise ValueError("a reference image needs the camera it was taken from: set an active camera")
-                request["cameras"] = [{**scene_io.camera_to_wire(cam, context.scene), "role": "reference"}]
+                request["cameras"] = [{**scene_io.camera_to_wire(cam, context.scene, _image_size(files["image"])),
+                                       "role": "reference"}]
             return dict(kind="refine", method=method["name"], request=request,
                         files=files, out_dir=out, placement="in_place", source_object=obj.name,
                         hide_source=s.hide_source)
@@ -643,6 +667,8 @@ class GEN3D_OT_import_result(bpy.types.Operator):
             objs = reimport.import_glb(context, rec.result_path, name=result_name(rec), placement=rec.placement,
                                        cursor=rec.cursor, provenance=provenance,
                                        hide=rec.source_object if rec.hide_source else "", matrix=matrix)
+            if rec.size > 0:
+                reimport.scale_to_size(objs, rec.size, rec.cursor)
         except (RuntimeError, OSError) as e:
             rec.state, rec.error, rec.error_code = "failed", f"import failed: {e}", "import_failed"
             self.report({"ERROR"}, rec.error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from .jobs import manager, method_kind, method_weights
+from .jobs import manager, method_inputs, method_kind, method_weights
 from .operators import backend_process
 
 
@@ -14,19 +14,45 @@ class _Gen3DPanel:
     bl_category = "Gen3D"
 
 
-def draw_options(layout, settings, method_name: str) -> None:
+def draw_inputs(layout, settings, inputs: set[str], prefix: str) -> None:
+    """The prompt and the reference image controls of one section (``prefix`` "" for Generate, "texture_" for
+    Refine Texture), only those the method takes (its ``inputs`` in /v1/methods)."""
+    if "prompt" in inputs:
+        layout.prop(settings, prefix + "prompt")
+        layout.prop(settings, prefix + "negative_prompt")
+    if "image" in inputs:
+        layout.prop(settings, prefix + "image_source", expand=True)
+        source = getattr(settings, prefix + "image_source")
+        if source == "FILE":
+            layout.prop(settings, prefix + "image_path", text="")
+        elif source == "IMAGE":
+            layout.template_ID(settings, prefix + "image", open="image.open")
+
+
+VALUE_PROPS = {"INT": "int_value", "FLOAT": "float_value", "BOOL": "bool_value", "STRING": "string_value",
+               "ENUM": "enum_value"}
+
+
+def draw_options(layout, settings, method_name: str, section: str) -> None:
+    """The method's main options (``x-main`` in its schema), then the others behind the section's own "Advanced"
+    toggle (``section``: generate, reconstruct or texture); a method that marks none shows them all behind it."""
     items = [o for o in settings.options if o.method == method_name]
     if not items:
         return
     col = layout.column(align=True)
-    row = col.row()
-    row.prop(settings, "show_options", icon="TRIA_DOWN" if settings.show_options else "TRIA_RIGHT", emboss=False,
-             text=f"Options ({method_name})")
-    if settings.show_options:
-        for o in items:
-            prop = {"INT": "int_value", "FLOAT": "float_value", "BOOL": "bool_value", "STRING": "string_value",
-                    "ENUM": "enum_value"}[o.kind]
-            col.prop(o, prop, text=o.label)
+    main = [o for o in items if o.main]
+    for o in main:
+        col.prop(o, VALUE_PROPS[o.kind], text=o.label)
+    rest = [o for o in items if not o.main]
+    if not rest:
+        return
+    toggle = f"show_advanced_{section}"
+    shown = getattr(settings, toggle)
+    col.prop(settings, toggle, icon="TRIA_DOWN" if shown else "TRIA_RIGHT", emboss=False,
+             text=f"Advanced ({len(rest)})" if main else f"Options ({len(rest)})")
+    if shown:
+        for o in rest:
+            col.prop(o, VALUE_PROPS[o.kind], text=o.label)
 
 
 class GEN3D_PT_backend(_Gen3DPanel, bpy.types.Panel):
@@ -52,7 +78,7 @@ class GEN3D_PT_backend(_Gen3DPanel, bpy.types.Panel):
         sub.enabled = backend_process().started_here or backend_process().read_pid_file() is not None
         sub.operator("gen3d.stop_backend", text="Stop", icon="CANCEL")
         row.operator("gen3d.show_log", text="", icon="TEXT")
-        row.operator("gen3d.unload", text="", icon="TRASH")
+        row.operator("gen3d.unload", text="", icon="MEMORY")
 
 
 class GEN3D_PT_generate(_Gen3DPanel, bpy.types.Panel):
@@ -76,17 +102,15 @@ class GEN3D_PT_generate(_Gen3DPanel, bpy.types.Panel):
                     r = col.row(align=True)
                     r.label(text=command)
                     r.operator("gen3d.copy_command", text="", icon="COPYDOWN").command = command
-        layout.prop(s, "prompt")
-        layout.prop(s, "negative_prompt")
-        layout.prop(s, "image_source", expand=True)
-        if s.image_source == "FILE":
-            layout.prop(s, "image_path", text="")
-        elif s.image_source == "IMAGE":
-            layout.template_ID(s, "image", open="image.open")
+        method = manager.status.method(s.method)
+        draw_inputs(layout, s, method_inputs(method) if method else set(), "")
+        layout.prop(s, "placement", expand=True)
+        if s.placement == "CURSOR":
+            layout.prop(s, "result_size")
         row = layout.row(align=True)
         row.prop(s, "seed")
         row.prop(s, "preset", text="")
-        draw_options(layout, s, s.method)
+        draw_options(layout, s, s.method, "generate")
         layout.operator("gen3d.generate", icon="SHADERFX")
 
 
@@ -100,7 +124,7 @@ class GEN3D_PT_scene(_Gen3DPanel, bpy.types.Panel):
         box.prop(s, "views_source", expand=True)
         recon = next((m["name"] for m in manager.status.methods if method_kind(m) == "reconstruct"), None)
         if recon:
-            draw_options(box, s, recon)
+            draw_options(box, s, recon, "reconstruct")
         box.operator("gen3d.reconstruct", icon="OUTLINER_OB_CAMERA")
         box = layout.box()
         if any(method_kind(m) == "texture" for m in manager.status.methods):
@@ -109,7 +133,8 @@ class GEN3D_PT_scene(_Gen3DPanel, bpy.types.Panel):
             ready, reason, _ = method_weights(m) if m else (True, "", "")
             if not ready:
                 box.label(text=reason, icon="ERROR")
-            draw_options(box, s, s.texture_method)
+            draw_inputs(box, s, method_inputs(m) if m else set(), "texture_")
+            draw_options(box, s, s.texture_method, "texture")
         box.prop(s, "hide_source")
         box.operator("gen3d.refine_texture", icon="TEXTURE")
         layout.operator("gen3d.render_dataset", icon="RENDER_RESULT")

@@ -59,6 +59,7 @@ class Gen3DOption(bpy.types.PropertyGroup):
     string_value: StringProperty(name="Value")
     enum_value: EnumProperty(name="Value", items=_option_enum_items)
     choices: StringProperty(description="JSON list of allowed values (ENUM)")
+    main: BoolProperty(description="one of the method's main options (x-main); the others are 'Advanced'")
     default: StringProperty(description="JSON of the value the control had from the preset")
 
     @property
@@ -102,15 +103,33 @@ class Gen3DSettings(bpy.types.PropertyGroup):
                                                        ("IMAGE", "Image", "An image datablock of this file")])
     image_path: StringProperty(name="Image File", subtype="FILE_PATH")
     image: PointerProperty(name="Image", type=bpy.types.Image)
+    placement: EnumProperty(name="Place", default="CURSOR", items=[
+        ("CURSOR", "3D Cursor", "Put the result at the 3D cursor, scaled to the chosen size"),
+        ("CAMERA", "Through Active Camera", "Put the result where the active camera sees the reference image, at "
+                                            "the size that makes it look as in the image")])
+    result_size: FloatProperty(name="Size", default=1.0, min=0.0, soft_max=10.0, subtype="DISTANCE",
+                               description="Largest dimension of a result placed at the 3D cursor (0: the method's "
+                                           "own size)")
     seed: IntProperty(name="Seed", min=0, default=0)
     preset: EnumProperty(name="Preset", items=PRESET_ITEMS, default="standard", update=_on_method_or_preset)
     options: CollectionProperty(type=Gen3DOption)
-    show_options: BoolProperty(name="Options", default=False)
+    show_advanced_generate: BoolProperty(name="Advanced", default=False, description="Show every option")
+    show_advanced_reconstruct: BoolProperty(name="Advanced", default=False, description="Show every option")
+    show_advanced_texture: BoolProperty(name="Advanced", default=False, description="Show every option")
     views_source: EnumProperty(name="Views", items=[
         ("RENDER", "Render Scene", "Render the scene from each camera with a transparent background"),
         ("IMAGES", "Camera Images", "Use each camera's background image")], default="RENDER")
     texture_method: EnumProperty(name="Texture Method", items=_texture_method_items,
                                  description="Method that re-textures the selected mesh")
+    # Refine Texture's own inputs, apart from Generate's
+    texture_prompt: StringProperty(name="Prompt", description="What the new texture should show")
+    texture_negative_prompt: StringProperty(name="Negative", description="What the texture should avoid")
+    texture_image_source: EnumProperty(name="Reference", items=[
+        ("NONE", "None", "No reference image"), ("FILE", "File", "An image file"),
+        ("IMAGE", "Image", "An image datablock of this file")],
+        description="A reference image of the object, taken through the active camera")
+    texture_image_path: StringProperty(name="Image File", subtype="FILE_PATH")
+    texture_image: PointerProperty(name="Image", type=bpy.types.Image)
     hide_source: BoolProperty(name="Hide Original", default=True,
                               description="Hide the source mesh once the refined one is imported")
 
@@ -151,8 +170,6 @@ def sync_options(settings: Gen3DSettings, method_name: str) -> None:
     schema = method_schema(method)
     preset = (method.get("presets") or {}).get(settings.preset) or {}
     props = {k: _resolve(v, schema) for k, v in _schema_props(schema).items()}
-    if any(p.get("x-main") for p in props.values()):
-        props = {k: p for k, p in props.items() if p.get("x-main")}
     kept = {o.name: o.value for o in settings.options if o.method == method_name and o.changed()}
     for i in reversed(range(len(settings.options))):
         if settings.options[i].method == method_name:
@@ -167,6 +184,7 @@ def sync_options(settings: Gen3DSettings, method_name: str) -> None:
         item.label = prop.get("title") or name.replace("_", " ").capitalize()
         item.description = prop.get("description") or ""
         item.choices = json.dumps(prop.get("enum", []))
+        item.main = bool(prop.get("x-main"))
         if default is not None:
             item.set_value(default)
         # what the control shows before the user touches it (an unset optional shows 0 / "" and is not sent)

@@ -13,7 +13,7 @@ import json
 import os
 
 import bpy
-from mathutils import Matrix
+from mathutils import Matrix, Vector
 
 COLLECTION = "Gen3D"
 PROVENANCE = ("gen3d_job_id", "gen3d_method", "gen3d_prompt", "gen3d_seed", "gen3d_backend_version", "gen3d_kind")
@@ -83,6 +83,23 @@ def import_glb(context, path: str, *, name: str = "Gen3D", placement: str = "in_
     if meshes and meshes[0].name in view_layer.objects:
         view_layer.objects.active = meshes[0]
     return new
+
+
+def scale_to_size(objects, size: float, pivot) -> None:
+    """Scale the root ``objects`` about ``pivot`` (world) so that their meshes' world bounding box has ``size``
+    as its largest dimension."""
+    bpy.context.view_layer.update()
+    corners = [o.matrix_world @ Vector(c) for o in objects if o.type == "MESH" for c in o.bound_box]
+    if not corners:
+        return
+    extent = max(max(c[i] for c in corners) - min(c[i] for c in corners) for i in range(3))
+    if extent <= 0:
+        return
+    k = size / extent
+    about = Matrix.Translation(Vector(pivot)) @ Matrix.Scale(k, 4) @ Matrix.Translation(-Vector(pivot))
+    for obj in objects:
+        if obj.parent is None:
+            obj.matrix_world = about @ obj.matrix_world
 
 
 def _find_layer_collection(layer_coll, coll):

@@ -29,12 +29,15 @@ def render_size(scene) -> tuple[int, int]:
     return r.resolution_x * r.resolution_percentage // 100, r.resolution_y * r.resolution_percentage // 100
 
 
-def camera_intrinsics(cam_data, scene) -> tuple[float, float, float, float, int, int]:
-    """``(fx, fy, cx, cy, width, height)`` in pixels for a perspective camera datablock rendering ``scene``."""
+def camera_intrinsics(cam_data, scene, size: tuple[int, int] | None = None
+                      ) -> tuple[float, float, float, float, int, int]:
+    """``(fx, fy, cx, cy, width, height)`` in pixels for a perspective camera datablock rendering ``scene``, or,
+    with ``size``, rendering an image of that size with square pixels (what Blender would do at that resolution:
+    the same field of view along the sensor-fit axis), so a reference image of another size gets its camera."""
     if cam_data.type != "PERSP":
         raise ValueError(f"camera {cam_data.name!r} is {cam_data.type}; only perspective cameras are supported")
-    W, H = render_size(scene)
-    pax, pay = scene.render.pixel_aspect_x, scene.render.pixel_aspect_y
+    W, H = render_size(scene) if size is None else (int(size[0]), int(size[1]))
+    pax, pay = (scene.render.pixel_aspect_x, scene.render.pixel_aspect_y) if size is None else (1.0, 1.0)
     fit = cam_data.sensor_fit
     if fit == "AUTO":
         fit = "HORIZONTAL" if pax * W >= pay * H else "VERTICAL"
@@ -58,12 +61,13 @@ def _rows(m: Matrix) -> list[list[float]]:
     return [[float(v) for v in row] for row in m]
 
 
-def camera_to_wire(cam_obj, scene) -> dict:
+def camera_to_wire(cam_obj, scene, size: tuple[int, int] | None = None) -> dict:
     """A camera object as a wire camera: ``K``, ``c2w`` (OpenCV), ``width``, ``height``, plus ``c2w_opengl``
-    (the scale-free ``matrix_world``), ``convention: "opencv"`` and ``name``."""
+    (the scale-free ``matrix_world``), ``convention: "opencv"`` and ``name``; ``size`` fits the intrinsics to an
+    image of that size (see :func:`camera_intrinsics`)."""
     if cam_obj.type != "CAMERA":
         raise ValueError(f"{cam_obj.name!r} is not a camera")
-    fx, fy, cx, cy, W, H = camera_intrinsics(cam_obj.data, scene)
+    fx, fy, cx, cy, W, H = camera_intrinsics(cam_obj.data, scene, size)
     c2w_gl = rigid_matrix_world(cam_obj)
     return {"K": [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], "c2w": _rows(c2w_gl @ OPENGL_TO_OPENCV),
             "width": W, "height": H, "c2w_opengl": _rows(c2w_gl), "convention": "opencv", "name": cam_obj.name}

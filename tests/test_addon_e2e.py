@@ -61,12 +61,16 @@ def test_methods_and_options_from_the_backend(story):
     assert s["options"]["preview"]["kind"] == "BOOL"
     assert s["options_fast"]["steps"]["value"] == 2  # the preset's value
     assert s["overrides"] == {"steps": 3}
+    # sleepy marks 'steps' as its main option: the other three wait behind "Advanced"
+    assert s["drawn_closed"] == ["int_value"] and len(s["drawn_open"]) == 4
 
 
 def test_job_errors_are_readable(story):
     s = story["errors"]
     assert "has no GLB artifact" in s["no_glb"] and s["server_options"]["steps"] == 3
     assert "diverged at step 1" in s["numerical"]
+    assert "needs a reference image" in s["no_image"]
+    assert s["result_folders"] == []  # failed jobs leave no empty results/<time>-generate-* folders
     for msg in s.values():
         if isinstance(msg, str):
             assert "Traceback" not in msg
@@ -97,14 +101,27 @@ def test_generate_imports_at_the_cursor(story):
     s = story["generate"]
     assert_imported(s, "box_glb", "generate")
     assert s["provenance"]["gen3d_prompt"] == "a test prompt" and s["provenance"]["gen3d_seed"] == 7
-    assert_bbox(s["result_bbox"], [[0.75, 1.75, 2.75], [1.25, 2.25, 3.25]], 1e-5)
+    # the 0.5 m box, scaled about the 3D cursor (1, 2, 3) to the panel's default size of 1 m
+    assert_bbox(s["result_bbox"], [[0.5, 1.5, 2.5], [1.5, 2.5, 3.5]], 1e-5)
     assert s["active_collection"] != "Gen3D"  # the user's next objects do not land in the Gen3D collection
+
+
+def test_inputs_follow_the_method(story):
+    """The panel shows and sends only what the method takes (/v1/methods' inputs): an image-only method gets no
+    prompt, a text-only method no image; a reference image through the active camera gets that camera fitted to the
+    image's size; Refine Texture sends its own prompt and none of Generate's inputs."""
+    s = story["inputs"]
+    assert "image_source" in s["image_method_props"] and "prompt" not in s["image_method_props"]
+    assert "prompt" in s["text_method_props"] and "image_source" not in s["text_method_props"]
+    assert s["image_job"]["error"] == "" and s["image_job"]["prompt"] is None and s["image_job"]["files"] == ["image"]
+    assert s["image_job"]["camera_size"] == [64, 48]  # the scene renders 1920 x 1080; the image is 64 x 48
+    assert s["text_job"]["error"] == "" and s["text_job"]["files"] == [] and s["text_job"]["cameras"] == []
+    assert s["refine_job"]["prompt"] == "weathered bronze" and s["refine_job"]["files"] == ["mesh"]
+    assert "texture_prompt" in s["texture_props"] and "prompt" not in s["texture_props"]
 
 
 def test_reconstruct_from_cameras(story):
     s = story["reconstruct"]
-    if s.get("skipped"):
-        pytest.skip(s["skipped"])
     assert_imported(s, "reconstruct", "reconstruct")
     # in place (the 3D cursor is at (1, 2, 3), far away): the result surrounds the source's centre
     (lo, hi), (src_lo, src_hi) = s["result_bbox"], s["source_bbox"]
@@ -284,7 +301,7 @@ def _draw_panels(bpy, panels) -> dict:
     UI to draw into, and a typo there only shows up when a user opens the sidebar)."""
     rna = bpy.types.UILayout.bl_rna
     icons = set(rna.functions["prop"].parameters["icon"].enum_items.keys())
-    errors, calls = [], []
+    errors, calls, props = [], [], []
 
     class OpProps:
         def __init__(self, idname):
@@ -306,6 +323,8 @@ def _draw_panels(bpy, panels) -> dict:
 
             def call(*args, **kw):
                 calls.append(name)
+                if name in ("prop", "prop_enum", "template_ID"):
+                    props.append(args[1])
                 if kw.get("icon") and kw["icon"] not in icons:
                     errors.append(f"unknown icon {kw['icon']!r}")
                 if name in ("prop", "prop_enum", "template_ID") and args[1] not in args[0].bl_rna.properties:
@@ -327,7 +346,7 @@ def _draw_panels(bpy, panels) -> dict:
             panel.draw(Self(), bpy.context)
         except Exception as e:  # report, not crash: the test names the panel
             errors.append(f"{panel.__name__}: {type(e).__name__}: {e}")
-    return {"errors": errors, "calls": sorted(set(calls))}
+    return {"errors": errors, "calls": sorted(set(calls)), "props": props}
 
 
 def _describe(bpy, names: list[str]) -> dict:
@@ -405,6 +424,13 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
         return {o.name: {"kind": o.kind, "value": o.value} for o in settings.options if o.method == "sleepy"}
 
     out["methods"] = {"methods": [m["name"] for m in manager.status.methods], "options": options()}
+    panel_mod = sys.modules[ADDON_MODULE + ".panel"]
+    value_props = lambda: [p for p in _draw_panels(bpy, [panel_mod.GEN3D_PT_generate])["props"]  # noqa: E731
+                           if p.endswith("_value")]
+    out["methods"]["drawn_closed"] = value_props()
+    settings.show_advanced_generate = True
+    out["methods"]["drawn_open"] = value_props()
+    settings.show_advanced_generate = False
     settings.preset = "fast"
     out["methods"]["options_fast"] = options()
     settings.preset = "standard"
@@ -417,6 +443,10 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     rec = list(manager.records.values())[-1]
     errors["server_options"] = ops_mod.client_for(bpy.context).job(rec.job_id)["request"]["options"]
     errors["numerical"] = _error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps({"fail_at": 1}))
+    settings.method = "image_box"
+    errors["no_image"] = _error_of(bpy.ops.gen3d.generate, mode="SYNC")
+    settings.method = "sleepy"
+    errors["result_folders"] = sorted(os.listdir(prefs.output_dir)) if os.path.isdir(prefs.output_dir) else []
     out["errors"] = errors
 
     # -- cancel on the asynchronous path (worker thread + pump, as the UI does) ---------------------------------
@@ -437,19 +467,38 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     out["generate"] = {"error": error, **_describe(bpy, list(manager.records.values())[-1].objects),
                        "active_collection": bpy.context.view_layer.active_layer_collection.name}
 
+    # -- inputs follow the method; Refine Texture keeps its own ----------------------------------------------------
+    client = ops_mod.client_for(bpy.context)
+
+    def accepted(error):
+        req = client.job(list(manager.records.values())[-1].job_id)["request"]
+        return {"error": error, "prompt": req.get("prompt"), "files": sorted(req.get("files") or {}),
+                "cameras": req.get("cameras") or []}
+
+    ref = bpy.data.images.new("ref", 64, 48, alpha=True)
+    ref.filepath_raw, ref.file_format = os.path.join(tmp, "ref.png"), "PNG"
+    ref.save()
+    settings.method = "image_box"
+    inputs = {"image_method_props": _draw_panels(bpy, [panel_mod.GEN3D_PT_generate])["props"]}
+    settings.image_source, settings.image_path = "FILE", os.path.join(tmp, "ref.png")
+    settings.placement = "CAMERA"  # the factory scene's camera renders 1920 x 1080
+    inputs["image_job"] = accepted(_error_of(bpy.ops.gen3d.generate, mode="SYNC"))
+    inputs["image_job"]["camera_size"] = [[c["width"], c["height"]] for c in inputs["image_job"]["cameras"]][0]
+    settings.method, settings.placement = "box_glb", "CURSOR"
+    inputs["text_method_props"] = _draw_panels(bpy, [panel_mod.GEN3D_PT_generate])["props"]
+    inputs["text_job"] = accepted(_error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps({"size": 0.5})))
+    out["inputs"] = inputs
+
     # -- the views upload: renders + transforms.json, checked against Blender's own projection -------------------
     src = _build_scene(bpy)
     out["views"] = _check_views(bpy, src, os.path.join(tmp, "views"))
 
     # -- reconstruct from cameras ---------------------------------------------------------------------------------
-    if manager.status.method("reconstruct") is None:
-        out["reconstruct"] = {"skipped": "the backend has no reconstruct method"}
-    else:
-        settings.preset = "fast"
-        error = _error_of(bpy.ops.gen3d.reconstruct, mode="SYNC", options_json=json.dumps(RECONSTRUCT_OPTIONS))
-        rec = list(manager.records.values())[-1]
-        out["reconstruct"] = {"error": error, **_describe(bpy, rec.objects if rec.kind == "reconstruct" else []),
-                              "source_bbox": _world_bbox(src)}
+    settings.preset = "fast"
+    error = _error_of(bpy.ops.gen3d.reconstruct, mode="SYNC", options_json=json.dumps(RECONSTRUCT_OPTIONS))
+    rec = list(manager.records.values())[-1]
+    out["reconstruct"] = {"error": error, **_describe(bpy, rec.objects if rec.kind == "reconstruct" else []),
+                          "source_bbox": _world_bbox(src)}
 
     # -- refine: the evaluated mesh (modifiers applied) goes out in world space and comes back in place ----------
     mod = src.modifiers.new("Array", "ARRAY")
@@ -460,7 +509,10 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     src.select_set(True)
     bpy.context.view_layer.objects.active = src
     settings.texture_method = "mesh_echo"
+    settings.texture_prompt = "weathered bronze"  # Generate's prompt and reference image (still set) stay out
+    out["inputs"]["texture_props"] = _draw_panels(bpy, [panel_mod.GEN3D_PT_scene])["props"]
     error = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")
+    out["inputs"]["refine_job"] = accepted(error)
     out["refine"] = {"error": error, **_describe(bpy, list(manager.records.values())[-1].objects),
                      "source_hidden": src.hide_get() and src.hide_render}
 

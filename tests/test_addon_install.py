@@ -67,6 +67,17 @@ def test_zip_layout_and_blender_validates_it(addon_zip):
     assert out.returncode == 0 and "Success" in out.stdout, out.stdout + out.stderr
 
 
+def test_manifest_declares_the_permissions_the_code_uses():
+    """Blender shows an extension's permissions to the user: every resource the add-on touches is declared."""
+    import tomllib
+
+    declared = set(tomllib.loads((REPO / "blender_addon" / "blender_manifest.toml").read_text())["permissions"])
+    code = "\n".join(p.read_text() for p in (REPO / "blender_addon").glob("*.py"))
+    used = {"network": "urlopen" in code or "http.client" in code, "files": "open(" in code,
+            "clipboard": "window_manager.clipboard" in code}
+    assert {k for k, v in used.items() if v} <= declared, declared
+
+
 def test_build_rejects_a_bad_manifest(tmp_path):
     src = tmp_path / "addon"
     src.mkdir()

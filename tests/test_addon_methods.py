@@ -1,10 +1,11 @@
-"""Two tiny real pipelines that the add-on tests load into the backend (``GEN3D_EXTRA_METHODS``) to exercise
+"""Tiny real pipelines that the add-on tests load into the backend (``GEN3D_EXTRA_METHODS``) to exercise
 re-import without a generative model:
 
 - ``box_glb`` (a generate method): a textured, UV-mapped box of ``size`` metres centred at the origin, written as
   ``mesh.glb`` through the backend's own GLB writer; the add-on must put it at the 3D cursor.
 - ``mesh_echo`` (a texture method, it needs a mesh): reads the uploaded GLB with the backend's reader and writes it
   back as ``mesh.glb``; the add-on's Refine texture must bring it back in place.
+- ``image_box`` (a generate method that takes only an image): a box; the add-on must send the image, no prompt.
 
 No tests here: this module is imported by the backend's worker.
 """
@@ -71,3 +72,19 @@ class MeshEcho(Pipeline):
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         ctx.progress("echo", 1, 1)
         return {"mesh.glb": save_glb(load_glb(request.files["mesh"]), ctx.out_dir / "mesh.glb")}
+
+
+@register
+class ImageBox(Pipeline):
+    """An image-only generate method: the add-on must ask for the reference image and send no prompt."""
+
+    name = "image_box"
+    title = "Image box (test)"
+    description = "a textured box from a reference image"
+    inputs = {"image": "a reference image"}
+    required_inputs = ("image",)
+    Options = BoxOptions
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        ctx.progress("box", 1, 1)
+        return {"mesh.glb": save_glb(textured_box(request.options["size"]), ctx.out_dir / "mesh.glb")}

@@ -152,6 +152,7 @@ def scenario_placement(zip_path: str, tmp: str) -> dict:
     settings = scene.gen3d
     settings.method, settings.preset, settings.seed = "lrm", "fast", 3
     settings.image_source, settings.image_path = "FILE", ref
+    settings.placement = "CAMERA"  # an explicit choice in the panel
     scene.cursor.location = (0.0, 0.0, 0.0)
     out: dict = {}
     error = _error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps(LRM_OPTIONS))
@@ -166,6 +167,7 @@ def scenario_placement(zip_path: str, tmp: str) -> dict:
 
     scene.camera = None
     bpy.data.objects.remove(cam)
+    settings.placement, settings.result_size = "CURSOR", 0.0  # at the cursor, the method's own size
     scene.cursor.location = (1.0, -2.0, 0.5)
     error = _error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps(LRM_OPTIONS))
     res = _result(bpy, manager, error)

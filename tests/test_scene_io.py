@@ -104,6 +104,24 @@ def test_camera_projection_matches_blender(scene, case):
     np.testing.assert_allclose(np.linalg.det(c2w[:3, :3]), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("case, size", [("landscape", (256, 256)), ("shifted", (300, 500)),
+                                        ("vertical fit", (200, 120)), ("non-square pixels", (90, 160))])
+def test_camera_fitted_to_an_image_size_projects_as_blender_renders_that_size(scene, case, size):
+    """A reference image of another size than the render: the camera fitted to it is the camera Blender renders at
+    that resolution (square pixels), same field of view by its sensor fit, checked against Blender's projection."""
+    obj, rng = make_camera(scene, CAMERAS[case], seed=len(case))
+    wire = scene_io.camera_to_wire(obj, scene, size)
+    assert (wire["width"], wire["height"]) == size
+    r = scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = *size, 100
+    r.pixel_aspect_x = r.pixel_aspect_y = 1
+    points = points_in_view(obj, rng)
+    ref = np.array([world_to_camera_view(scene, obj, Vector(p))[:] for p in points])
+    ref_px = np.stack([ref[:, 0] * size[0], (1 - ref[:, 1]) * size[1]], 1)
+    px, _ = Cameras.from_wire([wire]).project(torch.tensor(points, dtype=torch.float32))
+    np.testing.assert_allclose(px[0].numpy(), ref_px, atol=0.02, rtol=0)
+
+
 def test_centred_camera_has_principal_point_at_half_size(scene):
     obj, _ = make_camera(scene, CAMERAS["landscape"], seed=0)
     K = scene_io.camera_to_wire(obj, scene)["K"]
