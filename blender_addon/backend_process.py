@@ -115,7 +115,7 @@ class BackendProcess:
         return None
 
     def launch(self, argv: list[str], data_dir: str, port: int, token: str | None = None, cwd: str | None = None,
-               wait_s: float = 60.0) -> str:
+               wait_s: float = 60.0, weights_dir: str | None = None) -> str:
         """Start ``argv + ['serve', ...]`` on loopback, wait until ``/v1/health`` answers, return its URL.
 
         Raises ``launch_failed`` with the end of the log when the process exits or never answers.
@@ -127,6 +127,8 @@ class BackendProcess:
         os.makedirs(data_dir, exist_ok=True)
         port = free_port(port)
         cmd = [*argv, "serve", "--host", HOST, "--port", str(port), "--data-dir", data_dir]
+        if weights_dir:
+            cmd += ["--weights-dir", weights_dir]
         env = dict(os.environ)
         if token:  # through the environment, so that it stays out of the process list
             env["GEN3D_TOKEN"] = token

@@ -60,6 +60,7 @@ class JobRecord:
     objects: list[str] = field(default_factory=list)
     cancel_requested: bool = False
     started: float = field(default_factory=time.time)
+    history: bool = False  # from the backend's job list (GET /v1/jobs), not submitted in this session
 
     @property
     def active(self) -> bool:
@@ -97,6 +98,7 @@ class BackendStatus:
     online: bool = False
     health: dict = field(default_factory=dict)
     methods: list[dict] = field(default_factory=list)
+    jobs: list[dict] = field(default_factory=list)  # GET /v1/jobs: the backend's history, kept across sessions
     error: str = ""
     checked: float = 0.0
     checking: bool = False
@@ -234,6 +236,7 @@ class JobManager:
             status.health = client.handshake()
             status.methods = client.methods()
             status.online = True
+            status.jobs = client.jobs()
         except BackendError as e:
             status.error = str(e)
         self.queue.put(("status", None, status))
@@ -273,24 +276,9 @@ class JobManager:
                 q.put(("job", key, job))
                 return
             q.put(("state", key, "downloading"))
-            names = artifact_names(job)
-            glb = next((n for n in names if n == "mesh.glb"), None) or next((n for n in names if n.endswith(".glb")),
-                                                                             None)
-            if glb is None:
-                raise BackendError("no_result", f"job {job_id} succeeded but has no GLB artifact",
-                                   {"artifacts": names})
-            if "preview.png" in names:
-                try:
-                    q.put(("preview", key, client.download(job_id, "preview.png",
-                                                           os.path.join(out_dir, "preview.png"))))
-                except BackendError as e:
-                    log.debug("preview download failed: %s", e)
-            # beside the GLB: where the object stands (gen3d/backend/geometry/placement.py); a refinement's texture and
-            # meta.json, so that an unchanged mesh only gets a new image on its material
-            for extra in ("placement.json",) + (("texture.png", "meta.json") if rec.kind == "refine" else ()):
-                if extra in names:
-                    client.download(job_id, extra, os.path.join(out_dir, extra))
-            path = client.download(job_id, glb, os.path.join(out_dir, os.path.basename(glb)))
+            path, preview = download_result(client, job, out_dir, rec.kind if rec is not None else "generate")
+            if preview:
+                q.put(("preview", key, preview))
             q.put(("result", key, path))
         except BackendError as e:
             discard_unused(out_dir)
@@ -319,6 +307,7 @@ class JobManager:
                 continue
             if kind == "status":
                 self.status = payload
+                self.adopt(payload.jobs)
                 if self.on_status:
                     self.on_status(payload)
                 continue
@@ -333,6 +322,21 @@ class JobManager:
         if n:
             redraw()
         return n
+
+    def adopt(self, server_jobs: list[dict]) -> None:
+        """Finished jobs the backend knows and this session does not (an earlier Blender session's, another
+        client's) join the list, oldest first, ready to be re-imported, previewed or deleted."""
+        known = {r.job_id for r in self.records.values() if r.job_id}
+        for job in server_jobs:
+            if job.get("id") in known or job.get("state") not in TERMINAL_STATES:
+                continue
+            method = self.status.method(job.get("method", "")) or {"name": job.get("method", "")}
+            kind = {"reconstruct": "reconstruct", "texture": "refine"}.get(method_kind(method), "generate")
+            rec = self.new(kind=kind, method=str(job.get("method", "")), request=job.get("request") or {}, files={},
+                           out_dir="", history=True)
+            apply_snapshot(rec, job)
+            rec.state = job["state"]
+            rec.started = float(job.get("created") or rec.started)
 
     def _apply(self, rec: JobRecord, kind: str, payload: Any) -> None:
         if kind == "job":
@@ -354,6 +358,27 @@ class JobManager:
             rec.objects = self.importer(rec) if self.importer else []
             if rec.state == "importing":
                 rec.state = "succeeded"
+
+
+def download_result(client: Client, job: dict, out_dir: str, kind: str) -> tuple[str, str]:
+    """Download a succeeded job's GLB and what goes with it into ``out_dir``: ``(glb path, preview path or "")``.
+
+    Beside the GLB: where the object stands (``placement.json``, gen3d/backend/geometry/placement.py) and, for a
+    refinement, its texture and meta.json, so that an unchanged mesh only gets a new image on its material."""
+    job_id, names = str(job["id"]), artifact_names(job)
+    glb = next((n for n in names if n == "mesh.glb"), None) or next((n for n in names if n.endswith(".glb")), None)
+    if glb is None:
+        raise BackendError("no_result", f"job {job_id} succeeded but has no GLB artifact", {"artifacts": names})
+    preview = ""
+    if "preview.png" in names:
+        try:
+            preview = client.download(job_id, "preview.png", os.path.join(out_dir, "preview.png"))
+        except BackendError as e:
+            log.debug("preview download failed: %s", e)
+    for extra in ("placement.json",) + (("texture.png", "meta.json") if kind == "refine" else ()):
+        if extra in names:
+            client.download(job_id, extra, os.path.join(out_dir, extra))
+    return client.download(job_id, glb, os.path.join(out_dir, os.path.basename(glb))), preview
 
 
 def discard_unused(out_dir: str) -> None:

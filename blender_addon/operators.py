@@ -17,13 +17,14 @@ import urllib.parse
 import uuid
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from mathutils import Vector
 
 from . import reimport, scene_io, views
 from .backend_process import BackendProcess, backend_argv
 from .client import TERMINAL_STATES, BackendError, Client
-from .jobs import JobRecord, discard_unused, manager, method_inputs, method_kind, method_weights
+from .jobs import JobRecord, discard_unused, download_result, manager, method_inputs, method_kind, method_weights
+from .jobs import load_preview as jobs_load_preview
 from .preferences import get_prefs, make_client, output_dir, user_dir
 from .properties import method_schema, option_overrides
 
@@ -124,13 +125,14 @@ class GEN3D_OT_launch_backend(bpy.types.Operator):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         data_dir = bpy.path.abspath(prefs.data_dir) if prefs.data_dir else user_dir("data")
+        weights_dir = bpy.path.abspath(prefs.weights_dir) if prefs.weights_dir else None
         cwd = bpy.path.abspath(prefs.working_dir) if prefs.working_dir else None
         token = prefs.token or None
         proc = backend_process()
         proc.stop_at_exit = prefs.stop_on_exit
 
         def launch():
-            url = proc.launch(argv, data_dir, prefs.port, token=token, cwd=cwd)
+            url = proc.launch(argv, data_dir, prefs.port, token=token, cwd=cwd, weights_dir=weights_dir)
             return url
 
         def connected(url):
@@ -502,6 +504,82 @@ def _backend_cli(prefs) -> list[str]:
                         prefs.launch_command if prefs.launch_mode == "COMMAND" else "")
 
 
+class GEN3D_OT_download_weights(bpy.types.Operator):
+    bl_idname = "gen3d.download_weights"
+    bl_label = "Download Weights"
+    bl_description = ("Download a method's missing checkpoint with the backend's Python ('weights download'), into "
+                      "the weights folder of the preferences; its licence is shown first")
+    bl_options = {"INTERNAL"}
+
+    name: StringProperty()
+    license: StringProperty(options={"SKIP_SAVE"})
+    restrictive: BoolProperty(options={"SKIP_SAVE"})
+    accept: BoolProperty(name="I accept this licence", default=False, options={"SKIP_SAVE"})
+    mode: MODE_PROP
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self, width=420)
+
+    def draw(self, context):
+        col = self.layout.column()
+        col.label(text=f"{self.name}: licence", icon="INFO")
+        for line in wrap_text(self.license or "unknown", 60):
+            col.label(text=line)
+        if self.restrictive:
+            col.prop(self, "accept")
+
+    def execute(self, context):
+        import subprocess
+
+        if self.restrictive and not self.accept:
+            self.report({"ERROR"}, f"{self.name}: accept its licence to download it")
+            return {"CANCELLED"}
+        prefs = get_prefs(context)
+        try:
+            argv = _backend_cli(prefs) + ["weights", "download", self.name]
+        except BackendError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        argv += ["--accept-license"] if self.restrictive else []
+        if prefs.weights_dir:
+            argv += ["--dir", os.path.join(bpy.path.abspath(prefs.weights_dir), self.name)]
+        name, client = self.name, client_for(context)
+
+        def run() -> str:
+            r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+            return "" if r.returncode == 0 else (lines[-1][7:] if lines else f"exit {r.returncode}")
+
+        if sync_mode(self.mode):
+            error = run()
+            manager.refresh_status(client, sync=True)
+            if error:
+                self.report({"ERROR"}, f"Gen3D: {error}")
+                return {"CANCELLED"}
+            self.report({"INFO"}, f"Gen3D: {name} downloaded")
+            return {"FINISHED"}
+
+        def worker():
+            error = run()
+            manager.queue.put(("call", None, lambda: (setattr(manager.status, "error", error and f"{name}: {error}"),
+                                                      manager.refresh_status(client))))
+
+        threading.Thread(target=worker, name="gen3d-download", daemon=True).start()
+        self.report({"INFO"}, f"Gen3D: downloading {name} (the method turns ready when it is done)")
+        return {"FINISHED"}
+
+
+def wrap_text(text: str, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    return lines + [line] if line else lines
+
+
 class GEN3D_OT_render_dataset(bpy.types.Operator):
     bl_idname = "gen3d.render_dataset"
     bl_label = "Render Edge-Map Dataset"
@@ -509,11 +587,30 @@ class GEN3D_OT_render_dataset(bpy.types.Operator):
                       "RGBA, Canny edges, depth, normals, masks and 3D annotations per view (the backend's "
                       "'dataset render', run with its Python)")
 
+    # the options of 'python -m gen3d dataset render' (see its --help)
     views_per_model: IntProperty(name="Views per Model", default=8, min=1, max=1000)
-    size: IntProperty(name="Resolution", default=512, min=32, max=4096)
+    size: IntProperty(name="Resolution", default=512, min=32, max=4096, description="Square image side in pixels")
     engine: EnumProperty(name="Engine", default="CYCLES", items=[
         ("CYCLES", "Cycles", "Cycles on the CPU (what 3D-DST uses)"), ("WORKBENCH", "Workbench", "fast")])
+    samples: IntProperty(name="Samples", default=32, min=1, max=4096, description="Cycles samples")
+    pose_mode: EnumProperty(name="Poses", default="1", items=[
+        ("1", "All Around", "Azimuth 0-360, elevation ~ N(0, 30) degrees"),
+        ("2", "Front", "Azimuth -195-15, elevation ~ N(0, 30)"),
+        ("3", "All Around, Above", "Azimuth 0-360, elevation ~ N(30, 20)"),
+        ("4", "Front, Above", "Azimuth -195-15, elevation ~ N(30, 20)"),
+        ("5", "Uniform Sphere", "Uniform on the sphere")], description="3D-DST's pose sampling mode")
+    distance: FloatProperty(name="Distance", default=2.5, min=0.5, max=50.0,
+                            description="Camera distance in units of the object's longest side")
+    random_distance: BoolProperty(name="Random Distance", default=False,
+                                  description="Draw each distance from N(d, 0.5) within [d - 0.5, d + 1.5]")
+    roll_sd: FloatProperty(name="Roll SD", default=0.0, min=0.0, max=90.0,
+                           description="In-plane rotation standard deviation in degrees (0: none)")
+    geometry_passes: BoolProperty(name="Depth and Normals", default=True, description="Also write depth and normals")
+    seed: IntProperty(name="Seed", default=0, min=0)
     mode: MODE_PROP
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
 
     @staticmethod
     def _objects(context):
@@ -546,7 +643,11 @@ class GEN3D_OT_render_dataset(bpy.types.Operator):
                                                                             + ".glb"))
         argv = _backend_cli(get_prefs(context)) + [
             "dataset", "render", "--models", os.path.dirname(models), "--out", os.path.join(out, "data"),
-            "--views-per-model", str(self.views_per_model), "--size", str(self.size), "--engine", self.engine]
+            "--views-per-model", str(self.views_per_model), "--size", str(self.size), "--engine", self.engine,
+            "--samples", str(self.samples), "--pose-mode", self.pose_mode, "--distance", str(self.distance),
+            "--roll-sd", str(self.roll_sd), "--seed", str(self.seed)]
+        argv += ["--random-distance"] if self.random_distance else []
+        argv += [] if self.geometry_passes else ["--no-geometry-passes"]
         log_path = os.path.join(out, "dataset.log")
         with open(log_path, "w", encoding="utf-8") as log_file:
             self._proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
@@ -624,6 +725,42 @@ class GEN3D_OT_remove_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class GEN3D_OT_fetch_job(bpy.types.Operator):
+    bl_idname = "gen3d.fetch_job"
+    bl_label = "Import Result"
+    bl_description = "Download a finished job's result (and its preview) from the backend and import it"
+    bl_options = {"INTERNAL"}
+
+    key: IntProperty()
+    preview_only: BoolProperty(default=False, options={"SKIP_SAVE"},
+                               description="Only download and show the preview")
+
+    def execute(self, context):
+        rec = manager.records.get(self.key)
+        if rec is None or rec.state != "succeeded" or not rec.job_id:
+            self.report({"ERROR"}, "only a finished, succeeded job has a result")
+            return {"CANCELLED"}
+        client = client_for(context)
+        if not rec.out_dir:
+            rec.out_dir = os.path.join(output_dir(get_prefs(context)), f"{rec.job_id}-{rec.kind}")
+            os.makedirs(rec.out_dir, exist_ok=True)
+        try:
+            job = client.job(rec.job_id)
+            if self.preview_only:
+                path = client.download(rec.job_id, "preview.png", os.path.join(rec.out_dir, "preview.png"))
+            else:
+                rec.result_path, path = download_result(client, job, rec.out_dir, rec.kind)
+        except BackendError as e:
+            self.report({"ERROR"}, f"Gen3D: {e}")
+            return {"CANCELLED"}
+        if path:
+            rec.preview_image = jobs_load_preview(path, rec.preview_image or f"Gen3D preview {rec.key}")
+            rec.preview_path = path
+        if not self.preview_only:
+            bpy.ops.gen3d.import_result(key=rec.key)
+        return {"FINISHED"}
+
+
 def result_name(rec: JobRecord) -> str:
     """``"Suzanne (refined)"``, ``"Gen3D reconstruct"``, ``"Gen3D a red chair"``."""
     if rec.kind == "refine" and rec.source_object:
@@ -679,7 +816,8 @@ class GEN3D_OT_import_result(bpy.types.Operator):
 
 CLASSES = (GEN3D_OT_refresh, GEN3D_OT_launch_backend, GEN3D_OT_stop_backend, GEN3D_OT_show_log, GEN3D_OT_unload,
            GEN3D_OT_copy_command, GEN3D_OT_generate, GEN3D_OT_reconstruct, GEN3D_OT_refine_texture,
-           GEN3D_OT_render_dataset, GEN3D_OT_cancel, GEN3D_OT_remove_job, GEN3D_OT_import_result)
+           GEN3D_OT_download_weights, GEN3D_OT_render_dataset, GEN3D_OT_cancel, GEN3D_OT_remove_job, GEN3D_OT_fetch_job,
+           GEN3D_OT_import_result)
 
 
 def register() -> None:

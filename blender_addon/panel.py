@@ -5,13 +5,31 @@ from __future__ import annotations
 import bpy
 
 from .jobs import manager, method_inputs, method_kind, method_weights
-from .operators import backend_process
+from .operators import backend_process, wrap_text
 
 
 class _Gen3DPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "Gen3D"
+
+
+def draw_weights(layout, method: dict) -> None:
+    """A method's checkpoints that need attention: missing ones with a download button (its licence is shown
+    first) and the command, smoke-test (tiny) ones marked as such; nothing when all are installed."""
+    for w in method.get("weights") or []:
+        if not isinstance(w, dict) or (w.get("ready") is not False and not w.get("tiny")):
+            continue
+        row = layout.row(align=True)
+        if w.get("tiny"):
+            row.label(text=f"{w['name']}: smoke-test weights (not a real model)", icon="ERROR")
+            continue
+        size = f", {w['size_gb']:.1f} GB" if isinstance(w.get("size_gb"), (int, float)) else ""
+        row.label(text=f"{w['name']}: missing{size}", icon="ERROR")
+        op = row.operator("gen3d.download_weights", text="", icon="IMPORT")
+        op.name, op.license, op.restrictive = w["name"], str(w.get("license") or ""), bool(w.get("restrictive"))
+        if w.get("command"):
+            row.operator("gen3d.copy_command", text="", icon="COPYDOWN").command = w["command"]
 
 
 def draw_inputs(layout, settings, inputs: set[str], prefix: str) -> None:
@@ -70,7 +88,7 @@ class GEN3D_PT_backend(_Gen3DPanel, bpy.types.Panel):
         row.operator("gen3d.refresh", text="", icon="FILE_REFRESH")
         if status.error and not status.online:
             box = layout.box()
-            for line in _wrap(status.error, 48):
+            for line in wrap_text(status.error, 48):
                 box.label(text=line)
         row = layout.row(align=True)
         row.operator("gen3d.launch_backend", text="Launch", icon="PLAY")
@@ -92,16 +110,11 @@ class GEN3D_PT_generate(_Gen3DPanel, bpy.types.Panel):
         if not methods:
             col.label(text="No generation method (refresh the status)", icon="INFO")
         for m in methods:
-            ready, reason, command = method_weights(m)
+            ready = method_weights(m)[0]
             row = col.row(align=True)
             row.enabled = ready
             row.prop_enum(s, "method", m["name"])
-            if not ready:
-                col.label(text=reason, icon="ERROR")
-                if command:
-                    r = col.row(align=True)
-                    r.label(text=command)
-                    r.operator("gen3d.copy_command", text="", icon="COPYDOWN").command = command
+            draw_weights(col, m)
         method = manager.status.method(s.method)
         draw_inputs(layout, s, method_inputs(method) if method else set(), "")
         layout.prop(s, "placement", expand=True)
@@ -130,9 +143,8 @@ class GEN3D_PT_scene(_Gen3DPanel, bpy.types.Panel):
         if any(method_kind(m) == "texture" for m in manager.status.methods):
             box.prop(s, "texture_method", text="")
             m = manager.status.method(s.texture_method)
-            ready, reason, _ = method_weights(m) if m else (True, "", "")
-            if not ready:
-                box.label(text=reason, icon="ERROR")
+            if m:
+                draw_weights(box, m)
             draw_inputs(box, s, method_inputs(m) if m else set(), "texture_")
             draw_options(box, s, s.texture_method, "texture")
         box.prop(s, "hide_source")
@@ -160,7 +172,7 @@ class GEN3D_PT_jobs(_Gen3DPanel, bpy.types.Panel):
             if rec.active:
                 box.progress(factor=rec.progress, type="BAR", text=rec.status_text())
             elif rec.state == "failed":
-                for line in _wrap(rec.error, 48):
+                for line in wrap_text(rec.error, 48):
                     box.label(text=line)
                 if rec.error_hint:
                     r = box.row(align=True)
@@ -168,20 +180,16 @@ class GEN3D_PT_jobs(_Gen3DPanel, bpy.types.Panel):
                     r.operator("gen3d.copy_command", text="", icon="COPYDOWN").command = rec.error_hint
             else:
                 box.label(text=rec.status_text() + (f" · {', '.join(rec.objects)}" if rec.objects else ""))
+            if rec.state == "succeeded" and rec.job_id:
+                r = box.row(align=True)
+                r.operator("gen3d.fetch_job", text="Import Again" if rec.objects else "Import",
+                           icon="IMPORT").key = rec.key
+                if not rec.preview_image:
+                    op = r.operator("gen3d.fetch_job", text="", icon="IMAGE_DATA")
+                    op.key, op.preview_only = rec.key, True
             img = bpy.data.images.get(rec.preview_image) if rec.preview_image else None
             if img is not None and img.preview is not None:
                 box.template_icon(icon_value=img.preview.icon_id, scale=5.0)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if line and len(line) + 1 + len(w) > width:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    return lines + [line] if line else lines
 
 
 CLASSES = (GEN3D_PT_backend, GEN3D_PT_generate, GEN3D_PT_scene, GEN3D_PT_jobs)

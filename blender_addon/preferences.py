@@ -43,6 +43,9 @@ class Gen3DPreferences(bpy.types.AddonPreferences):
                                 description="Folder to start the backend in (the Gen3D checkout when not installed)")
     data_dir: StringProperty(name="Data Folder", subtype="DIR_PATH", default="",
                              description="The backend's job store (empty: the add-on's user folder)")
+    weights_dir: StringProperty(name="Weights Folder", subtype="DIR_PATH", default="",
+                                description="Where a launched backend finds and downloads pretrained weights (one "
+                                            "folder per checkpoint; empty: the Hugging Face cache)")
     port: IntProperty(name="Port", default=8765, min=1024, max=65535,
                       description="Preferred port; a free one is picked when it is taken")
     stop_on_exit: BoolProperty(name="Stop at Exit", default=True,
@@ -64,6 +67,7 @@ class Gen3DPreferences(bpy.types.AddonPreferences):
         box.prop(self, "python_path" if self.launch_mode == "PYTHON" else "launch_command")
         box.prop(self, "working_dir")
         box.prop(self, "data_dir")
+        box.prop(self, "weights_dir")
         row = box.row()
         row.prop(self, "port")
         row.prop(self, "stop_on_exit")

@@ -120,6 +120,24 @@ def test_inputs_follow_the_method(story):
     assert "texture_prompt" in s["texture_props"] and "prompt" not in s["texture_props"]
 
 
+def test_history_after_reconnect(story):
+    """A new session lists the backend's finished jobs (GET /v1/jobs): a result can be imported again, and deleted
+    on the backend."""
+    s = story["history"]
+    assert s["adopted"] == s["finished"] and len(s["finished"]) >= 5
+    assert s["state"] == "succeeded" and s["text"] == "succeeded"
+    assert s["imported"] and s["objects"] == s["imported"]
+    assert s["after_delete"] == "not_found"
+
+
+def test_weights_manager(story):
+    s = story["weights"]
+    assert s["lrm"][0]["name"] == "triposr" and s["lrm"][0]["tiny"]  # found in the preference's weights folder
+    assert s["needs"][0]["ready"] is False and s["needs"][0]["license"] and s["needs"][0]["size_gb"] > 1
+    assert "accept its licence" in s["refused"]
+    assert "cannot download sd15" in s["offline"] and "Traceback" not in s["offline"]  # no network in tests
+
+
 def test_reconstruct_from_cameras(story):
     s = story["reconstruct"]
     assert_imported(s, "reconstruct", "reconstruct")
@@ -386,6 +404,10 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     prefs.output_dir = os.path.join(tmp, "results")
     prefs.timeout = 30.0
     prefs.token = "t0ken"  # the launched backend then requires it on every route but /v1/health
+    os.makedirs(os.path.join(tmp, "weights", "triposr"))  # a smoke-test checkpoint (the marker makes it one)
+    with open(os.path.join(tmp, "weights", "triposr", "GEN3D_TINY.json"), "w") as f:
+        f.write("{}")
+    prefs.weights_dir = os.path.join(tmp, "weights")  # the launched backend must look there
     out["refine_poll"] = _error_of(bpy.ops.gen3d.refine_texture, mode="SYNC")  # no backend yet: no method
 
     # -- launch on a taken port: the add-on falls back to a free one, writes a pid file, then attaches ---------
@@ -487,6 +509,7 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     settings.method, settings.placement = "box_glb", "CURSOR"
     inputs["text_method_props"] = _draw_panels(bpy, [panel_mod.GEN3D_PT_generate])["props"]
     inputs["text_job"] = accepted(_error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps({"size": 0.5})))
+    box_job = list(manager.records.values())[-1].job_id
     out["inputs"] = inputs
 
     # -- the views upload: renders + transforms.json, checked against Blender's own projection -------------------
@@ -515,6 +538,32 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     out["inputs"]["refine_job"] = accepted(error)
     out["refine"] = {"error": error, **_describe(bpy, list(manager.records.values())[-1].objects),
                      "source_hidden": src.hide_get() and src.hide_render}
+
+    # -- history: a new session (no records) lists the backend's finished jobs; re-import one, delete it ---------
+    finished = sorted(j["id"] for j in client.jobs() if j["state"] in ("succeeded", "failed", "cancelled"))
+    manager.records.clear()
+    bpy.ops.gen3d.refresh(mode="SYNC")
+    adopted = {r.job_id: r for r in manager.records.values()}
+    rec = adopted[box_job]
+    before = set(bpy.data.objects)
+    bpy.ops.gen3d.fetch_job(key=rec.key)
+    history = {"finished": finished, "adopted": sorted(adopted), "state": rec.state, "text": rec.status_text(),
+               "imported": [o.name for o in bpy.data.objects if o not in before], "objects": rec.objects}
+    bpy.ops.gen3d.remove_job(key=rec.key)
+    try:
+        client.job(box_job)
+        history["after_delete"] = "still there"
+    except client_mod.BackendError as e:
+        history["after_delete"] = e.code
+    out["history"] = history
+
+    # -- the weights manager: the launched backend uses the preference's folder; downloads show the licence first
+    out["weights"] = {"lrm": manager.status.method("lrm")["weights"],
+                      "needs": manager.status.method("needs_weights")["weights"],
+                      "refused": _error_of(bpy.ops.gen3d.download_weights, name="openlrm-small", license="CC BY-NC",
+                                           restrictive=True, mode="SYNC"),
+                      "offline": _error_of(bpy.ops.gen3d.download_weights, name="sd15", license="RAIL",
+                                           mode="SYNC")}
 
     # -- a method whose weights are missing (the test method needs_weights) is disabled with the reason ----------
     settings.method = "needs_weights"

@@ -121,6 +121,8 @@ def test_render_dataset_operator_writes_an_annotated_dataset(addon_zip, tmp_path
     for x in lines:
         ann = json.loads((root / x["annotation"]).read_text())
         assert ann["bbox_2d"] is not None and (root / x["edges"]).is_file()
+        assert ann["distance"] == 3.0  # the dialog's options reach 'dataset render'
+    assert not list(root.rglob("depth/*.npy"))  # depth and normals were off
 
 
 # -- scenarios (run in a subprocess: python tests/test_addon_install.py NAME ARGS...) ------------------------------
@@ -180,7 +182,8 @@ def scenario_dataset(zip_path: str, out: str) -> dict:
     bpy.ops.mesh.primitive_cylinder_add(location=(3, 0, 0), depth=3)
     bpy.context.active_object.name = "Tall"
     bpy.data.objects["Cube"].select_set(True)
-    result = bpy.ops.gen3d.render_dataset(views_per_model=2, size=48, engine="WORKBENCH", mode="SYNC")
+    result = bpy.ops.gen3d.render_dataset(views_per_model=2, size=48, engine="WORKBENCH", pose_mode="3", distance=3.0,
+                                          geometry_passes=False, mode="SYNC")
     manifest = next(Path(out).glob("*-dataset/data/manifest.jsonl"))
     return {"result": sorted(result), "manifest": str(manifest)}
 

@@ -123,6 +123,17 @@ def test_cli_bad_models_folder(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: --models:")
 
 
+def test_cli_render_with_workbench_prints_no_gpu_noise(tmp_path):
+    """A fresh process (Blender's first GPU context) renders with WORKBENCH: its log carries no EGL errors."""
+    (tmp_path / "m" / "box").mkdir(parents=True)
+    trimesh.creation.box(extents=(1.0, 0.5, 0.3)).export(tmp_path / "m" / "box" / "crate.obj")
+    r = subprocess.run([sys.executable, "-m", "gen3d", "dataset", "render", "--models", str(tmp_path / "m"), "--out",
+                        str(tmp_path / "o"), "--engine", "WORKBENCH", "--size", "32", "--views-per-model", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "EGL Error" not in r.stderr + r.stdout and "rendered 1 models" in r.stdout
+
+
 def test_ray_path_matches_local(rendered, models, tmp_path):
     pytest.importorskip("ray")
     out, _ = rendered
@@ -156,6 +167,7 @@ def test_generate_with_tiny_controlnet(rendered, tiny_weights, monkeypatch, tmp_
         assert (data / meta["annotation"]).is_file()
         assert meta["prompt"] == ("a cow statue on grass" if line["model_id"] == "spot"
                                   else "An image of box, best quality, extremely detailed")
+        assert meta["tiny_weights"] and line["tiny_weights"] and "smoke-test" in meta["notice"]  # not real data
     first = (data / lines[0]["image"]).read_bytes()
     assert main(args) == 0  # resumes: nothing regenerated
     assert (data / lines[0]["image"]).read_bytes() == first

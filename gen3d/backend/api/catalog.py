@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def weight_status(name: str) -> dict[str, Any]:
-    """``{"name", "ready", "tiny", "command"}``; ``ready`` is None when the registry cannot tell, ``tiny`` marks
-    smoke-test weights (``python -m gen3d weights tiny``)."""
+    """``{"name", "ready", "tiny", "command"}`` (plus ``license``, ``restrictive`` and ``size_gb`` from the registry);
+    ``ready`` is None when the registry cannot tell, ``tiny`` marks smoke-test weights (``python -m gen3d weights
+    tiny``)."""
     try:
         from .. import weights
     except ImportError:  # the registry is optional for test pipelines
@@ -25,7 +26,8 @@ def weight_status(name: str) -> dict[str, Any]:
     except Gen3DError as e:
         log.warning("weights %r: %s", name, e.message)
         return {"name": name, "ready": False, "tiny": False, "command": None}
-    return {"name": name, "ready": d["status"] != "missing", "tiny": d["tiny"], "command": d["command"]}
+    return {"name": name, "ready": d["status"] != "missing", "tiny": d["tiny"], "command": d["command"],
+            "license": d["license"], "restrictive": d["restrictive"], "size_gb": d["size_gb"]}
 
 
 def method_info(name: str) -> dict[str, Any]:

@@ -82,6 +82,10 @@ class WeightStatus(BaseModel):
     ready: bool | None = Field(description="present on disk; null when the weights registry cannot tell")
     tiny: bool = Field(False, description="smoke-test weights (tiny random models): outputs are not real generations")
     command: str | None = Field(None, description="the command that downloads it when missing")
+    license: str | None = Field(None, description="its licence, shown before a download")
+    restrictive: bool = Field(False, description="a restrictive (e.g. non-commercial) licence: downloading needs "
+                              "--accept-license")
+    size_gb: float | None = Field(None, description="approximate download size")
 
 
 class Method(BaseModel):

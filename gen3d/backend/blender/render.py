@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..files import atomic_path, write_json
 from ..geometry import edges
-from . import import_bpy
+from . import import_bpy, render_output
 from . import scene as sc
 from .annotations import dst_intrinsics, pose_to_c2w, view_annotation
 from .poses import Pose, sample_poses, seed_for
@@ -193,7 +193,8 @@ def render_rgba() -> np.ndarray:
     bpy = import_bpy()
     with tempfile.TemporaryDirectory() as tmp:
         bpy.context.scene.render.filepath = str(Path(tmp) / "render.png")
-        bpy.ops.render.render(write_still=True)
+        with render_output():
+            bpy.ops.render.render(write_still=True)
         return _read_rgba(Path(tmp) / "render.png")
 
 

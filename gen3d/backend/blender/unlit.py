@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import import_bpy
+from . import import_bpy, render_output
 from .annotations import FLIP_YZ
 
 
@@ -72,7 +72,8 @@ def render_unlit(spec: dict) -> list[Path]:
         cam_data.clip_start, cam_data.clip_end = 0.01, 100.0
         cam.matrix_world = Matrix((np.array(c2w) @ FLIP_YZ).tolist())
         r.filepath = str(Path(spec["out"]) / f"{i:03d}.png")
-        bpy.ops.render.render(write_still=True)
+        with render_output():
+            bpy.ops.render.render(write_still=True)
         written.append(Path(r.filepath))
     return written
 

@@ -79,6 +79,10 @@ def _generate(args) -> int:
         counts = generate_dataset(Path(args.data), settings, workers=args.workers, ray_address=args.ray,
                                   on_result=lambda r: bar.update(1))
     print(f"{counts['images']} images for {counts['models']} models; list: {Path(args.data) / 'generated.jsonl'}")
+    if counts["tiny_weights"]:
+        from ..pipelines.runner import SMOKE_NOTICE
+
+        print(f"note: {SMOKE_NOTICE} (each image's JSON says so too)")
     return 0
 
 
@@ -91,12 +95,17 @@ def add_parser(sub) -> None:
     r.add_argument("--views-per-model", type=int, default=8)
     r.add_argument("--workers", type=int, default=1, help="local worker processes, one bpy each")
     r.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster ('auto', an address, or 'local')")
-    r.add_argument("--size", type=int, default=512)
+    r.add_argument("--size", type=int, default=512, help="square image side in pixels (default 512)")
     r.add_argument("--engine", default="CYCLES", choices=["CYCLES", "WORKBENCH"])
     r.add_argument("--samples", type=int, default=32, help="Cycles samples")
-    r.add_argument("--pose-mode", type=int, default=1, choices=[1, 2, 3, 4, 5], help="3D-DST pose sampling mode")
-    r.add_argument("--distance", type=float, default=2.5)
-    r.add_argument("--random-distance", action="store_true")
+    r.add_argument("--pose-mode", type=int, default=1, choices=[1, 2, 3, 4, 5],
+                   help="3D-DST pose sampling (degrees): 1 azimuth 0-360, elevation ~ N(0, 30); 2 azimuth -195-15, "
+                        "elevation ~ N(0, 30); 3 azimuth 0-360, elevation ~ N(30, 20); 4 azimuth -195-15, elevation "
+                        "~ N(30, 20); 5 uniform on the sphere (default 1)")
+    r.add_argument("--distance", type=float, default=2.5,
+                   help="camera distance in units of the object's longest side (default 2.5)")
+    r.add_argument("--random-distance", action="store_true",
+                   help="draw each view's distance from N(distance, 0.5) within [distance - 0.5, distance + 1.5]")
     r.add_argument("--roll-sd", type=float, default=0.0, help="in-plane rotation sd in degrees (0 = none)")
     r.add_argument("--canny", type=int, nargs=3, default=[100, 200, 3], metavar=("LOW", "HIGH", "APERTURE"))
     r.add_argument("--no-geometry-passes", action="store_true", help="skip depth and normal maps")

@@ -86,6 +86,13 @@ def _control(path: Path) -> torch.Tensor:
     return torch.from_numpy(edges[:h, :w]).float()[None, None].expand(1, 3, h, w).contiguous()
 
 
+def smoke_marker(tiny: bool) -> dict:
+    """What marks an image made with smoke-test weights (in its JSON and its ``generated.jsonl`` line)."""
+    from .runner import SMOKE_NOTICE
+
+    return {"tiny_weights": True, "notice": SMOKE_NOTICE} if tiny else {}
+
+
 def generate_model(task: dict) -> dict:
     """Generate every image of one model's views (``task``: ``root``, ``views`` manifest lines, ``settings``)."""
     s = GenerateSettings(**task["settings"])
@@ -109,10 +116,10 @@ def generate_model(task: dict) -> dict:
                 write_json(out_png.with_suffix(".json"), {
                     "prompt": prompt, "negative_prompt": s.negative_prompt, "seed": seed, "controlnet": s.base,
                     "steps": s.steps, "guidance_scale": s.guidance_scale, "edges": line["edges"],
-                    "annotation": line["annotation"], "image_render": line["image"]})
+                    "annotation": line["annotation"], "image_render": line["image"], **smoke_marker(task["tiny"])})
             written.append({"model_id": line["model_id"], "class": line["class"], "view": line["view"], "k": k,
                             "image": rel, "meta": Path(rel).with_suffix(".json").as_posix(),
-                            "annotation": line["annotation"]})
+                            "annotation": line["annotation"], **smoke_marker(task["tiny"])})
     return {"model_id": task["model_id"], "images": written}
 
 
@@ -135,7 +142,8 @@ def generate_dataset(root: Path, settings: GenerateSettings, workers: int = 1, r
         rec = json.loads(line)
         if rec["status"] == "ok":
             by_model[f"{rec['class']}/{rec['model_id']}"].append(rec)
-    tasks = [{"root": str(root), "model_id": key, "views": views, "settings": asdict(settings)}
+    tiny = weights.uses_tiny([settings.base, CANNY_ENTRIES[settings.base]])
+    tasks = [{"root": str(root), "model_id": key, "views": views, "settings": asdict(settings), "tiny": tiny}
              for key, views in sorted(by_model.items())]
     images = []
     for r in map_tasks(generate_model, tasks, workers, ray_address):
@@ -144,4 +152,4 @@ def generate_dataset(root: Path, settings: GenerateSettings, workers: int = 1, r
             on_result(r)
     images.sort(key=lambda x: (x["class"], x["model_id"], x["view"], x["k"]))
     write_bytes(root / "generated.jsonl", "".join(json.dumps(x) + "\n" for x in images).encode())
-    return {"models": len(tasks), "images": len(images)}
+    return {"models": len(tasks), "images": len(images), "tiny_weights": tiny}
