@@ -4,7 +4,6 @@ at the end; the CLI's plain lines when its stream is not a terminal; Hugging Fac
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 

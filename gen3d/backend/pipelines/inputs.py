@@ -10,12 +10,8 @@ field, see :meth:`~gen3d.backend.errors.Gen3DError.naming`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from ..errors import BadInput
-
-#: roles that are files (``prompt`` and ``cameras`` are part of the request itself)
-FILE_ROLES = ("image", "mesh", "views")
 
 
 def check_image(path: Path, field: str, needs_mask: bool, rembg_model: str = "u2net") -> None:
@@ -43,14 +39,11 @@ def check_mesh(path: Path, field: str) -> None:
         raise BadInput(f"{path}: vertex positions are not finite", {"field": field})
 
 
-def check_views(path: Path, field: str) -> None:
+def check_views(path: Path) -> None:
     """A ``transforms.json`` folder whose frames and images all read."""
     from ..geometry.transforms import load_transforms
 
     load_transforms(path)
-
-
-CHECKS: dict[str, Callable[..., None]] = {"mesh": check_mesh, "views": check_views}
 
 
 def check_files(pipeline, request, options) -> None:
@@ -66,8 +59,10 @@ def check_files(pipeline, request, options) -> None:
         try:
             if role == "image":
                 check_image(path, role, pipeline.needs_mask, getattr(options, "rembg_model", "u2net"))
-            elif role in CHECKS:
-                CHECKS[role](path, role)
+            elif role == "mesh":
+                check_mesh(path, role)
+            elif role == "views":
+                check_views(path)
         except BadInput as e:
             e.detail["field"] = role
             raise
