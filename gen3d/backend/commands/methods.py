@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..pipelines.base import PRESETS
-
 
 def describe(name: str) -> dict:
     """The description of one method that ``/v1/methods`` serves too."""
@@ -32,6 +30,7 @@ def weights_text(weights: list[dict]) -> str:
 
 def _run(args) -> int:
     from ..api.catalog import all_methods
+    from ..pipelines.base import PRESETS
 
     data = all_methods()
     if args.json:
