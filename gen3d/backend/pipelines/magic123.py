@@ -89,6 +89,8 @@ class Magic123Options(GaussianDistillOptions, DMTetOptions):
     preview_views: int = Field(8, ge=1, le=64, description="turntable views in preview.png")
     preview_size: int = Field(256, ge=32, le=1024, description="turntable view size")
 
+    main = ("elevation", "iters", "textual_inversion", "texture_size")
+
     # coarse Gaussians at DreamGaussian's rates over Magic123's camera, no warm-up; presets scale the step counts
     presets = {
         "fast": {"iters": 100, "num_pts": 1000, "render_sizes": (64, 64, 64), "ref_size": 64,
@@ -168,6 +170,7 @@ class Magic123(Pipeline):
     inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
               "prompt": "optional: the 2D prior's prompt (else one is learned by textual inversion)"}
     required_inputs = ("image",)
+    needs_mask = True
     Options = Magic123Options
     #: the defaults; other priors are resolved when chosen, the depth model when lambda_depth > 0
     weights = ("zero123-105000", "sd15", "depth-anything-v2-small")
