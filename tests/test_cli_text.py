@@ -34,7 +34,8 @@ def test_every_method_marks_a_few_main_options():
     from gen3d.backend.commands.methods import describe
     from gen3d.backend.pipelines import names
 
-    marked = {"lrm", "reconstruct", "texture", "dreamgaussian", "dreamgaussian-text", "magic123"} & set(names())
+    marked = {"lrm", "reconstruct", "texture", "dreamgaussian", "dreamgaussian-text", "magic123",
+              "instant3d"} & set(names())
     assert {"lrm", "reconstruct", "texture"} <= marked
     for name in marked:
         props = describe(name)["options_schema"]["properties"]

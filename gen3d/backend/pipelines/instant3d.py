@@ -50,6 +50,7 @@ class Instant3DOptions(Options):
     preview_size: int = Field(256, ge=16, le=1024, description="turntable view size")
     half_precision: bool = Field(True, description="fp16/bf16 on CUDA")
 
+    main = ("grid_model", "steps", "guidance_scale", "texture_size")
     presets = {
         "fast": {"steps": 20, "mesh_resolution": 128, "texture_size": 512, "preview_views": 4, "preview_size": 128,
                  "target_faces": 30_000},
