@@ -1,0 +1,75 @@
+"""Image -> triplane by DMV3D sampling: the input view stays clean (t = 0 in its pixels, camera fixed on -Y),
+the noisy views start from pure noise and each DDIM step renders the denoiser's triplane at their cameras as the
+x0 prediction (:func:`render_views`). The last step's triplane is the 3D asset.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ...geometry.cameras import Cameras, orbit_cameras
+from ...geometry.placement import fov_from_focal
+from ...representations.triplane import RenderSettings
+from .diffusion import Schedule, ddim_sample
+from .encoder import plucker_rays
+from .model import DMV3D
+
+
+def view_cameras(model: DMV3D, fov_deg: float | None = None) -> Cameras:
+    """The sampling layout, ``views`` cameras at the model's image size: the input camera (on -Y at
+    ``source_camera_distance``, elevation 0, looking at the origin) then the noisy views on its sphere."""
+    c, cfg = model.config, model.cfg
+    fov = fov_deg or fov_from_focal(cfg.source_focal)
+    el = torch.tensor([0.0] + [c.view_elevation_deg] * c.noisy_views)
+    az = torch.tensor([0.0, *c.view_azimuths_deg[:c.noisy_views]])
+    return orbit_cameras(el, az, cfg.source_camera_distance, fov, cfg.image_size, cfg.image_size)
+
+
+def render_views(model: DMV3D, planes: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor,
+                 settings: RenderSettings, background: float = 1.0, generator=None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``planes [B, 3, C, H, W]``, rays ``[B, V, S, S, 3]`` -> ``rgb [B, V, S, S, 3]`` in [0, 1] over
+    ``background`` and ``opacity [B, V, S, S]``."""
+    rgbs, alphas = [], []
+    for b in range(len(planes)):
+        out = model.field(planes[b]).render_rays(origins[b].reshape(-1, 3), dirs[b].reshape(-1, 3), settings,
+                                                 background=background, generator=generator)
+        rgbs.append(out["rgb"].reshape(origins[b].shape))
+        alphas.append(out["opacity"].reshape(origins[b].shape[:-1]))
+    return torch.stack(rgbs), torch.stack(alphas)
+
+
+def to_model(rgb: torch.Tensor) -> torch.Tensor:
+    """``[..., S, S, 3]`` in [0, 1] -> ``[..., 3, S, S]`` in [-1, 1]."""
+    return (rgb * 2 - 1).movedim(-1, -3)
+
+
+@torch.no_grad()
+def sample_triplane(model: DMV3D, source: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+                    cameras: Cameras | None = None, samples_per_ray: int | None = None,
+                    on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """``source [1, 3, S, S]`` in [0, 1] (the input view on white, as ``lrm.preprocess.model_input`` makes it) ->
+    ``planes [1, 3, C, 2r, 2r]`` after ``steps`` DDIM steps. ``on_step(i, t, x0 [V-1, S, S, 3] in [0, 1])``."""
+    dev = source.device
+    cams = (cameras or view_cameras(model)).to(dev)
+    origins, dirs = cams.pixel_rays()
+    rays = plucker_rays(origins, dirs)[None]
+    settings = model.render_settings(jitter=False, ray_chunk=1 << 16)
+    if samples_per_ray:
+        settings.n_coarse, settings.n_importance = samples_per_ray - samples_per_ray // 2, samples_per_ray // 2
+    c, S = model.config, model.cfg.image_size
+    schedule = Schedule.linear(c.train_steps, c.beta_start, c.beta_end)
+    clean = source[:, None] * 2 - 1
+    planes = None
+
+    def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        nonlocal planes
+        planes = model.forward_planes(torch.cat([clean, x_t], 1), rays, torch.full((1,), t, device=dev))
+        return to_model(render_views(model, planes, origins[None, 1:], dirs[None, 1:], settings)[0])
+
+    preview = None if on_step is None else (
+        lambda i, t, x0: on_step(i, t, ((x0[0] + 1) / 2).movedim(-3, -1).clamp(0, 1)))
+    ddim_sample(denoise, (1, c.noisy_views, 3, S, S), schedule, steps, generator, dev, preview)
+    return planes
