@@ -41,6 +41,7 @@ class DMV3DConfig:
     beta_end: float = 0.02
     view_elevation_deg: float = 20.0  # sampling layout: noisy views on the input camera's orbit ...
     view_azimuths_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)  # ... at these azimuths from it
+    view_fov_deg: float = 40.0  # vertical field of view of the sampling cameras (the recipe writes its data's)
 
     @property
     def views(self) -> int:

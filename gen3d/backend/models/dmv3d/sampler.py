@@ -10,21 +10,19 @@ from typing import Callable
 import torch
 
 from ...geometry.cameras import Cameras, orbit_cameras
-from ...geometry.placement import fov_from_focal
 from ...representations.triplane import RenderSettings
 from .diffusion import Schedule, ddim_sample
 from .encoder import plucker_rays
 from .model import DMV3D
 
 
-def view_cameras(model: DMV3D, fov_deg: float | None = None) -> Cameras:
+def view_cameras(model: DMV3D) -> Cameras:
     """The sampling layout, ``views`` cameras at the model's image size: the input camera (on -Y at
-    ``source_camera_distance``, elevation 0, looking at the origin) then the noisy views on its sphere."""
+    ``source_camera_distance``, elevation 0, looking at the origin) then the noisy views on its sphere, all with ``view_fov_deg``."""
     c, cfg = model.config, model.cfg
-    fov = fov_deg or fov_from_focal(cfg.source_focal)
     el = torch.tensor([0.0] + [c.view_elevation_deg] * c.noisy_views)
     az = torch.tensor([0.0, *c.view_azimuths_deg[:c.noisy_views]])
-    return orbit_cameras(el, az, cfg.source_camera_distance, fov, cfg.image_size, cfg.image_size)
+    return orbit_cameras(el, az, cfg.source_camera_distance, c.view_fov_deg, cfg.image_size, cfg.image_size)
 
 
 def render_views(model: DMV3D, planes: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor,
@@ -48,14 +46,14 @@ def to_model(rgb: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_triplane(model: DMV3D, source: torch.Tensor, steps: int, generator: torch.Generator | None = None,
-                    cameras: Cameras | None = None, samples_per_ray: int | None = None,
+                    rays: tuple[torch.Tensor, torch.Tensor] | None = None, samples_per_ray: int | None = None,
                     on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """``source [1, 3, S, S]`` in [0, 1] (the input view on white, as ``lrm.preprocess.model_input`` makes it) ->
-    ``planes [1, 3, C, 2r, 2r]`` after ``steps`` DDIM steps. ``on_step(i, t, x0 [V-1, S, S, 3] in [0, 1])``."""
+    ``planes [1, 3, C, 2r, 2r]`` after ``steps`` DDIM steps. ``rays``: ``(origins, dirs) [V, S, S, 3]`` of the
+    input and noisy views (default: :func:`view_cameras`). ``on_step(i, t, x0 [V-1, S, S, 3] in [0, 1])``."""
     dev = source.device
-    cams = (cameras or view_cameras(model)).to(dev)
-    origins, dirs = cams.pixel_rays()
-    rays = plucker_rays(origins, dirs)[None]
+    origins, dirs = rays if rays is not None else view_cameras(model).to(dev).pixel_rays()
+    plucker = plucker_rays(origins, dirs)[None]
     settings = model.render_settings(jitter=False, ray_chunk=1 << 16)
     if samples_per_ray:
         settings.n_coarse, settings.n_importance = samples_per_ray - samples_per_ray // 2, samples_per_ray // 2
@@ -66,7 +64,7 @@ def sample_triplane(model: DMV3D, source: torch.Tensor, steps: int, generator: t
 
     def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
         nonlocal planes
-        planes = model.forward_planes(torch.cat([clean, x_t], 1), rays, torch.full((1,), t, device=dev))
+        planes = model.forward_planes(torch.cat([clean, x_t], 1), plucker, torch.full((1,), t, device=dev))
         return to_model(render_views(model, planes, origins[None, 1:], dirs[None, 1:], settings)[0])
 
     preview = None if on_step is None else (
