@@ -13,7 +13,8 @@ from .base import JobRequest, Options, Pipeline, RunContext, seed_everything
 METHOD_MODULES: list[str] = ["gen3d.backend.pipelines.reconstruct", "gen3d.backend.pipelines.lrm",
                               "gen3d.backend.pipelines.dreamgaussian", "gen3d.backend.pipelines.texture",
                               "gen3d.backend.pipelines.magic123",
-                              "gen3d.backend.pipelines.instant3d"]
+                              "gen3d.backend.pipelines.instant3d",
+                              "gen3d.backend.pipelines.dmv3d"]
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False

@@ -1,0 +1,134 @@
+"""Method ``dmv3d``: one image -> a textured mesh by DMV3D sampling (multi-view diffusion whose denoiser is a
+triplane reconstructor; no published weights: train them with ``python -m gen3d train dmv3d``).
+
+Stages: preprocess (the LRM's: mask, recentre, white background, the model's resolution) -> DDIM sampling of the
+noisy views with the input view clean (each step's x0 renders streamed as previews, the last step's written to
+``views.png``) -> the final triplane -> marching cubes (the LRM method's :func:`triplane_mesh`) -> UV unwrap ->
+bake the triplane colour (:func:`bake_colour_field`) -> export (GLB, OBJ, ``preview.png``) and ``placement.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..errors import MissingWeights, NumericalError
+from . import register
+from .base import JobRequest, Options, Pipeline, RunContext
+
+TRAIN_COMMAND = "python -m gen3d train dmv3d --data DATA --out OUT (then GEN3D_WEIGHTS_DIR=OUT/weights)"
+
+
+class DMV3DOptions(Options):
+    weights_path: str | None = Field(None, description="checkpoint folder (else $GEN3D_WEIGHTS_DIR/dmv3d)")
+    steps: int = Field(30, ge=1, le=1000, description="DDIM sampling steps (eta 0)")
+    samples_per_ray: int | None = Field(None, ge=4, le=1024, description="ray samples of the x0 renders")
+    foreground_ratio: float | None = Field(None, gt=0.3, le=1.0, description="object size / image size")
+    mesh_resolution: int = Field(256, ge=32, le=512, description="marching-cubes grid per side")
+    mesh_level: float | None = Field(None, gt=0, description="density iso level (model default 3.0)")
+    target_faces: int = Field(100_000, ge=0, le=2_000_000, description="decimate to this many faces (0 = keep)")
+    smooth_iterations: int = Field(2, ge=0, le=50)
+    texture_size: int = Field(1024, ge=64, le=4096, description="baked base-colour texture side in pixels")
+    preview_views: int = Field(8, ge=1, le=120)
+    preview_size: int = Field(256, ge=16, le=1024)
+
+    presets = {
+        "fast": {"steps": 10, "mesh_resolution": 128, "texture_size": 512, "preview_views": 4, "preview_size": 128,
+                 "target_faces": 30_000},
+        "standard": {},
+        "high": {"steps": 50, "texture_size": 2048, "preview_views": 16, "target_faces": 300_000},
+    }
+
+
+def weights_folder(explicit: str | None) -> Path:
+    """``explicit``, else ``$GEN3D_WEIGHTS_DIR/dmv3d``; missing: one :class:`MissingWeights` naming the training
+    command (DMV3D has no published weights to download)."""
+    root = os.environ.get("GEN3D_WEIGHTS_DIR")
+    path = Path(explicit).expanduser() if explicit else (Path(root).expanduser() / "dmv3d" if root else None)
+    if path is None or not (path / "model.safetensors").is_file():
+        where = str(path) if path else "$GEN3D_WEIGHTS_DIR/dmv3d (GEN3D_WEIGHTS_DIR is not set)"
+        raise MissingWeights(f"DMV3D weights not found at {where}; DMV3D has no published weights, train them with: "
+                             f"{TRAIN_COMMAND}", {"weights": "dmv3d", "command": TRAIN_COMMAND})
+    return path
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+@register
+class DMV3DPipeline(Pipeline):
+    name = "dmv3d"
+    title = "DMV3D (image to 3D by multi-view diffusion with a reconstruction denoiser)"
+    description = ("Denoises four views jointly; every step reconstructs a triplane NeRF from the noisy views and "
+                   "re-renders it, so the last step is the 3D object. Weights are trained with gen3d train dmv3d.")
+    inputs = {"image": "one RGBA image of an object (alpha = its mask; opaque images need rembg installed locally)"}
+    required_inputs = ("image",)
+    Options = DMV3DOptions
+    weights = ()  # no registry entry: trained weights are found by weights_folder()
+
+    def _model(self, opts: DMV3DOptions, ctx: RunContext):
+        from ..models.dmv3d import load_dmv3d
+        from ..weights import is_tiny
+
+        path = weights_folder(opts.weights_path)
+        key = f"dmv3d:{path.resolve()}"
+        if key not in ctx.cache:
+            with ctx.stage("load"):
+                ctx.cache[key] = load_dmv3d(path).to(ctx.device)
+        ctx.cache["_meta_extra"] = {"weights": {"name": "dmv3d", "path": str(path), "tiny": is_tiny(path),
+                                                "config": ctx.cache[key].config.name}}
+        return ctx.cache[key]
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        from ..geometry.image_prep import read_image
+        from ..geometry.placement import CanonicalView, record_placement
+        from ..models.dmv3d import sample_triplane
+        from ..models.lrm.preprocess import preprocess_image
+        from ..representations.mesh import TexturedMesh
+        from .lrm import bake_colour_field, triplane_mesh
+        from .stages.export import export_results, write_png
+        from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
+
+        opts = DMV3DOptions(**request.options)
+        model = self._model(opts, ctx)
+        cfg = model.cfg
+        out: dict[str, Path] = {}
+        with ctx.stage("preprocess"):
+            image = preprocess_image(read_image(request.files["image"]), cfg, opts.foreground_ratio,
+                                     what=Path(request.files["image"]).name)
+            out["input.png"] = write_png(ctx.out_dir / "input.png", _u8(image[0].permute(1, 2, 0).numpy()))
+        last: list[np.ndarray] = []
+
+        def preview(i: int, t: int, x0: torch.Tensor) -> None:
+            ctx.check_cancelled()
+            last[:] = [np.concatenate(list(x0.cpu().numpy()), 1)]
+            ctx.progress("sample", i + 1, opts.steps, _u8(last[0]))
+
+        with ctx.stage("sample"):
+            planes = sample_triplane(model, image.to(ctx.device), opts.steps,
+                                     torch.Generator().manual_seed(request.seed),
+                                     samples_per_ray=opts.samples_per_ray, on_step=preview).float()
+            out["views.png"] = write_png(ctx.out_dir / "views.png", _u8(last[0]))
+        if not torch.isfinite(planes).all():
+            raise NumericalError("the model produced NaN/inf triplane features", {"stage": "sample"})
+        field = model.field(planes[0])
+        with ctx.stage("mesh"), torch.no_grad():
+            tm = triplane_mesh(field, opts.mesh_resolution, opts.mesh_level or cfg.mesh_level,
+                               opts.smooth_iterations, opts.target_faces)
+        with ctx.stage("uv_unwrap"):
+            mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
+        with ctx.stage("bake"), torch.no_grad():
+            texture = bake_colour_field(mesh.to(ctx.device), field.colour, opts.texture_size)
+        with ctx.stage("export"):
+            mesh = TexturedMesh(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, texture)
+            out.update(export_results(ctx.out_dir, mesh, preview_views=opts.preview_views,
+                                      preview_size=opts.preview_size))
+            out.update(record_placement(request, ctx, mesh.vertices, CanonicalView(
+                0.0, cfg.source_camera_distance, model.config.view_fov_deg)))
+        ctx.cache.setdefault("_metrics", {}).update({"faces": int(len(mesh.faces)), "steps": opts.steps})
+        return out
