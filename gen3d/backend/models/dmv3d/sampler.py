@@ -18,7 +18,8 @@ from .model import DMV3D
 
 def view_cameras(model: DMV3D) -> Cameras:
     """The sampling layout, ``views`` cameras at the model's image size: the input camera (on -Y at
-    ``source_camera_distance``, elevation 0, looking at the origin) then the noisy views on its sphere, all with ``view_fov_deg``."""
+    ``source_camera_distance``, elevation 0, looking at the origin) then the noisy views on its sphere, all with
+    ``view_fov_deg``."""
     c, cfg = model.config, model.cfg
     el = torch.tensor([0.0] + [c.view_elevation_deg] * c.noisy_views)
     az = torch.tensor([0.0, *c.view_azimuths_deg[:c.noisy_views]])
@@ -26,14 +27,15 @@ def view_cameras(model: DMV3D) -> Cameras:
 
 
 def render_views(model: DMV3D, planes: torch.Tensor, origins: torch.Tensor, dirs: torch.Tensor,
-                 settings: RenderSettings, background: float = 1.0, generator=None
+                 settings: RenderSettings, background: float | torch.Tensor = 1.0, generator=None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``planes [B, 3, C, H, W]``, rays ``[B, V, S, S, 3]`` -> ``rgb [B, V, S, S, 3]`` in [0, 1] over
-    ``background`` and ``opacity [B, V, S, S]``."""
+    ``background`` (a float, or per object ``[B, V*S*S, 1]``) and ``opacity [B, V, S, S]``."""
     rgbs, alphas = [], []
     for b in range(len(planes)):
         out = model.field(planes[b]).render_rays(origins[b].reshape(-1, 3), dirs[b].reshape(-1, 3), settings,
-                                                 background=background, generator=generator)
+                                                 background=background if isinstance(background, float)
+                                                 else background[b], generator=generator)
         rgbs.append(out["rgb"].reshape(origins[b].shape))
         alphas.append(out["opacity"].reshape(origins[b].shape[:-1]))
     return torch.stack(rgbs), torch.stack(alphas)

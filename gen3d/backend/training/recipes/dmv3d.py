@@ -5,7 +5,8 @@ moved so that view 0 (the clean input) is the canonical input camera (the LRM re
 A timestep ``t`` is drawn uniformly from ``[0, T)`` (DDPM's sampling, also Open-DiffusionGS'), the noisy views get
 ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (one ``t`` for all of them), the denoiser predicts a triplane from
 (input view, noisy views, Plücker rays of all, ``t``) and renders it at *every* view: the noisy views (the x0
-prediction), the input view and the extra supervision views. Loss: ``pixel_weight`` x MSE(RGB) + ``mask_weight``
+prediction), the input view and the extra supervision views, each over a random grey (0, 0.5 or 1, as the LRM
+recipe: on white alone an empty triplane is a cheap minimum). Loss: ``pixel_weight`` x MSE(RGB) + ``mask_weight``
 x MSE(opacity, alpha) + ``lpips_weight`` x LPIPS-VGG (only when installed locally, as the LRM recipe).
 
 Defaults (preset ``full``, model ``base``) are the Open-DiffusionGS numbers the issue quotes: AdamW lr 1e-5 with
@@ -28,7 +29,7 @@ from ...models.dmv3d import CONFIGS, DMV3D, DMV3DConfig, Schedule, fresh_dmv3d, 
 from ...models.dmv3d.sampler import sample_triplane, to_model
 from ..data import item_generator
 from . import Recipe, TrainConfig
-from .lrm import LRMViews, perceptual_loss
+from .lrm import BACKGROUNDS, LRMViews, perceptual_loss
 
 
 class DMV3DTrainConfig(TrainConfig):
@@ -85,6 +86,7 @@ class DMV3DViews(LRMViews):
         item["t"] = torch.randint(0, c.train_steps, (), generator=gen)
         item["noise"] = torch.randn(c.noisy_views, 3, S, S, generator=gen)
         item["rays"] = plucker_rays(item["origins"], item["dirs"])
+        item["loss_background"] = torch.tensor(BACKGROUNDS)[torch.randint(0, len(BACKGROUNDS), (M,), generator=gen)]
         return item
 
 
@@ -111,8 +113,12 @@ class DMV3DWithLoss(nn.Module):
         x0 = to_model(batch["rgb"][:, :V])  # [B, V, 3, S, S]
         noisy = self.schedule.add_noise(x0[:, 1:], batch["noise"], batch["t"])
         planes = self.model.forward_planes(torch.cat([x0[:, :1], noisy], 1), batch["rays"][:, :V], batch["t"])
-        rgb, opacity = render_views(self.model, planes, batch["origins"], batch["dirs"], self.settings(True))
-        terms = {"pixel": F.mse_loss(rgb, batch["rgb"]), "mask": F.mse_loss(opacity, batch["alpha"])}
+        bg = batch["loss_background"][:, :, None, None, None]  # [B, M] random greys: empty space is never free
+        S = batch["rgb"].shape[-2]
+        rgb, opacity = render_views(self.model, planes, batch["origins"], batch["dirs"], self.settings(True),
+                                    background=bg.expand(-1, -1, S, S, 1).reshape(len(bg), -1, 1))
+        target = batch["rgb"] - (1 - batch["alpha"][..., None]) * (1 - bg)  # the white-composited views over bg
+        terms = {"pixel": F.mse_loss(rgb, target), "mask": F.mse_loss(opacity, batch["alpha"])}
         weights = {"pixel": self.cfg.pixel_weight, "mask": self.cfg.mask_weight}
         lpips_fn = self._lpips[0]
         if lpips_fn is not None:
