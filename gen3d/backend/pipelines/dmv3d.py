@@ -3,8 +3,8 @@ triplane reconstructor; no published weights: train them with ``python -m gen3d 
 
 Stages: preprocess (the LRM's: mask, recentre, white background, the model's resolution) -> DDIM sampling of the
 noisy views with the input view clean (each step's x0 renders streamed as previews, the last step's written to
-``views.png``) -> the final triplane -> marching cubes (the LRM method's :func:`triplane_mesh`) -> UV unwrap ->
-bake the triplane colour (:func:`bake_colour_field`) -> export (GLB, OBJ, ``preview.png``) and ``placement.json``.
+``views.png``) -> the final triplane -> marching cubes, UV unwrap and colour bake (the shared
+``stages/triplane_mesh.textured_mesh_from_field``, as ``lrm`` and ``instant3d``) -> export (GLB, OBJ, ``preview.png``) and ``placement.json``.
 """
 
 from __future__ import annotations
@@ -56,10 +56,6 @@ def weights_folder(explicit: str | None) -> Path:
     return path
 
 
-def _u8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 @register
 class DMV3DPipeline(Pipeline):
     name = "dmv3d"
@@ -89,10 +85,8 @@ class DMV3DPipeline(Pipeline):
         from ..geometry.placement import CanonicalView, record_placement
         from ..models.dmv3d import sample_triplane
         from ..models.lrm.preprocess import preprocess_image
-        from ..representations.mesh import TexturedMesh
-        from .lrm import bake_colour_field, triplane_mesh
         from .stages.export import export_results, write_png
-        from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
+        from .stages.triplane_mesh import textured_mesh_from_field, to_uint8
 
         opts = DMV3DOptions(**request.options)
         model = self._model(opts, ctx)
@@ -101,31 +95,25 @@ class DMV3DPipeline(Pipeline):
         with ctx.stage("preprocess"):
             image = preprocess_image(read_image(request.files["image"]), cfg, opts.foreground_ratio,
                                      what=Path(request.files["image"]).name)
-            out["input.png"] = write_png(ctx.out_dir / "input.png", _u8(image[0].permute(1, 2, 0).numpy()))
+            out["input.png"] = write_png(ctx.out_dir / "input.png", to_uint8(image[0].permute(1, 2, 0).numpy()))
         last: list[np.ndarray] = []
 
         def preview(i: int, t: int, x0: torch.Tensor) -> None:
             ctx.check_cancelled()
             last[:] = [np.concatenate(list(x0.cpu().numpy()), 1)]
-            ctx.progress("sample", i + 1, opts.steps, _u8(last[0]))
+            ctx.progress("sample", i + 1, opts.steps, to_uint8(last[0]))
 
         with ctx.stage("sample"):
             planes = sample_triplane(model, image.to(ctx.device), opts.steps,
                                      torch.Generator().manual_seed(request.seed),
                                      samples_per_ray=opts.samples_per_ray, on_step=preview).float()
-            out["views.png"] = write_png(ctx.out_dir / "views.png", _u8(last[0]))
+            out["views.png"] = write_png(ctx.out_dir / "views.png", to_uint8(last[0]))
         if not torch.isfinite(planes).all():
             raise NumericalError("the model produced NaN/inf triplane features", {"stage": "sample"})
-        field = model.field(planes[0])
-        with ctx.stage("mesh"), torch.no_grad():
-            tm = triplane_mesh(field, opts.mesh_resolution, opts.mesh_level or cfg.mesh_level,
-                               opts.smooth_iterations, opts.target_faces)
-        with ctx.stage("uv_unwrap"):
-            mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
-        with ctx.stage("bake"), torch.no_grad():
-            texture = bake_colour_field(mesh.to(ctx.device), field.colour, opts.texture_size)
+        mesh = textured_mesh_from_field(model.field(planes[0]), ctx, opts.mesh_resolution,
+                                        opts.mesh_level or cfg.mesh_level, opts.smooth_iterations, opts.target_faces,
+                                        opts.texture_size, half_precision=False)
         with ctx.stage("export"):
-            mesh = TexturedMesh(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, texture)
             out.update(export_results(ctx.out_dir, mesh, preview_views=opts.preview_views,
                                       preview_size=opts.preview_size))
             out.update(record_placement(request, ctx, mesh.vertices, CanonicalView(
