@@ -4,7 +4,8 @@ triplane reconstructor; no published weights: train them with ``python -m gen3d 
 Stages: preprocess (the LRM's: mask, recentre, white background, the model's resolution) -> DDIM sampling of the
 noisy views with the input view clean (each step's x0 renders streamed as previews, the last step's written to
 ``views.png``) -> the final triplane -> marching cubes, UV unwrap and colour bake (the shared
-``stages/triplane_mesh.textured_mesh_from_field``, as ``lrm`` and ``instant3d``) -> export (GLB, OBJ, ``preview.png``) and ``placement.json``.
+``stages/triplane_mesh.textured_mesh_from_field``, as ``lrm`` and ``instant3d``) -> export (GLB, OBJ,
+``preview.png``) and ``placement.json``.
 """
 
 from __future__ import annotations
