@@ -37,6 +37,8 @@ class DMV3DOptions(Options):
     preview_views: int = Field(8, ge=1, le=120)
     preview_size: int = Field(256, ge=16, le=1024)
 
+    main = ("steps", "mesh_resolution", "texture_size", "target_faces")
+
     presets = {
         "fast": {"steps": 10, "mesh_resolution": 128, "texture_size": 512, "preview_views": 4, "preview_size": 128,
                  "target_faces": 30_000},
@@ -65,7 +67,11 @@ class DMV3DPipeline(Pipeline):
                    "re-renders it, so the last step is the 3D object. Weights are trained with gen3d train dmv3d.")
     inputs = {"image": "one RGBA image of an object (alpha = its mask; opaque images need rembg installed locally)"}
     required_inputs = ("image",)
+    needs_mask = True
     Options = DMV3DOptions
+    #: meta.json timings of a fast-preset CPU run of the tiny model (a real model's sampling weighs far more)
+    stage_shares = {"load": 0.001, "preprocess": 0.001, "sample": 0.08, "mesh": 0.32, "uv_unwrap": 0.54,
+                    "bake": 0.01, "export": 0.04}
     weights = ()  # no registry entry: trained weights are found by weights_folder()
 
     def _model(self, opts: DMV3DOptions, ctx: RunContext):
