@@ -130,23 +130,30 @@ class BasicTransformerBlock3D(nn.Module):
 
 
 class SpatialTransformer3D(nn.Module):
-    """GroupNorm (eps 1e-6), Linear ``proj_in``, transformer blocks, Linear ``proj_out``, residual."""
+    """GroupNorm (eps 1e-6), ``proj_in``, transformer blocks, ``proj_out``, residual. The projections are Linear
+    (SD 2.x, MVDream) or 1x1 convolutions (SD 1.x, Zero123: ``linear=False``), the same map with other shapes."""
 
-    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int):
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int, linear: bool = True):
         super().__init__()
         inner = heads * dim_head
         self.norm = _norm(channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner)
+        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock3D(inner, heads, dim_head, context_dim) for _ in range(depth))
-        self.proj_out = nn.Linear(inner, channels)
+        self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, num_frames: int) -> torch.Tensor:
         b, c, h, w = x.shape
-        y = self.proj_in(self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c))
+        if isinstance(self.proj_in, nn.Linear):
+            y = self.proj_in(self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c))
+        else:
+            y = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             y = block(y, context, num_frames)
-        y = self.proj_out(y).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        if isinstance(self.proj_out, nn.Linear):
+            y = self.proj_out(y).reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        else:
+            y = self.proj_out(y.transpose(1, 2).reshape(b, -1, h, w))
         return y + x
 
 
@@ -183,20 +190,26 @@ class TimestepEmbedSequential(nn.ModuleList):
 
 
 class MultiViewUNetModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
-    """The MVDream UNet; config keys are those of the port's ``unet/config.json``; peft adapters attach (VSD)."""
+    """The MVDream UNet; config keys are those of the port's ``unet/config.json``; peft adapters attach (VSD).
+
+    The same LDM layout also builds the SD 1.x / Zero123 UNet (``num_head_channels=-1`` with ``num_heads``,
+    ``use_linear_in_transformer=False``, ``camera_dim=None``; views attend separately with ``num_frames=1``)."""
 
     @register_to_config
     def __init__(self, image_size: int = 32, in_channels: int = 4, out_channels: int = 4, model_channels: int = 320,
                  attention_resolutions=(4, 2, 1), num_res_blocks: int = 2, channel_mult=(1, 2, 4, 4),
                  num_head_channels: int = 64, transformer_depth: int = 1, context_dim: int = 1024,
-                 camera_dim: int = 16):
+                 camera_dim: int | None = 16, num_heads: int = -1, use_linear_in_transformer: bool = True):
         super().__init__()
         emb = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.camera_embed = nn.Sequential(nn.Linear(camera_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
+        if camera_dim:
+            self.camera_embed = nn.Sequential(nn.Linear(camera_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
 
         def attention(ch: int) -> SpatialTransformer3D:
-            return SpatialTransformer3D(ch, ch // num_head_channels, num_head_channels, transformer_depth, context_dim)
+            heads = num_heads if num_head_channels == -1 else ch // num_head_channels
+            return SpatialTransformer3D(ch, heads, ch // heads, transformer_depth, context_dim,
+                                        linear=use_linear_in_transformer)
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential([nn.Conv2d(in_channels, model_channels, 3,
                                                                               padding=1)])])
@@ -227,12 +240,13 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 self.output_blocks.append(TimestepEmbedSequential(layers))
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, camera: torch.Tensor,
-                num_frames: int = 4) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                camera: torch.Tensor | None = None, num_frames: int = 4) -> torch.Tensor:
         if x.shape[0] % num_frames:
             raise ValueError(f"batch {x.shape[0]} is not a multiple of num_frames={num_frames}")
-        t_emb = timestep_embedding(timesteps.reshape(-1).expand(x.shape[0]), self.config.model_channels)
-        emb = self.time_embed(t_emb.to(x.dtype)) + self.camera_embed(camera.to(x.dtype))
+        emb = self.embed_time(timesteps, x)
+        if camera is not None:
+            emb = emb + self.camera_embed(camera.to(x.dtype))
         h, skips = x, []
         for block in self.input_blocks:
             h = block(h, emb, context, num_frames)
@@ -241,3 +255,8 @@ class MultiViewUNetModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, num_frames)
         return self.out(h)
+
+    def embed_time(self, timesteps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The timestep embedding ``[B, 4 * model_channels]`` for the batch of ``x``."""
+        t_emb = timestep_embedding(timesteps.reshape(-1).expand(x.shape[0]), self.config.model_channels)
+        return self.time_embed(t_emb.to(x.dtype))
