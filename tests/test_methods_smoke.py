@@ -28,6 +28,8 @@ QUICK = {
     "magic123": ["iters=8", "known_iters=2", "fine_iters=2", "tet_resolution=16", "color_resolution=8"],
     "instant3d": ["grid_size=128", "steps=2", "mesh_resolution=48", "texture_size=128",
                   "target_faces=4000"],
+    "syncdreamer": ["sample_steps=1", "samples=2", "fit_steps=20", "num_points=1000", "mesh_resolution=48",
+                    "target_faces=2000", "refine_steps=2", "texture_resolution=64", "preview_size=64"],
 }
 
 

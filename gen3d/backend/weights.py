@@ -147,6 +147,14 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  "InstantMesh NeRF reconstructor, large (Lightning .ckpt, 1.51 GB)", "Apache-2.0", 1.51,
                  ("instant3d",), files=("instant_nerf_large.ckpt",), license_url=_hf("TencentARC/InstantMesh"),
                  tiny_factory="gen3d.backend.models.instant3d.tiny:write_tiny"),
+    WeightsEntry("syncdreamer", "liuyuan-pal/SyncDreamer",
+                 "SyncDreamer syncdreamer-pretrain.ckpt (5.6 GB Lightning checkpoint; holds its own CLIP ViT-L/14 "
+                 "image tower and SD VAE)",
+                 "no licence stated for the checkpoint (code: MIT); fine-tuned from Zero123-XL, whose weights "
+                 "derive from Stable Diffusion 1.x (CreativeML Open RAIL-M)", 5.57, ("syncdreamer",),
+                 files=("syncdreamer-pretrain.ckpt",), license_url="https://github.com/liuyuan-pal/SyncDreamer",
+                 tiny_factory="gen3d.backend.models.syncdreamer.tiny:write_tiny",
+                 extra={"manual_url": "https://drive.google.com/file/d/1ypyD5WXxAnsWjnHgAfOAGolV0Zd9kpam/view"}),
 ]}
 
 
@@ -271,6 +279,10 @@ def download(name: str, accept_license: bool = False, dest: str | os.PathLike | 
     from huggingface_hub import snapshot_download
 
     entry = get_entry(name)
+    if entry.extra.get("manual_url"):  # not on the Hugging Face hub
+        raise BadInput(f"{name} is not on the Hugging Face hub: download {entry.files[0]} from "
+                       f"{entry.extra['manual_url']} and put it in {(weights_dir() or Path('WEIGHTS_DIR')) / name}/ "
+                       f"(or pass its path as weights_path)", {"weights": name, "url": entry.extra["manual_url"]})
     if entry.restrictive and not accept_license:
         raise BadInput(f"{name} ({entry.repo}) is released under a restrictive licence: {entry.license}"
                        f"{' (' + entry.license_url + ')' if entry.license_url else ''}. Read it, then rerun with "

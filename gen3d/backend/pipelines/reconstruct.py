@@ -88,6 +88,60 @@ def _extra_views(gaussians, cameras: Cameras, count: int) -> tuple[Cameras, torc
     return cams, torch.cat([(rgb / a.clamp_min(1e-6)).clamp(0, 1), a], -1).cpu()
 
 
+def reconstruct_views(cameras: Cameras, images: torch.Tensor, o: ReconstructOptions, ctx: RunContext,
+                      gen: torch.Generator):
+    """The shared stages on posed straight-RGBA views ``images [N, H, W, 4]``: fit Gaussians -> mesh -> UV unwrap
+    -> bake -> refine. Returns ``(TexturedMesh, Gaussians)``; metrics go to ``ctx.cache["_metrics"]``."""
+    metrics = ctx.cache.setdefault("_metrics", {})
+    metrics["views"] = len(cameras)
+
+    with ctx.stage("fit"):
+        gaussians, m = fit_gaussians(cameras, images, _fit_config(o), gen,
+                                     progress=lambda s, n, p: ctx.progress("fit", s, n, p),
+                                     check_cancelled=ctx.check_cancelled, device=ctx.device)
+        metrics.update(m)
+    with ctx.stage("mesh"):
+        ctx.progress("mesh", 0, 1)
+        masks = images[..., 3] > 0.5 if o.mesh_level is None else None  # no level given: match the masks
+        tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
+                          MeshExtractConfig(resolution=o.mesh_resolution, level=o.mesh_level or 0.5,
+                                            target_faces=o.target_faces, smooth_iterations=o.smooth_iterations),
+                          cameras, masks)
+        metrics["mesh_faces"], metrics["mesh_vertices"] = len(tm.faces), len(tm.vertices)
+        metrics["mesh_watertight"] = bool(tm.is_watertight)
+        ctx.progress("mesh", 1, 1)
+    with ctx.stage("uv"):
+        ctx.progress("uv", 0, 1)
+        mesh = uv_unwrap(tm.vertices, tm.faces, UnwrapConfig(resolution=o.texture_resolution,
+                                                             padding=o.uv_padding))
+        ctx.progress("uv", 1, 1)
+    with ctx.stage("bake"):
+        ctx.progress("bake", 0, 1)
+        bake_cams, bake_imgs = cameras, images
+        if len(cameras) < 8 and o.extra_bake_views:
+            extra_cams, extra_imgs = _extra_views(gaussians, cameras, o.extra_bake_views)
+            bake_cams = Cameras(torch.cat([cameras.K, extra_cams.K]), torch.cat([cameras.c2w, extra_cams.c2w]),
+                                cameras.width, cameras.height)
+            bake_imgs = torch.cat([images, extra_imgs])
+        texture, m = bake_texture(mesh, bake_cams, bake_imgs, BakeConfig(resolution=o.texture_resolution),
+                                  ctx.device)
+        metrics.update(m)
+        mesh.texture = texture
+        ctx.progress("bake", 1, 1)
+    with ctx.stage("refine"):
+        if o.refine_steps > 0:
+            r_cams, r_imgs = resized_views(cameras, images, o.refine_resolution)
+            before = photometric_error(mesh, r_cams, r_imgs)
+            mesh, m = refine_texture(mesh, r_cams, images_as_targets(r_imgs),
+                                     RefineConfig(steps=o.refine_steps, train_vertices=o.refine_vertices),
+                                     gen, progress=lambda s, n, p: ctx.progress("refine", s, n, p),
+                                     check_cancelled=ctx.check_cancelled)
+            metrics.update(m)
+            metrics["refine_mse_before"] = round(before, 6)
+            metrics["refine_mse_after"] = round(photometric_error(mesh, r_cams, r_imgs), 6)
+    return mesh, gaussians
+
+
 @register
 class Reconstruct(Pipeline):
     name = "reconstruct"
@@ -102,7 +156,6 @@ class Reconstruct(Pipeline):
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         o = ReconstructOptions(**request.options)
-        metrics = ctx.cache.setdefault("_metrics", {})
         stale = ctx.out_dir / "meta.json"
         if stale.exists():  # a previous result in this folder must not look like this run's
             stale.unlink()
@@ -110,52 +163,7 @@ class Reconstruct(Pipeline):
             cameras, images = load_transforms(request.files["views"])
             check_views(cameras, images)
         gen = torch.Generator().manual_seed(request.seed)
-        metrics["views"] = len(cameras)
-
-        with ctx.stage("fit"):
-            gaussians, m = fit_gaussians(cameras, images, _fit_config(o), gen,
-                                         progress=lambda s, n, p: ctx.progress("fit", s, n, p),
-                                         check_cancelled=ctx.check_cancelled, device=ctx.device)
-            metrics.update(m)
-        with ctx.stage("mesh"):
-            ctx.progress("mesh", 0, 1)
-            masks = images[..., 3] > 0.5 if o.mesh_level is None else None  # no level given: match the masks
-            tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
-                              MeshExtractConfig(resolution=o.mesh_resolution, level=o.mesh_level or 0.5,
-                                                target_faces=o.target_faces, smooth_iterations=o.smooth_iterations),
-                              cameras, masks)
-            metrics["mesh_faces"], metrics["mesh_vertices"] = len(tm.faces), len(tm.vertices)
-            metrics["mesh_watertight"] = bool(tm.is_watertight)
-            ctx.progress("mesh", 1, 1)
-        with ctx.stage("uv"):
-            ctx.progress("uv", 0, 1)
-            mesh = uv_unwrap(tm.vertices, tm.faces, UnwrapConfig(resolution=o.texture_resolution,
-                                                                 padding=o.uv_padding))
-            ctx.progress("uv", 1, 1)
-        with ctx.stage("bake"):
-            ctx.progress("bake", 0, 1)
-            bake_cams, bake_imgs = cameras, images
-            if len(cameras) < 8 and o.extra_bake_views:
-                extra_cams, extra_imgs = _extra_views(gaussians, cameras, o.extra_bake_views)
-                bake_cams = Cameras(torch.cat([cameras.K, extra_cams.K]), torch.cat([cameras.c2w, extra_cams.c2w]),
-                                    cameras.width, cameras.height)
-                bake_imgs = torch.cat([images, extra_imgs])
-            texture, m = bake_texture(mesh, bake_cams, bake_imgs, BakeConfig(resolution=o.texture_resolution),
-                                      ctx.device)
-            metrics.update(m)
-            mesh.texture = texture
-            ctx.progress("bake", 1, 1)
-        with ctx.stage("refine"):
-            if o.refine_steps > 0:
-                r_cams, r_imgs = resized_views(cameras, images, o.refine_resolution)
-                before = photometric_error(mesh, r_cams, r_imgs)
-                mesh, m = refine_texture(mesh, r_cams, images_as_targets(r_imgs),
-                                         RefineConfig(steps=o.refine_steps, train_vertices=o.refine_vertices),
-                                         gen, progress=lambda s, n, p: ctx.progress("refine", s, n, p),
-                                         check_cancelled=ctx.check_cancelled)
-                metrics.update(m)
-                metrics["refine_mse_before"] = round(before, 6)
-                metrics["refine_mse_after"] = round(photometric_error(mesh, r_cams, r_imgs), 6)
+        mesh, gaussians = reconstruct_views(cameras, images, o, ctx, gen)
         with ctx.stage("export"):
             ctx.progress("export", 0, 1)
             artifacts = export_results(ctx.out_dir, mesh, gaussians, preview_size=o.preview_size)

@@ -33,9 +33,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class SyncDreamerConfig:
-    """Sizes; the defaults are the published ``configs/syncdreamer.yaml`` (tiny test models shrink them)."""
+    """Sizes; the defaults are the published ``configs/syncdreamer.yaml`` (tiny test models shrink them, images
+    included: the cameras' intrinsics scale with ``image_size`` as in the official ``_init_multiview``)."""
 
+    image_size: int = 256
     model_channels: int = 320
+    attention_resolutions: tuple[int, ...] = (4, 2, 1)
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     num_heads: int = 8
@@ -65,7 +68,7 @@ def _vae(cfg: SyncDreamerConfig):
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                          block_out_channels=tuple(cfg.vae_channels), down_block_types=("DownEncoderBlock2D",) * n,
                          up_block_types=("UpDecoderBlock2D",) * n, norm_num_groups=cfg.vae_norm_groups,
-                         sample_size=256, scaling_factor=LATENT_SCALE)
+                         sample_size=cfg.image_size, scaling_factor=LATENT_SCALE)
 
 
 def _clip(cfg: SyncDreamerConfig):
@@ -104,17 +107,19 @@ class SyncDreamer(nn.Module):
         self.cfg = cfg = cfg or SyncDreamerConfig()
         self.time_embed = nn.Sequential(nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(),
                                         nn.Linear(cfg.time_dim, cfg.time_dim))
-        self.spatial_volume = SpatialVolumeNet(cfg.time_dim, 4, NUM_VIEWS, frustum_volume_depth=cfg.frustum_depth,
+        self.spatial_volume = SpatialVolumeNet(cfg.time_dim, 4, NUM_VIEWS, cfg.image_size,
+                                               frustum_volume_depth=cfg.frustum_depth,
                                                spatial_volume_size=cfg.volume_size, dims=cfg.volume_dims,
                                                encoder_dim=cfg.encoder_dim)
         self.model = _UNetHolder(DepthWiseAttentionUNet(
-            cfg.volume_dims, model_channels=cfg.model_channels, channel_mult=cfg.channel_mult,
+            cfg.volume_dims, image_size=cfg.image_size // 8, model_channels=cfg.model_channels,
+            attention_resolutions=cfg.attention_resolutions, channel_mult=cfg.channel_mult,
             num_res_blocks=cfg.num_res_blocks, num_heads=cfg.num_heads, context_dim=cfg.context_dim))
         self.cc_projection = nn.Linear(cfg.context_dim + 4, cfg.context_dim)
         self.first_stage_model = _vae(cfg)
         self.clip_image_encoder = _clip(cfg)
         with torch.device("cpu"):  # small constants, real even when the modules are built on "meta"
-            buffers = {"poses": official_poses(), "Ks": official_intrinsics(), "azimuth": official_azimuths(),
+            buffers = {"poses": official_poses(), "Ks": official_intrinsics(NUM_VIEWS, cfg.image_size), "azimuth": official_azimuths(),
                        **ddpm_schedule()}
         for name, value in buffers.items():
             self.register_buffer(name, value)
@@ -125,7 +130,7 @@ class SyncDreamer(nn.Module):
 
     # -- inputs -------------------------------------------------------------------------------------------------
     def clip_pixels(self, image: torch.Tensor) -> torch.Tensor:
-        """``image [B, 3, 256, 256]`` in [-1, 1] -> CLIP input ``[B, 3, 224, 224]``: the official embedder's
+        """``image [B, 3, S, S]`` (S = ``cfg.image_size``, 256) in [-1, 1] -> CLIP input ``[B, 3, 224, 224]``: the official embedder's
         kornia resize (bicubic, align_corners=True, no antialias = ``F.interpolate``) and CLIP normalisation."""
         size = self.clip_image_encoder.config.image_size
         x = F.interpolate(image, (size, size), mode="bicubic", align_corners=True)
@@ -134,8 +139,8 @@ class SyncDreamer(nn.Module):
 
     @torch.no_grad()
     def encode_input(self, image: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """``image [B, 3, 256, 256]`` in [-1, 1] (object on white) -> ``clip [B, 1, 768]`` image embedding and
-        ``latent [B, 4, 32, 32]``: one VAE posterior sample, unscaled (what the UNet concatenates)."""
+        """``image [B, 3, S, S]`` in [-1, 1] (object on white) -> ``clip [B, 1, 768]`` image embedding and
+        ``latent [B, 4, S/8, S/8]``: one VAE posterior sample, unscaled (what the UNet concatenates)."""
         posterior = self.first_stage_model.encode(image).latent_dist
         noise = torch.randn(posterior.mean.shape, generator=generator, dtype=posterior.mean.dtype)
         latent = posterior.mean + posterior.std * noise.to(posterior.mean.device)

@@ -47,16 +47,14 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, s: DDIMSchedule, index: int,
 
 
 @torch.no_grad()
-def sample_views(model: SyncDreamer, image: torch.Tensor, elevation: torch.Tensor, steps: int = 50,
-                 cfg_scale: float = 2.0, eta: float = 1.0, batch_view_num: int = 8,
-                 generator: torch.Generator | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """``image [B, 3, 256, 256]`` in [-1, 1] (object on white), ``elevation [B]`` radians -> the 16 views
-    ``[B, 16, 3, 256, 256]`` in [0, 1]. ``generator`` (CPU) draws every random number in the official order:
-    input latent sample, initial noise, then each step's noise. ``progress(step, total)`` is called per step."""
-    dev = image.device
-    inputs = model.encode_input(image, generator)
-    B, (_, h, w) = image.shape[0], inputs["latent"].shape[1:]
+def denoise(model: SyncDreamer, inputs: dict[str, torch.Tensor], elevation: torch.Tensor, steps: int = 50,
+            cfg_scale: float = 2.0, eta: float = 1.0, batch_view_num: int = 8,
+            generator: torch.Generator | None = None,
+            progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The DDIM loop from pure noise: ``inputs`` of :meth:`SyncDreamer.encode_input`, ``elevation [B]`` radians ->
+    latents ``[B, 16, 4, h, w]``. ``progress(step, total)`` is called after each step."""
+    latent = inputs["latent"]
+    B, (_, h, w), dev = latent.shape[0], latent.shape[1:], latent.device
     x = torch.randn((B, len(model.poses), 4, h, w), generator=generator).to(dev)
     sched = ddim_schedule(model.alphas_cumprod, steps, eta)
     for i, index in enumerate(reversed(range(steps))):
@@ -65,5 +63,18 @@ def sample_views(model: SyncDreamer, image: torch.Tensor, elevation: torch.Tenso
         x = ddim_step(x, eps, sched, index, generator)
         if progress is not None:
             progress(i + 1, steps)
+    return x
+
+
+@torch.no_grad()
+def sample_views(model: SyncDreamer, image: torch.Tensor, elevation: torch.Tensor, steps: int = 50,
+                 cfg_scale: float = 2.0, eta: float = 1.0, batch_view_num: int = 8,
+                 generator: torch.Generator | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """``image [B, 3, 256, 256]`` in [-1, 1] (object on white), ``elevation [B]`` radians -> the 16 views
+    ``[B, 16, 3, 256, 256]`` in [0, 1]. ``generator`` (CPU) draws every random number in the official order:
+    input latent sample, initial noise, then each step's noise."""
+    inputs = model.encode_input(image, generator)
+    x = denoise(model, inputs, elevation, steps, cfg_scale, eta, batch_view_num, generator, progress)
     views = torch.stack([model.decode(x[:, n]) for n in range(x.shape[1])], 1)
     return ((views.clamp(-1, 1) + 1) / 2).float()
