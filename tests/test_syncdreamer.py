@@ -218,3 +218,29 @@ def test_elevation_outside_the_trained_range_is_a_warning():
     assert elevation_warning(30.0, "option") is None and elevation_warning(-10.0, "default") is None
     msg = elevation_warning(55.0, "reference camera")
     assert "55.0 deg (reference camera)" in msg and "[-10, 40]" in msg
+
+
+def _opaque(path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(path)
+
+
+def _transparent(path):
+    from PIL import Image
+
+    Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(path)
+
+
+@pytest.mark.parametrize("make, words", [(_opaque, "has no transparency"), (_transparent, "is empty")])
+def test_bad_image_exits_2_with_one_line_and_writes_nothing(make, words, tiny, tmp_path, capsys, monkeypatch):
+    from gen3d.backend.__main__ import main
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no_rembg_models"))
+    make(tmp_path / "in.png")
+    out = tmp_path / "out"
+    code = main(["run", "syncdreamer", "--image", str(tmp_path / "in.png"), "--out", str(out),
+                 "--weights-dir", str(tiny.parent.parent)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert not (out / "meta.json").exists() and not (out / "mesh.glb").exists()
