@@ -15,7 +15,7 @@ import torch
 from .checkpoint import CHECKPOINT_NAME, CLIP_NAMES, CLIP_PREFIX, UNUSED, rename
 from .model import SyncDreamer, SyncDreamerConfig
 
-TINY_CONFIG = SyncDreamerConfig(image_size=64, model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=2, num_heads=2,
+TINY_CONFIG = SyncDreamerConfig(image_size=64, model_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=2, num_heads=2,
                                 context_dim=32, volume_dims=(16, 16, 32, 32), time_dim=32, encoder_dim=8,
                                 frustum_depth=8, volume_size=8, vae_channels=(8, 8, 16, 16), vae_norm_groups=4,
                                 clip=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
