@@ -244,3 +244,13 @@ def test_bad_image_exits_2_with_one_line_and_writes_nothing(make, words, tiny, t
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
     assert not (out / "meta.json").exists() and not (out / "mesh.glb").exists()
+
+
+def test_v1_methods_lists_syncdreamer_for_the_addon():
+    from gen3d.backend.api.catalog import all_methods
+
+    info = {m["name"]: m for m in all_methods()}["syncdreamer"]
+    assert info["required_inputs"] == ["image"] and set(info["presets"]) == {"fast", "standard", "high"}
+    assert {"elevation", "samples", "sample_steps", "cfg_scale", "batch_view_num"} <= set(
+        info["options_schema"]["properties"])
+    assert info["weights"][0]["name"] == "syncdreamer"
