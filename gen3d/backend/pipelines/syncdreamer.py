@@ -58,6 +58,7 @@ class SyncDreamerOptions(ReconstructOptions):
             raise ValueError("crop_size is -1 or at least 16")
         return v
 
+    main = ("elevation", "crop_size", "samples", "sample_steps")
     presets = {
         "fast": {**ReconstructOptions.presets["fast"], "sample_steps": 20},
         "standard": {},
@@ -149,8 +150,12 @@ class SyncDreamerPipeline(Pipeline):
                    "licence and derives from Zero123-XL.")
     inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed"}
     required_inputs = ("image",)
+    needs_mask = True
     Options = SyncDreamerOptions
     weights = ("syncdreamer",)
+    #: estimated for a CUDA run of the standard preset (not measured: no GPU was available)
+    stage_shares = {"load": 0.03, "preprocess": 0.001, "sample": 0.3, "masks": 0.001, "fit": 0.3, "mesh": 0.1,
+                    "uv": 0.05, "bake": 0.03, "refine": 0.15, "export": 0.04}
 
     def _model(self, opts: SyncDreamerOptions, ctx: RunContext):
         from ..models.syncdreamer import load_syncdreamer
