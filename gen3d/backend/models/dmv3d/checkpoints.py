@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from ...errors import BadInput, MissingWeights
 from ...files import atomic_path, write_json

@@ -29,7 +29,7 @@ from ...models.dmv3d import CONFIGS, DMV3D, DMV3DConfig, Schedule, fresh_dmv3d, 
 from ...models.dmv3d.sampler import sample_triplane, to_model
 from ..data import item_generator
 from . import Recipe, TrainConfig
-from .lrm import BACKGROUNDS, LRMViews, perceptual_loss
+from .lrm import BACKGROUNDS, LRMViews, perceptual_loss, weighted_loss
 
 
 class DMV3DTrainConfig(TrainConfig):
@@ -120,13 +120,7 @@ class DMV3DWithLoss(nn.Module):
         target = batch["rgb"] - (1 - batch["alpha"][..., None]) * (1 - bg)  # the white-composited views over bg
         terms = {"pixel": F.mse_loss(rgb, target), "mask": F.mse_loss(opacity, batch["alpha"])}
         weights = {"pixel": self.cfg.pixel_weight, "mask": self.cfg.mask_weight}
-        lpips_fn = self._lpips[0]
-        if lpips_fn is not None:
-            lpips_fn.to(rgb.device)
-            flat = lambda x: x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)  # noqa: E731
-            terms["lpips"] = lpips_fn(flat(rgb), flat(batch["rgb"]), normalize=True).mean()
-            weights["lpips"] = self.cfg.lpips_weight
-        return {"loss": sum(weights[k] * v for k, v in terms.items()), **terms}
+        return weighted_loss(terms, weights, self._lpips[0], self.cfg.lpips_weight, rgb, target)
 
 
 def input_fov_deg(dataset: LRMViews) -> float:

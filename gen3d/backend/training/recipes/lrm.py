@@ -217,6 +217,18 @@ def perceptual_loss():
     return lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
 
 
+def weighted_loss(terms: dict, weights: dict, lpips_fn, lpips_weight: float, rgb: torch.Tensor,
+                  target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"loss": sum of weights[k] * terms[k], **terms}``, with the LPIPS term of ``rgb`` against ``target``
+    (``[..., H, W, 3]`` in [0, 1]) added when ``lpips_fn`` is not None."""
+    if lpips_fn is not None:
+        lpips_fn.to(rgb.device)
+        flat = lambda x: x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)  # noqa: E731
+        terms = {**terms, "lpips": lpips_fn(flat(rgb), flat(target), normalize=True).mean()}
+        weights = {**weights, "lpips": lpips_weight}
+    return {"loss": sum(weights[k] * v for k, v in terms.items()), **terms}
+
+
 def tv_loss(planes: torch.Tensor) -> torch.Tensor:
     """OpenLRM's TV term: mean squared neighbour differences of ``planes [B, 3, C, H, W]`` along H plus along W."""
     return ((planes[..., 1:, :] - planes[..., :-1, :]).pow(2).mean()
@@ -259,13 +271,7 @@ class LRMWithLoss(nn.Module):
         terms = {"pixel": F.mse_loss(rgb, batch["rgb"]), "mask": F.mse_loss(opacity, batch["alpha"]),
                  "tv": tv_loss(planes.float())}
         weights = {"pixel": self.cfg.pixel_weight, "mask": self.cfg.mask_weight, "tv": self.cfg.tv_weight}
-        lpips_fn = self._lpips[0]
-        if lpips_fn is not None:
-            lpips_fn.to(rgb.device)
-            flat = lambda x: x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)  # noqa: E731
-            terms["lpips"] = lpips_fn(flat(rgb), flat(batch["rgb"]), normalize=True).mean()
-            weights["lpips"] = self.cfg.lpips_weight
-        return {"loss": sum(weights[k] * v for k, v in terms.items()), **terms}
+        return weighted_loss(terms, weights, self._lpips[0], self.cfg.lpips_weight, rgb, batch["rgb"])
 
 
 def fresh_lrm(cfg: LRMConfig, seed: int) -> LRM:
