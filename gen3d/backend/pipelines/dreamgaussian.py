@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field
 
@@ -153,16 +152,6 @@ class _DreamGaussian(Pipeline):
     def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
         return None
 
-    @staticmethod
-    def _reference_view(reference: torch.Tensor | None, sampler: OrbitSampler, size: int):
-        """Stage 2's fixed view: the input image (``[1,4,S,S]``) resized to ``size`` at the reference camera."""
-        from .stages.prior_refine import ReferenceView
-
-        if reference is None:
-            return None
-        rgba = F.interpolate(reference, (size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        return ReferenceView(sampler.reference(size), rgba)
-
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView
 
@@ -182,7 +171,7 @@ class _DreamGaussian(Pipeline):
         artifacts, asset_metrics = gaussians_to_asset(
             gaussians, opts, guide, sampler, gen, ctx, request,
             CanonicalView(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy),
-            self._reference_view(reference, sampler, opts.refine_size))
+            reference)
         out.update(artifacts)
         ctx.cache.setdefault("_metrics", {}).update(metrics, **asset_metrics)
         return out

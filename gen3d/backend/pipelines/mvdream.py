@@ -25,10 +25,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ..errors import BadInput
 from . import register
 from .base import JobRequest, Pipeline, RunContext
 from .dreamgaussian_guidance import Guide, MultiViewSampler, Term, load_prior
@@ -74,6 +72,21 @@ class MVDreamOptions(AssetOptions, GaussianDistillOptions):
     density_start_iter: int = Field(0, ge=0, description="first step of densification statistics")
     densification_interval: int = Field(50, ge=1, description="densify and prune every this many steps")
 
+    @field_validator("elevation_range", "fovy_range", "relative_radius")
+    @classmethod
+    def _low_high(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        low = 1e-3 if info.field_name == "relative_radius" else 0.0
+        if not low <= v[0] <= v[1] < 180:
+            raise ValueError(f"expected (low, high) with {low:g} <= low <= high < 180, got {tuple(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _timesteps(self):
+        if not 0 < self.t_end[0] <= self.t_end[1] <= self.t_start:
+            raise ValueError(f"need 0 < t_end[0] <= t_end[1] <= t_start, got t_end={tuple(self.t_end)} and "
+                             f"t_start={self.t_start}")
+        return self
+
     presets = {
         "fast": {"iters": 50, "num_pts": 1000, "render_sizes": (64, 64, 96), "position_lr_max_steps": 30,
                  "densification_interval": 5, "views_steps": 20, "iters_refine": 8, "mesh_resolution": 64,
@@ -118,9 +131,6 @@ def build_guide(opts: MVDreamOptions, prior, prompt: str, negative: str, generat
                     "sds": lambda: SDS(opts.guidance_scale),
                     "csd": lambda: CSD(guidance_scale=opts.guidance_scale)}[opts.distillation]()
     lo, hi = opts.t_end
-    if not 0 < lo <= hi <= opts.t_start:
-        raise BadInput(f"need 0 < t_end[0] <= t_end[1] <= t_start, got {opts.t_end} and {opts.t_start}",
-                       {"field": "options.t_end"})
     T = prior.num_train_timesteps
     schedule = (DreamTime(lo, opts.t_start, alphas_cumprod=prior.alphas_cumprod.cpu(), num_train_timesteps=T)
                 if opts.timestep_schedule == "dreamtime" else
@@ -140,9 +150,12 @@ class MVDream(Pipeline):
     weights = ("mvdream",)
     prior_kind = "mvdream"
 
-    def _reference(self, request: JobRequest, opts, ctx: RunContext, prior, out: dict) -> torch.Tensor | None:
-        """Image methods: the input as straight RGBA ``[1,4,S,S]``, given to the prior; None here."""
+    def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
+        """Image methods: the input as straight RGBA ``[1,4,S,S]``; None here."""
         return None
+
+    def _condition_prior(self, prior, reference: torch.Tensor | None, opts, request: JobRequest) -> None:
+        """Image methods: give the prior its image prompt."""
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView
@@ -153,11 +166,12 @@ class MVDream(Pipeline):
         gen = torch.Generator().manual_seed(request.seed)
         prompt, negative = request.prompt or "", request.negative_prompt or ""
         out: dict[str, Path] = {}
+        with ctx.stage("preprocess"):
+            reference = self._reference(request, opts, ctx, out)
         with ctx.stage("load"):
             prior, info = load_prior(ctx, self.prior_kind, self.weights[0], opts.weights_path, opts.guidance_scale)
             ctx.cache["_meta_extra"] = {"weights": [info]}
-        with ctx.stage("preprocess"):
-            reference = self._reference(request, opts, ctx, prior, out)
+            self._condition_prior(prior, reference, opts, request)
         with ctx.stage("views"):
             ctx.progress("views", 0, opts.views_steps)
 
@@ -182,16 +196,11 @@ class MVDream(Pipeline):
                                                                   opts.warmup_rgb_loss)
             gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, target)
         view = CanonicalView(0.0, opts.radius, opts.fovy)
-        refine_reference = None
-        if reference is not None:
-            from .stages.prior_refine import ReferenceView as RefineReference
-
-            ref_cam = sampler.reference(opts.refine_size)
-            view = CanonicalView(sampler.elevation, float(ref_cam.c2w[0, :3, 3].norm()), sum(opts.fovy_range) / 2)
-            rgba = F.interpolate(reference, (opts.refine_size,) * 2, mode="bilinear", align_corners=False)
-            refine_reference = RefineReference(ref_cam, rgba.permute(0, 2, 3, 1))
+        if reference is not None:  # the bake and the placement look from the reference camera
+            distance = float(sampler.reference(opts.ref_size).c2w[0, :3, 3].norm())
+            view = CanonicalView(sampler.elevation, distance, sum(opts.fovy_range) / 2)
         artifacts, asset_metrics = gaussians_to_asset(gaussians, opts, guide, sampler, gen, ctx, request, view,
-                                                      refine_reference)
+                                                      reference)
         out.update(artifacts)
         ctx.cache.setdefault("_metrics", {}).update(metrics, **asset_metrics)
         return out
@@ -210,7 +219,7 @@ class ImageDream(MVDream):
     weights = ("imagedream",)
     prior_kind = "imagedream"
 
-    def _reference(self, request, opts, ctx, prior, out):
+    def _reference(self, request, opts, ctx, out):
         from ..geometry.image_prep import prepare_reference
         from .stages.export import write_png
 
@@ -218,10 +227,12 @@ class ImageDream(MVDream):
                                  opts.rembg_model)
         on_white = rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]
         out["input.png"] = write_png(ctx.out_dir / "input.png", (on_white * 255 + 0.5).astype(np.uint8))
-        prior.ip_mode = opts.ip_mode
-        prior.set_reference(torch.from_numpy(on_white).permute(2, 0, 1)[None].float(),
-                            torch.Generator().manual_seed(request.seed))
         return torch.from_numpy(rgba).permute(2, 0, 1)[None].contiguous()
+
+    def _condition_prior(self, prior, reference, opts, request):
+        prior.ip_mode = opts.ip_mode
+        on_white = reference[:, :3] * reference[:, 3:] + 1 - reference[:, 3:]
+        prior.set_reference(on_white, torch.Generator().manual_seed(request.seed))
 
 
 register(MVDream)

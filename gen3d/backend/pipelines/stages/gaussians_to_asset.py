@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from ...geometry.placement import CanonicalView
@@ -42,15 +44,15 @@ class AssetOptions(Options):
 
 
 def gaussians_to_asset(gaussians, opts: AssetOptions, guide, sampler, generator, ctx: RunContext, request,
-                       view: CanonicalView, reference=None) -> tuple[dict[str, Path], dict]:
+                       view: CanonicalView, reference: torch.Tensor | None = None) -> tuple[dict[str, Path], dict]:
     """Stages ``mesh``, ``uv_unwrap``, ``bake`` (rings at ``view.radius``/``view.fov``), ``refine`` (``guide`` on
-    ``sampler``'s views, plus ``reference``, a :class:`~.prior_refine.ReferenceView`) and ``export`` (placement from
-    ``view``). Returns ``(artifacts, metrics)``."""
+    ``sampler``'s views, plus the input image ``reference [1,4,S,S]`` straight RGBA at ``sampler.reference``) and
+    ``export`` (placement from ``view``). Returns ``(artifacts, metrics)``."""
     from ...geometry.placement import record_placement
     from .bake_texture import bake_from_gaussians, orbit_bake_cameras
     from .export import export_results
     from .extract_mesh import MeshExtractConfig, extract_mesh
-    from .prior_refine import PriorRefineConfig, refine_with_prior
+    from .prior_refine import PriorRefineConfig, ReferenceView, refine_with_prior
     from .uv_unwrap import UnwrapConfig, uv_unwrap
 
     with ctx.stage("mesh"):
@@ -65,9 +67,13 @@ def gaussians_to_asset(gaussians, opts: AssetOptions, guide, sampler, generator,
         cams = orbit_bake_cameras(view.radius, view.fov, opts.bake_size, opts.bake_elevations, opts.bake_azimuths)
         mesh, bake_metrics = bake_from_gaussians(gaussians, mesh, cams, opts.texture_size, ctx)
     with ctx.stage("refine"):
+        size, fixed = opts.refine_size, None
+        if reference is not None:
+            rgba = F.interpolate(reference, (size, size), mode="bilinear", align_corners=False)
+            fixed = ReferenceView(sampler.reference(size), rgba.permute(0, 2, 3, 1))
         mesh, refine_metrics = refine_with_prior(
-            mesh, guide, sampler, PriorRefineConfig(opts.iters_refine, opts.refine_size, opts.refine_steps,
-                                                    opts.refine_strength, opts.texture_lr), generator, ctx, reference)
+            mesh, guide, sampler, PriorRefineConfig(opts.iters_refine, size, opts.refine_steps, opts.refine_strength,
+                                                    opts.texture_lr), generator, ctx, fixed)
     with ctx.stage("export"):
         out = export_results(ctx.out_dir, mesh, gaussians, opts.preview_views, opts.preview_size)
         out.update(record_placement(request, ctx, mesh.vertices, view))
