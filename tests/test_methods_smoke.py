@@ -28,6 +28,9 @@ QUICK = {
     "magic123": ["iters=8", "known_iters=2", "fine_iters=2", "tet_resolution=16", "color_resolution=8"],
     "instant3d": ["grid_size=128", "steps=2", "mesh_resolution=48", "texture_size=128",
                   "target_faces=4000"],
+    **{m: ["iters=8", "iters_refine=1", "views_steps=1", "num_pts=300", "mesh_resolution=32", "texture_size=64",
+           "bake_size=48", "bake_azimuths=4", "refine_size=48", "preview_views=2", "preview_size=64"]
+       for m in ("mvdream", "imagedream")},
 }
 
 
@@ -43,7 +46,7 @@ def inputs(tmp_path_factory):
 
 
 def test_every_generative_method_is_covered():
-    assert {"dreamgaussian", "dreamgaussian-text", "lrm"} <= set(GENERATIVE)
+    assert {"dreamgaussian", "dreamgaussian-text", "lrm", "mvdream", "imagedream"} <= set(GENERATIVE)
 
 
 @pytest.mark.parametrize("method", GENERATIVE)
