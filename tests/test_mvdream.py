@@ -71,18 +71,22 @@ def test_sampler_cameras_are_get_camera_in_the_trained_azimuth_order(elevation):
         np.testing.assert_allclose(ours[0], [1, 0, 0, 0, 0, 0, -1, -1, 0, 1, 0, 0, 0, 0, 0, 1], atol=1e-6)
 
 
-def test_training_views_are_four_get_cameras_from_a_random_azimuth():
+def test_training_views_are_groups_of_four_get_cameras_from_a_random_azimuth():
     sampler = MultiViewSampler()
     gen = torch.Generator().manual_seed(3)
-    for _ in range(3):
-        cams, el, az = sampler.sample(32, gen)
-        assert torch.all(el == el[0]) and 0 <= el[0] <= 30
-        fovy = float(np.degrees(2 * np.arctan(cams.height / 2 / cams.K[0, 1, 1])))
-        assert 15 <= fovy <= 60
-        assert 0.8 - 1e-4 <= float(cams.c2w[0, :3, 3].norm()) * np.tan(np.radians(fovy) / 2) <= 1.0 + 1e-4
-        start = float(az[0])
-        np.testing.assert_allclose(mvdream_cameras(cams.c2w).double().numpy(),
-                                   official_get_camera(float(el[0]), start + np.arange(4) * 90.0), atol=1e-5)
+    for size, groups in ((64, 2), (256, 1), (64, 2)):
+        cams, el, az = sampler.sample(size, gen)
+        assert len(cams) == len(el) == len(az) == 4 * groups  # MVDream: 2 groups at 64², 1 at 256²
+        for g in range(groups):
+            group = slice(4 * g, 4 * g + 4)
+            assert torch.all(el[group] == el[4 * g]) and 0 <= el[4 * g] <= 30
+            fovy = float(np.degrees(2 * np.arctan(size / 2 / cams.K[4 * g, 1, 1])))
+            assert 15 <= fovy <= 60 and torch.allclose(cams.K[group], cams.K[4 * g])
+            distance = float(cams.c2w[4 * g, :3, 3].norm())
+            assert 0.8 - 1e-4 <= distance * np.tan(np.radians(fovy) / 2) <= 1.0 + 1e-4
+            np.testing.assert_allclose(mvdream_cameras(cams.c2w[group]).double().numpy(),
+                                       official_get_camera(float(el[4 * g]), float(az[4 * g]) + np.arange(4) * 90.0),
+                                       atol=1e-5)
 
 
 @torch.no_grad()

@@ -61,10 +61,11 @@ class OrbitSampler:
 
 @dataclass
 class MultiViewSampler:
-    """MVDream's random views: each sample is ``views`` cameras evenly spaced in azimuth (the model's trained order)
-    from an offset ~ U[-180, 180), sharing an elevation ~ U[``elevation_range``], a fovy ~ U[``fovy_range``] and a
+    """MVDream's random views: a group is ``views`` cameras evenly spaced in azimuth (the model's trained order) from
+    an offset ~ U[-180, 180), sharing an elevation ~ U[``elevation_range``], a fovy ~ U[``fovy_range``] and a
     distance ``r / tan(fovy / 2)`` with ``r`` ~ U[``relative_radius``] (threestudio's relative radius: the half-width
-    seen at the origin). The reference view (image methods): elevation ``elevation``, azimuth 0, the middle fovy and
+    seen at the origin). Renders of at most ``low_res`` pixels come in ``low_res_groups`` groups (MVDream: 2 groups
+    at 64², 1 at 256²). The reference view (image methods): elevation ``elevation``, azimuth 0, the middle fovy and
     the largest relative radius."""
 
     elevation_range: tuple[float, float] = (0.0, 30.0)
@@ -72,15 +73,22 @@ class MultiViewSampler:
     relative_radius: tuple[float, float] = (0.8, 1.0)
     views: int = 4
     elevation: float = 0.0
+    low_res: int = 64
+    low_res_groups: int = 2
 
     def sample(self, size: int, generator: torch.Generator) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
-        """``(cameras [views], elevations [views], azimuths [views])`` (degrees, ours) at ``size x size`` pixels."""
-        u = torch.rand(4, generator=generator).tolist()
+        """``(cameras [G·views], elevations, azimuths)`` (degrees, ours) at ``size x size`` pixels, groups of
+        ``views`` consecutive."""
+        groups = self.low_res_groups if size <= self.low_res else 1
+        u = torch.rand(groups, 4, generator=generator)
         lerp = lambda r, x: r[0] + x * (r[1] - r[0])  # noqa: E731
-        el, fovy, rel = lerp(self.elevation_range, u[0]), lerp(self.fovy_range, u[1]), lerp(self.relative_radius, u[2])
-        az = (360.0 * u[3] + 360.0 / self.views * torch.arange(self.views, dtype=torch.float32)) % 360.0 - 180.0
-        el = torch.full((self.views,), el)
-        return orbit_cameras(el, az, self._distance(rel, fovy), fovy, size, size), el, az
+        el, fovy, rel = lerp(self.elevation_range, u[:, 0]), lerp(self.fovy_range, u[:, 1]), lerp(
+            self.relative_radius, u[:, 2])
+        az = (360.0 * u[:, 3:] + 360.0 / self.views * torch.arange(self.views, dtype=torch.float32)) % 360.0 - 180.0
+        cams = [orbit_cameras(e, a, self._distance(float(r), float(f)), float(f), size, size)
+                for e, a, r, f in zip(el, az, rel, fovy)]
+        cams = Cameras(torch.cat([c.K for c in cams]), torch.cat([c.c2w for c in cams]), size, size)
+        return cams, el.repeat_interleave(self.views), az.reshape(-1)
 
     def _distance(self, relative: float, fovy: float) -> float:
         return relative / math.tan(math.radians(fovy) / 2)

@@ -9,7 +9,8 @@
    Gaussians (:func:`~.stages.distill_gaussians.distill_gaussians`): 4-view batches with a random azimuth offset,
    elevation 0–30°, fovy 15–60°, relative distance 0.8–1.0 (:class:`~.dreamgaussian_guidance.MultiViewSampler`);
    one t for the 4 views, annealed from 0.98 to U[0.02, 0.5] over the first 80 % of the steps; CFG 50 with the x0
-   reconstruction loss std-rescaled 0.5 (SDS, CSD and DreamTime as options); renders at 64² then 256². ImageDream:
+   reconstruction loss std-rescaled 0.5 (SDS, CSD and DreamTime as options); renders at 64² (two groups of 4 views
+   sharing the t) then 256² (one group). ImageDream:
    CFG 5, rescale 0.2, elevation 0–5°, fovy 45–50° (``imagedream-sd21-shading.yaml``) plus the input's colour and
    mask losses at the reference view. Then the shared mesh, UV, bake, UV refinement and export stages.
 
