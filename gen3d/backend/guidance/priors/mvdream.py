@@ -17,11 +17,10 @@ checkpoint) has only the tokens. The negative and null branches have zero CLIP t
 
 from __future__ import annotations
 
-import torch
-
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ...geometry.cameras import Cameras, opencv_to_opengl
 from ...models.mvdream_unet import MultiViewUNetModel
