@@ -41,6 +41,7 @@ NEGATIVE_3D = ("ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, 
 
 
 class MVDreamOptions(AssetOptions, GaussianDistillOptions):
+    main = ("stop_after", "candidates", "views_elevation", "iters", "texture_size")
     weights_path: str | None = Field(None, description="explicit folder of the multi-view model (else the registry)")
     stop_after: Literal["views"] | None = Field(None, description="'views' ends the job after the 4-view preview")
     # --- views
@@ -150,6 +151,9 @@ class MVDream(Pipeline):
     Options = MVDreamOptions
     weights = ("mvdream",)
     prior_kind = "mvdream"
+    #: from the stage timings of a ``fast`` run on smoke-test weights (this CPU)
+    stage_shares = {"preprocess": 0.01, "load": 0.1, "views": 0.02, "gaussians": 0.6, "mesh": 0.07,
+                    "uv_unwrap": 0.03, "bake": 0.08, "refine": 0.07, "export": 0.02}
 
     def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
         """Image methods: the input as straight RGBA ``[1,4,S,S]``; None here."""
@@ -219,6 +223,7 @@ class ImageDream(MVDream):
     Options = ImageDreamOptions
     weights = ("imagedream",)
     prior_kind = "imagedream"
+    needs_mask = True
 
     def _reference(self, request, opts, ctx, out):
         from ..geometry.image_prep import prepare_reference
