@@ -276,6 +276,13 @@ class JobManager:
                 q.put(("job", key, job))
                 return
             q.put(("state", key, "downloading"))
+            names = artifact_names(job)
+            if "views.png" in names and not any(n.endswith(".glb") for n in names):
+                # a views-only job (``--set stop_after=views``): show the views; there is no 3D result
+                q.put(("preview", key, client.download(job_id, "views.png", os.path.join(out_dir, "views.png"))))
+                q.put(("note", key, "stopped after the views (views.png); no 3D result"))
+                q.put(("state", key, "succeeded"))
+                return
             path, preview = download_result(client, job, out_dir, rec.kind if rec is not None else "generate")
             if preview:
                 q.put(("preview", key, preview))

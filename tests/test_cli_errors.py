@@ -3,7 +3,6 @@ on stderr and exit 2 (3 for missing weights), never a traceback, and a failed st
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess

@@ -35,7 +35,7 @@ def test_every_method_marks_a_few_main_options():
     from gen3d.backend.pipelines import names
 
     marked = {"lrm", "reconstruct", "texture", "dreamgaussian", "dreamgaussian-text", "magic123",
-              "instant3d"} & set(names())
+              "instant3d", "mvdream", "imagedream"} & set(names())
     assert {"lrm", "reconstruct", "texture"} <= marked
     for name in marked:
         props = describe(name)["options_schema"]["properties"]

@@ -30,6 +30,9 @@ QUICK = {
                   "target_faces=4000"],
     "syncdreamer": ["sample_steps=1", "samples=2", "fit_steps=20", "num_points=1000", "mesh_resolution=48",
                     "target_faces=2000", "refine_steps=2", "texture_resolution=64", "preview_size=64"],
+    **{m: ["iters=8", "iters_refine=1", "views_steps=1", "num_pts=300", "mesh_resolution=32", "texture_size=64",
+           "bake_size=48", "bake_azimuths=4", "refine_size=48", "preview_views=2", "preview_size=64"]
+       for m in ("mvdream", "imagedream")},
 }
 
 
@@ -45,7 +48,7 @@ def inputs(tmp_path_factory):
 
 
 def test_every_generative_method_is_covered():
-    assert {"dreamgaussian", "dreamgaussian-text", "lrm"} <= set(GENERATIVE)
+    assert {"dreamgaussian", "dreamgaussian-text", "lrm", "mvdream", "imagedream"} <= set(GENERATIVE)
 
 
 @pytest.mark.parametrize("method", GENERATIVE)

@@ -108,9 +108,17 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  tiny_factory=f"{_GUIDANCE_TINY}:write_stable_zero123", extra={"stable": True}),
     WeightsEntry("mvdream", "ashawkey/mvdream-sd2.1-diffusers",
                  "MVDream sd-v2.1-base-4view, diffusers port (UNet with the original LDM parameter names)",
-                 "CreativeML Open RAIL-M (hub tag openrail)", 5.2, ("mvdream", "dreamgaussian-mv"),
+                 "OpenRAIL (the hub tag; MVDream's weights are released under CreativeML Open RAIL-M, its code MIT). "
+                 "The port's repository ashawkey/mvdream_diffusers has no LICENSE file", 5.2,
+                 ("mvdream", "dreamgaussian-text"),
                  files=("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"),
-                 tiny_factory=f"{_GUIDANCE_TINY}:write_mvdream"),
+                 license_url=_hf("MVDream/MVDream"), tiny_factory=f"{_GUIDANCE_TINY}:write_mvdream"),
+    WeightsEntry("imagedream", "ashawkey/imagedream-ipmv-diffusers",
+                 "ImageDream sd-v2.1-base-4view-ipmv (pixel controller), diffusers port with the CLIP ViT-H/14 "
+                 "image encoder", "weights as published on Peng-Wang/ImageDream (no licence verified here); "
+                 "ImageDream code Apache-2.0; the port's repository has no LICENSE file", 6.6, ("imagedream",),
+                 files=("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"),
+                 license_url=_hf("Peng-Wang/ImageDream"), tiny_factory=f"{_GUIDANCE_TINY}:write_imagedream"),
     WeightsEntry("controlnet-canny-sd15", "lllyasviel/control_v11p_sd15_canny",
                  "ControlNet 1.1 canny for SD 1.5 (needs sd15)", "CreativeML Open RAIL-M", 1.45,
                  ("controlnet-dataset",), files=("config.json", "diffusion_pytorch_model.fp16.safetensors"),

@@ -229,8 +229,7 @@ def write_stable_zero123(out_dir: Path, entry=None) -> None:
     _write_zero123(out_dir, "clip_camera_projection")
 
 
-def write_mvdream(out_dir: Path, entry=None) -> None:
-    """MVDream diffusers port: ``unet/`` is the multi-view UNet with LDM parameter names; SD-2.1-style rest."""
+def _write_mvdream(out_dir: Path, image_prompt: bool) -> None:
     from diffusers import DDIMScheduler
 
     from ..models.mvdream_unet import MultiViewUNetModel
@@ -239,13 +238,35 @@ def write_mvdream(out_dir: Path, entry=None) -> None:
     write_tokenizer(out_dir / "tokenizer", pad_token="!")
     _text_encoder(_vocab_size(out_dir / "tokenizer")).save_pretrained(out_dir / "text_encoder")
     _vae().save_pretrained(out_dir / "vae")
+    ip = dict(ip_dim=4, ip_embedding_dim=WIDTH, ip_heads=2, ip_dim_head=8, ip_depth=1) if image_prompt else {}
     MultiViewUNetModel(image_size=LATENT, in_channels=4, out_channels=4, model_channels=32,
                        attention_resolutions=[1, 2], num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16,
-                       transformer_depth=1, context_dim=WIDTH, camera_dim=16).save_pretrained(out_dir / "unet")
+                       transformer_depth=1, context_dim=WIDTH, camera_dim=16, **ip).save_pretrained(out_dir / "unet")
     DDIMScheduler(**_SD_SCHEDULER).save_pretrained(out_dir / "scheduler")
+    image = [None, None], [None, None]
+    if image_prompt:  # CLIPVisionModel (no projection) and its processor, as the port's converter saves them
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+        CLIPVisionModel(CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(
+            out_dir / "image_encoder")
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+            out_dir / "feature_extractor")
+        image = ["transformers", "CLIPImageProcessor"], ["transformers", "CLIPVisionModel"]
     _write_json(out_dir / "model_index.json", {
         "_class_name": "MVDreamPipeline", "_diffusers_version": "0.42.1",
-        "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
+        "feature_extractor": image[0], "image_encoder": image[1], "requires_safety_checker": False,
         "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["mv_unet", "MultiViewUNetModel"],
         "vae": ["diffusers", "AutoencoderKL"]})
+
+
+def write_mvdream(out_dir: Path, entry=None) -> None:
+    """MVDream diffusers port: ``unet/`` is the multi-view UNet with LDM parameter names; SD-2.1-style rest."""
+    _write_mvdream(out_dir, image_prompt=False)
+
+
+def write_imagedream(out_dir: Path, entry=None) -> None:
+    """ImageDream diffusers port: MVDream's layout, the UNet with ``ip_dim`` (resampler, ``to_k_ip``/``to_v_ip``),
+    plus ``image_encoder/`` (CLIPVisionModel) and ``feature_extractor/`` (CLIPImageProcessor)."""
+    _write_mvdream(out_dir, image_prompt=True)

@@ -21,7 +21,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field
 
@@ -31,11 +30,12 @@ from . import register
 from .base import JobRequest, Pipeline, RunContext
 from .dreamgaussian_guidance import Guide, OrbitSampler, Term, load_prior
 from .stages.distill_gaussians import GaussianDistillOptions, ReferenceView, distill_gaussians
+from .stages.gaussians_to_asset import AssetOptions, gaussians_to_asset
 
 log = logging.getLogger(__name__)
 
 
-class _DreamGaussianOptions(GaussianDistillOptions):
+class _DreamGaussianOptions(AssetOptions, GaussianDistillOptions):
     """Options shared by both modes; the defaults are DreamGaussian's image config unless a subclass overrides."""
 
     radius: float = Field(2.0, gt=0.5, le=10, description="orbit radius of every camera")
@@ -48,26 +48,6 @@ class _DreamGaussianOptions(GaussianDistillOptions):
     t_range: tuple[float, float] = Field((0.02, 0.98), description="timestep bounds as fractions of T")
     distillation: Literal["sds", "csd"] = Field("sds", description="score distillation: SDS or Classifier Score")
     guidance_scale: float | None = Field(None, gt=0, description="CFG scale (default: the prior's, 5 / 100)")
-    # --- mesh, texture
-    mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes voxels along the longest side")
-    mesh_level: float = Field(1.0, gt=0, description="density iso level of the mesh")
-    target_faces: int = Field(100_000, ge=0, le=2_000_000, description="decimate to this many faces (0 = keep)")
-    texture_size: int = Field(1024, ge=64, le=4096, description="texture side in pixels")
-    bake_size: int = Field(512, ge=32, le=2048, description="render size of the bake views")
-    bake_elevations: tuple[float, ...] = Field((0.0, 45.0, -45.0), min_length=1, max_length=8, description=(
-        "elevations of the bake rings (each ring has bake_azimuths views; the top and bottom views are added)"))
-    bake_azimuths: int = Field(8, ge=1, le=64, description="views per bake ring, evenly spaced")
-    # --- stage 2: UV refinement
-    iters_refine: int = Field(50, ge=0, le=2000, description="stage-2 texture refinement steps (0 = skip)")
-    texture_lr: float = Field(0.2, gt=0, description="learning rate of the raw (pre-sigmoid) texture")
-    refine_size: int = Field(512, ge=32, le=2048, description="render size of stage-2 novel views")
-    refine_steps: int = Field(50, ge=1, le=1000, description="DDIM steps of the SDEdit trajectory")
-    refine_strength: tuple[float, float] = Field((0.8, 0.95), description=(
-        "DreamGaussian's SDEdit strength at the start and end of stage 2 (its convention: the share of the "
-        "trajectory skipped, so 0.8 re-runs 10 of 50 steps)"))
-    # --- output
-    preview_views: int = Field(8, ge=1, le=64, description="turntable views in preview.png")
-    preview_size: int = Field(256, ge=32, le=1024, description="turntable view size")
 
 
 class DreamGaussianImageOptions(_DreamGaussianOptions):
@@ -172,23 +152,8 @@ class _DreamGaussian(Pipeline):
     def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
         return None
 
-    @staticmethod
-    def _reference_view(reference: torch.Tensor | None, sampler: OrbitSampler, size: int):
-        """Stage 2's fixed view: the input image (``[1,4,S,S]``) resized to ``size`` at the reference camera."""
-        from .stages.prior_refine import ReferenceView
-
-        if reference is None:
-            return None
-        rgba = F.interpolate(reference, (size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        return ReferenceView(sampler.reference(size), rgba)
-
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
-        from ..geometry.placement import CanonicalView, record_placement
-        from .stages.bake_texture import bake_from_gaussians, orbit_bake_cameras
-        from .stages.export import export_results
-        from .stages.extract_mesh import MeshExtractConfig, extract_mesh
-        from .stages.prior_refine import PriorRefineConfig, refine_with_prior
-        from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
+        from ..geometry.placement import CanonicalView
 
         opts = self.Options(**request.options)
         gen = torch.Generator().manual_seed(request.seed)
@@ -203,28 +168,12 @@ class _DreamGaussian(Pipeline):
             target = None if reference is None else ReferenceView(reference, opts.lambda_rgb, opts.lambda_mask,
                                                                   opts.warmup_rgb_loss)
             gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, target)
-        with ctx.stage("mesh"):
-            ctx.progress("mesh", 0, 1)
-            tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
-                              MeshExtractConfig(resolution=opts.mesh_resolution, level=opts.mesh_level,
-                                                target_faces=opts.target_faces))
-            ctx.progress("mesh", 1, 1)
-        with ctx.stage("uv_unwrap"):
-            mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
-        with ctx.stage("bake"):
-            cams = orbit_bake_cameras(opts.radius, opts.fovy, opts.bake_size, opts.bake_elevations, opts.bake_azimuths)
-            mesh, bake_metrics = bake_from_gaussians(gaussians, mesh, cams, opts.texture_size, ctx)
-        with ctx.stage("refine"):
-            mesh, refine_metrics = refine_with_prior(
-                mesh, guide, sampler, PriorRefineConfig(opts.iters_refine, opts.refine_size, opts.refine_steps,
-                                                        opts.refine_strength, opts.texture_lr),
-                gen, ctx, self._reference_view(reference, sampler, opts.refine_size))
-        with ctx.stage("export"):
-            out.update(export_results(ctx.out_dir, mesh, gaussians, opts.preview_views, opts.preview_size))
-            out.update(record_placement(request, ctx, mesh.vertices,
-                                        CanonicalView(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy)))
-        ctx.cache.setdefault("_metrics", {}).update(metrics, **bake_metrics, **refine_metrics,
-                                                    faces=int(len(mesh.faces)), vertices=int(len(mesh.vertices)))
+        artifacts, asset_metrics = gaussians_to_asset(
+            gaussians, opts, guide, sampler, gen, ctx, request,
+            CanonicalView(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy),
+            reference)
+        out.update(artifacts)
+        ctx.cache.setdefault("_metrics", {}).update(metrics, **asset_metrics)
         return out
 
 

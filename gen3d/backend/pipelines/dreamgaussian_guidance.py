@@ -5,6 +5,8 @@
   within ±80, an integer azimuth in ``[-180, 180)``; with ``views = 4`` (MVDream) each sample is four cameras
   90° apart. Angles are ours (``gen3d/backend/geometry/cameras.py``: Z up, elevation positive above, azimuth 0 = front on
   -Y); DreamGaussian's elevation is the negative of ours.
+- :class:`MultiViewSampler` draws MVDream-threestudio's (``uncond_multiview``) instead: 4 views 90° apart from a
+  random azimuth offset sharing a random elevation, fovy and relative distance.
 - :class:`Guide` holds the active priors with their weights and distillations (Zero123 / Stable Zero123 for an
   image, SD 2.1 or MVDream for a prompt, both mixed when an image run also has a prompt and ``lambda_sd > 0``) and
   the timestep schedule, and turns renders into losses (stage 1) or SDEdit targets (stage 2).
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +57,45 @@ class OrbitSampler:
     def reference(self, size: int) -> Cameras:
         """The input view's camera: the input elevation, azimuth 0 (the object's front faces -Y)."""
         return orbit_cameras(self.elevation, 0.0, self.radius, self.fovy, size, size)
+
+
+@dataclass
+class MultiViewSampler:
+    """MVDream's random views: a group is ``views`` cameras evenly spaced in azimuth (the model's trained order) from
+    an offset ~ U[-180, 180), sharing an elevation ~ U[``elevation_range``], a fovy ~ U[``fovy_range``] and a
+    distance ``r / tan(fovy / 2)`` with ``r`` ~ U[``relative_radius``] (threestudio's relative radius: the half-width
+    seen at the origin). Renders of at most ``low_res`` pixels come in ``low_res_groups`` groups (MVDream: 2 groups
+    at 64², 1 at 256²). The reference view (image methods): elevation ``elevation``, azimuth 0, the middle fovy and
+    the largest relative radius."""
+
+    elevation_range: tuple[float, float] = (0.0, 30.0)
+    fovy_range: tuple[float, float] = (15.0, 60.0)
+    relative_radius: tuple[float, float] = (0.8, 1.0)
+    views: int = 4
+    elevation: float = 0.0
+    low_res: int = 64
+    low_res_groups: int = 2
+
+    def sample(self, size: int, generator: torch.Generator) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+        """``(cameras [G·views], elevations, azimuths)`` (degrees, ours) at ``size x size`` pixels, groups of
+        ``views`` consecutive."""
+        groups = self.low_res_groups if size <= self.low_res else 1
+        u = torch.rand(groups, 4, generator=generator)
+        lerp = lambda r, x: r[0] + x * (r[1] - r[0])  # noqa: E731
+        el, fovy, rel = lerp(self.elevation_range, u[:, 0]), lerp(self.fovy_range, u[:, 1]), lerp(
+            self.relative_radius, u[:, 2])
+        az = (360.0 * u[:, 3:] + 360.0 / self.views * torch.arange(self.views, dtype=torch.float32)) % 360.0 - 180.0
+        cams = [orbit_cameras(e, a, self._distance(float(r), float(f)), float(f), size, size)
+                for e, a, r, f in zip(el, az, rel, fovy)]
+        cams = Cameras(torch.cat([c.K for c in cams]), torch.cat([c.c2w for c in cams]), size, size)
+        return cams, el.repeat_interleave(self.views), az.reshape(-1)
+
+    def _distance(self, relative: float, fovy: float) -> float:
+        return relative / math.tan(math.radians(fovy) / 2)
+
+    def reference(self, size: int) -> Cameras:
+        fovy = sum(self.fovy_range) / 2
+        return orbit_cameras(self.elevation, 0.0, self._distance(self.relative_radius[1], fovy), fovy, size, size)
 
 
 @dataclass
@@ -129,9 +171,9 @@ def dreamgaussian_strength(progress: float, steps: int, start: float = 0.8, end:
 
 
 def load_prior(ctx, kind: str, name: str, path: str | None, guidance_scale: float | None):
-    """Load (or reuse from ``ctx.cache``) the prior registry entry ``name`` of ``kind`` (``zero123``, ``mvdream`` or
-    ``sd``) with CFG ``guidance_scale`` (None: the prior's default; 100 for MVDream as DreamGaussian). Returns
-    ``(prior, weights info for meta.json)``."""
+    """Load (or reuse from ``ctx.cache``) the prior registry entry ``name`` of ``kind`` (``zero123``, ``mvdream``,
+    ``imagedream`` or ``sd``) with CFG ``guidance_scale`` (None: the prior's default; 100 for MVDream as
+    DreamGaussian). Returns ``(prior, weights info for meta.json)``."""
     from .. import weights
 
     folder = weights.resolve(name, path)
@@ -141,6 +183,8 @@ def load_prior(ctx, kind: str, name: str, path: str | None, guidance_scale: floa
             from ..guidance.priors.zero123 import Zero123Prior as cls
         elif kind == "mvdream":
             from ..guidance.priors.mvdream import MVDreamPrior as cls
+        elif kind == "imagedream":
+            from ..guidance.priors.mvdream import ImageDreamPrior as cls
         else:
             from ..guidance.priors.sd import StableDiffusionPrior as cls
         extra = {"stable": weights.get_entry(name).extra.get("stable", False)} if kind == "zero123" else {}
