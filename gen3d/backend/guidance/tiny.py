@@ -261,28 +261,13 @@ def agp_unet(sample_size: int = 16, cross_attention_dim: int = WIDTH):
                    cross_attention_dim=cross_attention_dim, attention_head_dim=(2, 4), use_linear_projection=True)
 
 
-def write_agp_folder(out_dir: Path, unet, text_folder: Path | None = None) -> None:
-    """An AGP folder: ``unet/`` (``unet``), SD 2.1-base's DDIM ``scheduler/``, and ``tokenizer/``/``text_encoder/``
-    copied from the diffusers folder ``text_folder`` (None: tiny random ones), with its ``model_index.json``."""
-    import shutil
-
-    from diffusers import DDIMScheduler
-
-    unet.save_pretrained(out_dir / "unet")
-    DDIMScheduler(**_SD_SCHEDULER).save_pretrained(out_dir / "scheduler")
-    if text_folder is None:
-        write_tokenizer(out_dir / "tokenizer", pad_token="!")
-        _text_encoder(_vocab_size(out_dir / "tokenizer")).save_pretrained(out_dir / "text_encoder")
-    else:
-        for sub in ("tokenizer", "text_encoder"):
-            shutil.copytree(Path(text_folder) / sub, out_dir / sub, dirs_exist_ok=True)
-    _write_json(out_dir / "model_index.json", {
-        "_class_name": "SweetDreamerAGP", "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["gen3d", "AGPUNet"]})
-
-
 def write_agp(out_dir: Path, entry=None) -> None:
     """SweetDreamer's AGP (random weights): the CCM UNet at 16x16 with a camera embedding, SD 2.1's text side."""
+    from diffusers import DDIMScheduler
+
+    from ..models.agp import save_agp
+
     torch.manual_seed(0)
-    write_agp_folder(out_dir, agp_unet())
+    write_tokenizer(out_dir / "tokenizer", pad_token="!")
+    _text_encoder(_vocab_size(out_dir / "tokenizer")).save_pretrained(out_dir / "text_encoder")
+    save_agp(out_dir, agp_unet(), DDIMScheduler(**_SD_SCHEDULER))

@@ -15,6 +15,9 @@ parameter names are the official ones.
 from __future__ import annotations
 
 import functools
+import json
+import shutil
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -62,3 +65,20 @@ def agp_unet_from_sd(sd_unet: UNet2DConditionModel, sample_size: int = 64) -> tu
     copied = {k: v for k, v in sd_unet.state_dict().items() if k in own and own[k].shape == v.shape}
     unet.load_state_dict(copied, strict=False)
     return unet.to(sd_unet.dtype), sorted(k for k in own if k not in copied)
+
+
+def save_agp(out_dir: Path, unet: AGPUNet, scheduler, text_folder: Path | None = None) -> Path:
+    """Write an AGP folder (registry ``agp``): ``unet/``, ``scheduler/`` (a diffusers scheduler; SD 2.1-base's
+    DDIM), ``model_index.json`` and, from the diffusers folder ``text_folder``, ``tokenizer/`` and
+    ``text_encoder/`` (None: already in ``out_dir``)."""
+    out_dir = Path(out_dir)
+    unet.save_pretrained(out_dir / "unet")
+    scheduler.save_pretrained(out_dir / "scheduler")
+    if text_folder is not None:
+        for sub in ("tokenizer", "text_encoder"):
+            shutil.copytree(Path(text_folder) / sub, out_dir / sub, dirs_exist_ok=True)
+    index = {"_class_name": "SweetDreamerAGP", "_diffusers_version": "0.42.1",
+             "scheduler": ["diffusers", type(scheduler).__name__], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["gen3d", "AGPUNet"]}
+    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return out_dir
