@@ -64,7 +64,8 @@ def agp_unet_from_sd(sd_unet: UNet2DConditionModel, sample_size: int = 64) -> tu
     own = unet.state_dict()
     copied = {k: v for k, v in sd_unet.state_dict().items() if k in own and own[k].shape == v.shape}
     unet.load_state_dict(copied, strict=False)
-    return unet.to(sd_unet.dtype), sorted(k for k in own if k not in copied)
+    unet = unet if sd_unet.dtype == torch.float32 else unet.to(sd_unet.dtype)
+    return unet, sorted(k for k in own if k not in copied)
 
 
 def save_agp(out_dir: Path, unet: AGPUNet, scheduler, text_folder: Path | None = None) -> Path:

@@ -6,8 +6,9 @@ object: its CCM as the 4-channel AGP input (:func:`~backend.geometry.ccm.agp_inp
 ``resolution`` when the renders differ), its camera (:func:`~backend.geometry.ccm.agp_camera`) and its caption,
 from ``captions`` (a JSON object: object name -> caption; the name is the object's folder relative to the data
 folder, or its last part) or else the class prompt ``"a 3D model of a <class>"`` (the class is the first folder of
-the name, ``DIR/<class>/<id>``), replaced by the empty prompt with probability ``cfg_dropout`` so that
-classifier-free guidance works. Loss: epsilon MSE at a uniform timestep of SD 2.1-base's DDPM schedule.
+the name, ``DIR/<class>/<id>``) with the view suffix the method's prompts carry (``", front view"`` etc. from the
+camera, :func:`~backend.guidance.priors.text.view_prompt`, as the official CCM prompt processor at inference),
+replaced by the empty prompt with probability ``cfg_dropout`` so that classifier-free guidance works. Loss: epsilon MSE at a uniform timestep of SD 2.1-base's DDPM schedule.
 
 Initialisation: the UNet from SD 2.1-base (registry ``sd21-base`` or ``sd_weights_path``) where shapes allow
 (:func:`~backend.models.agp.agp_unet_from_sd`): every SD parameter is kept (SD's latents are 4-channel too, so
@@ -30,8 +31,10 @@ from pydantic import Field
 from torch import nn
 
 from ...errors import BadInput
+from ...geometry.cameras import orbit_angles
 from ...geometry.ccm import agp_camera, agp_input_from_png
 from ...geometry.transforms import read_rgba
+from ...guidance.priors.text import view_prompt
 from ..data import ObjectViews, item_generator
 from . import Recipe, TrainConfig
 
@@ -42,6 +45,8 @@ class AGPTrainConfig(TrainConfig):
     captions: str | None = Field(None, description="JSON file: object name -> caption (else the class prompt)")
     cfg_dropout: float = Field(0.1, ge=0, le=1, description="chance of the empty prompt (for CFG)")
     eval_views: int = Field(4, ge=1, le=16, description="views of object 0 in the evaluation image")
+    batch_size: int = Field(32, ge=2, le=4096, description=(
+        "samples per process and micro-step (at least 2: the camera embedding's BatchNorm needs a batch)"))
 
     presets = {
         # a CPU smoke run on the tiny SD (python -m gen3d weights tiny sd21-base)
@@ -111,8 +116,10 @@ class CCMViews(torch.utils.data.Dataset):
         view = int(torch.randint(len(self.ccm_paths[index]), (1,), generator=gen))
         drop = float(torch.rand((), generator=gen)) < self.cfg.cfg_dropout
         x0 = self.ccm(index, view)
-        return {"x0": x0, "camera": agp_camera(self.objects[index].views.cameras.c2w[view:view + 1])[0],
-                "input_ids": self.tokens("" if drop else self.captions[index]),
+        c2w = self.objects[index].views.cameras.c2w[view:view + 1]
+        elevation, azimuth = orbit_angles(c2w)[0, :2].tolist()
+        return {"x0": x0, "camera": agp_camera(c2w)[0],
+                "input_ids": self.tokens("" if drop else view_prompt(self.captions[index], elevation, azimuth)),
                 "t": torch.randint(self.T, (), generator=gen), "noise": torch.randn(x0.shape, generator=gen)}
 
 
@@ -194,7 +201,9 @@ class AGPRecipe(Recipe):
         dev = next(model.parameters()).device
         x0 = torch.stack([dataset.ccm(0, v) for v in range(n)]).to(dev)
         camera = agp_camera(dataset.objects[0].views.cameras.c2w[:n]).to(dev)
-        ids = torch.stack([dataset.tokens(dataset.captions[0])] * n).to(dev)
+        angles = orbit_angles(dataset.objects[0].views.cameras.c2w[:n])
+        ids = torch.stack([dataset.tokens(view_prompt(dataset.captions[0], float(e), float(a)))
+                           for e, a in angles[:, :2]]).to(dev)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(dev)
         t = torch.full((n,), 500, device=dev)
         x_t = model.noisy(x0, noise, t)
