@@ -103,7 +103,7 @@ def test_agp_recipe_loss_falls_and_the_export_loads(tmp_path, tiny_dir, spot_dir
     assert torch.isfinite(loss) and x.grad.abs().sum() > 0
 
 
-def test_captions_and_missing_ccm_pass(tmp_path):
+def test_captions_file_and_class_prompt(tmp_path):
     from gen3d.backend.errors import BadInput
     from gen3d.backend.training.recipes.agp import class_prompt, load_captions
 
