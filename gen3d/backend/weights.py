@@ -161,8 +161,8 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  "CreativeML Open RAIL++-M)", 3.5, ("sweetdreamer", "dreamgaussian-text"),
                  files=("model_index.json", "unet/*", "scheduler/*", "tokenizer/*", "text_encoder/*"),
                  tiny_factory=f"{_GUIDANCE_TINY}:write_agp",
-                 extra={"command": "python -m gen3d train agp --data RENDERS --out RUN (then move RUN/weights/agp "
-                                   "into $GEN3D_WEIGHTS_DIR)"}),
+                 extra={"command": "python -m gen3d train agp --data RENDERS --out RUN, then use "
+                                   "GEN3D_WEIGHTS_DIR=RUN/weights"}),
 ]}
 
 
