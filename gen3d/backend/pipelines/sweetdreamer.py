@@ -33,6 +33,7 @@ from .dreamgaussian_guidance import Guide
 
 
 class SweetDreamerOptions(DreamGaussianTextOptions):
+    main = ("iters", "guidance_scale", "agp_weight_early", "texture_size")
     prior: Literal["sd21-base"] = Field("sd21-base", description="appearance prior: Stable Diffusion 2.1-base")
     radius: float = Field(2.0, gt=0.5, le=10, description="orbit radius (inside the AGP's training distances)")
     min_ver: int = Field(-45, ge=-90, le=0, description="lowest elevation offset (DreamGaussian's sign: -45 = 45° up)")
