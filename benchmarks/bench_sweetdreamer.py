@@ -187,6 +187,7 @@ def speed(args) -> dict:
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
     out[f"recipe_step_s_batch{b}"] = times[-1]
+    print(f"recipe_step_s_batch{b:<16} {times[-1]:.4g}", flush=True)
     del model, opt, batch  # AdamW's moments: free them before the method's copy of the UNet is loaded
     unet.zero_grad(set_to_none=True)
 
