@@ -59,8 +59,8 @@ def test_mesh_ccm_equals_bpy_ccm(spot_ccm):
 
 def test_gaussian_ccm_matches_mesh_ccm(spot_ccm):
     """Small opaque Gaussians sampled on Spot's surface render the mesh's CCM: the splats' colour is their centre's
-    normalised coordinate, composited front to back, so inside the silhouette it approaches the surface's (up to 3DGS's 0.3 px² screen blur,
-    about one pixel of surface)."""
+    normalised coordinate, composited front to back, so inside the silhouette it approaches the surface's (up to
+    3DGS's 0.3 px² screen blur, about one pixel of surface)."""
     from gen3d.backend.representations.gaussians import Gaussians
     from gen3d.backend.pipelines.stages.ccm_render import gaussian_ccm
 

@@ -60,7 +60,7 @@ class AGPPrior(DiffusionPrior):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.float()
 
-    def condition(self, prompt: str, negative_prompt: str = "", cameras: Cameras | None = None,
+    def condition(self, prompt: str, negative_prompt: str, cameras: Cameras,
                   view_dependent: bool = True) -> Condition:
         """Branches ``cond``/``plain``/``negative``/``null``: ``encoder_hidden_states [B,77,D]`` and the camera
         ``class_labels [B,12]`` of ``cameras`` (B = len(cameras))."""

@@ -8,7 +8,8 @@ from ``captions`` (a JSON object: object name -> caption; the name is the object
 folder, or its last part) or else the class prompt ``"a 3D model of a <class>"`` (the class is the first folder of
 the name, ``DIR/<class>/<id>``) with the view suffix the method's prompts carry (``", front view"`` etc. from the
 camera, :func:`~backend.guidance.priors.text.view_prompt`, as the official CCM prompt processor at inference),
-replaced by the empty prompt with probability ``cfg_dropout`` so that classifier-free guidance works. Loss: epsilon MSE at a uniform timestep of SD 2.1-base's DDPM schedule.
+replaced by the empty prompt with probability ``cfg_dropout`` so that classifier-free guidance works.
+Loss: epsilon MSE at a uniform timestep of SD 2.1-base's DDPM schedule.
 
 Initialisation: the UNet from SD 2.1-base (registry ``sd21-base`` or ``sd_weights_path``) where shapes allow
 (:func:`~backend.models.agp.agp_unet_from_sd`): every SD parameter is kept (SD's latents are 4-channel too, so
