@@ -13,8 +13,8 @@
    set's own box (the AGP constrains shape only up to a per-axis scale and shift: the CCM is normalised per axis)
    and in world units (Spot's longest side is 1).
 2. **Speed** (``--skip-speed`` to skip; about 18 GB of memory): one optimiser step of the ``agp`` recipe and one
-   CCM-SDS step of the method at real size (SD 2.1's UNet shape at 64x64 with 4 channels and the camera embedding, random weights, batch 1
-   for the method and ``--batch`` for the recipe), on this CPU.
+   CCM-SDS step of the method at real size (SD 2.1's UNet shape at 64x64 with 4 channels and the camera
+   embedding, random weights, batch 1 for the method and ``--batch`` for the recipe), on this CPU.
 """
 
 from __future__ import annotations
