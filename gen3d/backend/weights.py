@@ -63,7 +63,8 @@ class WeightsEntry:
 
     @property
     def download_command(self) -> str:
-        return f"python -m gen3d weights download {self.name}"
+        """How to get it: ``weights download``, or ``extra["command"]`` for weights the user trains (no ``repo``)."""
+        return self.extra.get("command") or f"python -m gen3d weights download {self.name}"
 
 
 def _hf(repo: str) -> str:
@@ -163,6 +164,13 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  files=("syncdreamer-pretrain.ckpt",), license_url="https://github.com/liuyuan-pal/SyncDreamer",
                  tiny_factory="gen3d.backend.models.syncdreamer.tiny:write_tiny",
                  extra={"manual_url": "https://drive.google.com/file/d/1ypyD5WXxAnsWjnHgAfOAGolV0Zd9kpam/view"}),
+    WeightsEntry("agp", "", "SweetDreamer's aligned geometric prior (CCM UNet), trained by the user: the official "
+                 "checkpoint is unreleased", "ours (trained by the user; its SD 2.1-base initialisation is "
+                 "CreativeML Open RAIL++-M)", 3.5, ("sweetdreamer", "dreamgaussian-text"),
+                 files=("model_index.json", "unet/*", "scheduler/*", "tokenizer/*", "text_encoder/*"),
+                 tiny_factory=f"{_GUIDANCE_TINY}:write_agp",
+                 extra={"command": "python -m gen3d train agp --data RENDERS --out RUN, then use "
+                                   "GEN3D_WEIGHTS_DIR=RUN/weights"}),
 ]}
 
 
@@ -182,6 +190,8 @@ def weights_dir() -> Path | None:
 def _hf_cache_path(entry: WeightsEntry) -> Path | None:
     from huggingface_hub import snapshot_download
 
+    if not entry.repo:  # trained by the user: only in the weights folder
+        return None
     try:
         path = Path(snapshot_download(entry.repo, revision=entry.revision, local_files_only=True,
                                       allow_patterns=list(entry.files) or None))
@@ -210,8 +220,8 @@ def resolve(name: str, explicit: str | os.PathLike | None = None) -> Path:
     if path is None:
         entry = get_entry(name)
         where = f"{weights_dir() / name} or the Hugging Face cache" if weights_dir() else "the Hugging Face cache"
-        raise MissingWeights(f"weights {name!r} ({entry.repo}) are not in {where}; "
-                             f"fetch them with: {entry.download_command}",
+        raise MissingWeights(f"weights {name!r} ({entry.repo or 'trained by the user'}) are not in {where}; "
+                             f"{'fetch' if entry.repo else 'train'} them with: {entry.download_command}",
                              {"weights": name, "repo": entry.repo, "command": entry.download_command})
     return path
 
@@ -291,6 +301,8 @@ def download(name: str, accept_license: bool = False, dest: str | os.PathLike | 
         raise BadInput(f"{name} is not on the Hugging Face hub: download {entry.files[0]} from "
                        f"{entry.extra['manual_url']} and put it in {(weights_dir() or Path('WEIGHTS_DIR')) / name}/ "
                        f"(or pass its path as weights_path)", {"weights": name, "url": entry.extra["manual_url"]})
+    if not entry.repo:
+        raise BadInput(f"{name} is not published; train it with: {entry.download_command}", {"weights": name})
     if entry.restrictive and not accept_license:
         raise BadInput(f"{name} ({entry.repo}) is released under a restrictive licence: {entry.license}"
                        f"{' (' + entry.license_url + ')' if entry.license_url else ''}. Read it, then rerun with "

@@ -31,33 +31,15 @@ import numpy as np
 
 from ..files import write_json
 from ..geometry.cameras import Cameras
+from ..geometry.ccm import CCM_MARGIN, canonical_coordinates, ccm_frame
 from ..geometry.transforms import FILENAME, transforms_meta
 from .poses import RINGS, Pose, orbit_poses, ring_poses
 from .render import LoadedModel, SceneSettings, View, geometry_maps, save_normal, save_npy, save_png
 
 PASSES = ("rgba", "depth", "normal", "ccm")
 ORBITS = ("random", *RINGS)
-#: SweetDreamer scales the isosurface's box by this before normalising, so the surface stays inside [-1, 1]
-CCM_MARGIN = 1.1
 #: Zero123's 35 mm lens on a 32 mm sensor
 DEFAULT_FOV = math.degrees(2 * math.atan(16.0 / 35.0))
-
-
-def ccm_frame(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(centre [3], half_extent [3])`` of SweetDreamer's CCM normalisation for a world box ``lo``/``hi``: the box
-    scaled by :data:`CCM_MARGIN`, per axis (a flat axis keeps a half extent of at least 1e-4)."""
-    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-    return (lo + hi) / 2, np.maximum(CCM_MARGIN * (hi - lo) / 2, 1e-4)
-
-
-def canonical_coordinates(points: np.ndarray, centre: np.ndarray, half_extent: np.ndarray) -> np.ndarray:
-    """World points ``[...,3]`` -> SweetDreamer's canonical coordinates ``[...,3]`` in [-1/1.1, 1/1.1].
-
-    SweetDreamer computes ``c = (p - centre) / half_extent`` in threestudio's frame and stores ``(c_y, -c_x, c_z)``;
-    threestudio's frame (front camera on +X) is Blender's turned by 90° about Z (``x_ts = -y``, ``y_ts = x``), so in
-    our world that permutation is the identity: the CCM is ``(p - centre) / half_extent`` in Blender's x, y, z.
-    """
-    return (np.asarray(points, np.float64) - centre) / half_extent
 
 
 def ccm_image(position: np.ndarray, centre: np.ndarray, half_extent: np.ndarray) -> np.ndarray:

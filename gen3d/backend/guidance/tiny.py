@@ -270,3 +270,25 @@ def write_imagedream(out_dir: Path, entry=None) -> None:
     """ImageDream diffusers port: MVDream's layout, the UNet with ``ip_dim`` (resampler, ``to_k_ip``/``to_v_ip``),
     plus ``image_encoder/`` (CLIPVisionModel) and ``feature_extractor/`` (CLIPImageProcessor)."""
     _write_mvdream(out_dir, image_prompt=True)
+
+
+def agp_unet(sample_size: int = 16, cross_attention_dim: int = WIDTH):
+    """A tiny :class:`~backend.models.agp.AGPUNet` in SD 2.1's layout (linear projections, per-block heads)."""
+    from ..models.agp import AGPUNet
+
+    return AGPUNet(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+                   block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=32,
+                   cross_attention_dim=cross_attention_dim, attention_head_dim=(2, 4), use_linear_projection=True)
+
+
+def write_agp(out_dir: Path, entry=None) -> None:
+    """SweetDreamer's AGP (random weights): the CCM UNet at 16x16 with a camera embedding, SD 2.1's text side."""
+    from diffusers import DDIMScheduler
+
+    from ..models.agp import save_agp
+
+    torch.manual_seed(0)
+    write_tokenizer(out_dir / "tokenizer", pad_token="!")
+    _text_encoder(_vocab_size(out_dir / "tokenizer")).save_pretrained(out_dir / "text_encoder")
+    save_agp(out_dir, agp_unet(), DDIMScheduler(**_SD_SCHEDULER))

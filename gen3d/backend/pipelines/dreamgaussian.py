@@ -93,6 +93,10 @@ class DreamGaussianTextOptions(_DreamGaussianOptions):
     densification_interval: int = Field(50, ge=1, description="densify and prune every this many steps")
     view_dependent_prompt: bool = Field(False, description=(
         "append ', front/side/back view' to the prompt (DreamGaussian computes but never uses it)"))
+    agp_weight: float = Field(0.0, ge=0, description=(
+        "weight of SweetDreamer's CCM-SDS from the aligned geometric prior (registry agp; 0 = off)"))
+    agp_weights_path: str | None = Field(None, description="explicit folder of the AGP (else the registry)")
+    agp_guidance_scale: float | None = Field(None, gt=0, description="AGP CFG (default 21: the official 20)")
 
     main = ('prior', 'iters', 'guidance_scale', 'texture_size')
     presets = {name: {k: v for k, v in values.items() if k != "ref_size"}
@@ -152,6 +156,22 @@ class _DreamGaussian(Pipeline):
     def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
         return None
 
+    def _guide(self, opts, request: JobRequest, ctx: RunContext, gen: torch.Generator, reference) -> Guide:
+        return build_guide(opts, request, ctx, gen, reference)
+
+    def _extra_loss(self, opts, request: JobRequest, ctx: RunContext, gen: torch.Generator, guide: Guide,
+                    sampler: OrbitSampler):
+        """Stage 1's extra term: SweetDreamer's CCM-SDS at ``agp_weight`` when set (text mode), else None."""
+        weight = getattr(opts, "agp_weight", 0.0)
+        if not weight:
+            return None
+        from .stages.ccm_guidance import CCMGuidance, load_agp
+
+        agp, info = load_agp(ctx, opts.agp_weights_path, opts.agp_guidance_scale)
+        ctx.cache["_meta_extra"]["weights"].append(info)
+        return CCMGuidance(agp, request.prompt or "", request.negative_prompt or "", sampler, guide.schedule, gen,
+                           weight=lambda progress: weight, init_radius=opts.init_radius)
+
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView
 
@@ -161,13 +181,14 @@ class _DreamGaussian(Pipeline):
         with ctx.stage("preprocess"):
             reference = self._reference(request, opts, ctx, out)
         with ctx.stage("load"):
-            guide = build_guide(opts, request, ctx, gen, reference)
-        sampler = OrbitSampler(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy, opts.min_ver, opts.max_ver,
-                               views=guide.terms[0].prior.num_frames)
+            guide = self._guide(opts, request, ctx, gen, reference)
+            sampler = OrbitSampler(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy, opts.min_ver,
+                                   opts.max_ver, views=guide.terms[0].prior.num_frames)
+            extra_loss = self._extra_loss(opts, request, ctx, gen, guide, sampler)
         with ctx.stage("gaussians"):
             target = None if reference is None else ReferenceView(reference, opts.lambda_rgb, opts.lambda_mask,
                                                                   opts.warmup_rgb_loss)
-            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, target)
+            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, target, extra_loss)
         artifacts, asset_metrics = gaussians_to_asset(
             gaussians, opts, guide, sampler, gen, ctx, request,
             CanonicalView(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy),

@@ -35,6 +35,7 @@ RECIPES = {
     "instant3d-recon": "gen3d.backend.training.recipes.instant3d_recon:Instant3DReconRecipe",
     "instant3d-grid": "gen3d.backend.training.recipes.instant3d_grid:Instant3DGridRecipe",
     "dmv3d": "gen3d.backend.training.recipes.dmv3d:DMV3DRecipe",
+    "agp": "gen3d.backend.training.recipes.agp:AGPRecipe",
 }
 
 

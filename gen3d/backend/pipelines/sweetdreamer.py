@@ -1,0 +1,87 @@
+"""Method ``sweetdreamer`` (a prompt): text-to-3D with SweetDreamer's aligned geometric prior against Janus faces.
+
+SweetDreamer (ICLR 2024; ``wyysf-98/SweetDreamer``, ``configs/sweetdreamer-stage{1,2}.yaml``) adds to an appearance
+SDS a CCM-SDS from the AGP, a diffusion model of canonical coordinate maps (registry ``agp``, trained with
+``python -m gen3d train agp``; the official checkpoint is unreleased). Here it runs on the shared Gaussian stage-1
+(:mod:`.stages.distill_gaussians`, DreamGaussian's representation, not the official NeRF) and DreamGaussian's
+mesh/UV/bake/refine/export stages, with the official schedule:
+
+- stage 1: CCM-SDS alone at weight 20 for the first quarter of the steps (official 1500 of 6000), then appearance
+  SDS (SD 2.1-base; the official uses DeepFloyd IF at CFG 20, not available here) plus CCM-SDS at weight 1; the
+  maximum timestep of both falls linearly 0.98 -> 0.5 by 5001/6000 of the steps; the CCM box follows the shape
+  (:mod:`.stages.ccm_guidance`);
+- stage 2: SD 2.1-base at CFG 100 (the official stage-2 prior and scale) refines the texture in UV space
+  (DreamGaussian's stage 2). The official stage 2 also refines the geometry with CCM-SDS at 0.5; our stage 2 holds
+  the mesh fixed, so that term has nothing to act on and is not applied.
+
+Cameras: elevations -10..45° as the official random cameras, at the radius and field of view of the AGP's
+training renders (``dataset multiview`` default: distance 1.5–2.2, 49.1°), so the camera condition stays in the
+distribution it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+
+from . import register
+from .dreamgaussian import DreamGaussianText, DreamGaussianTextOptions
+from .dreamgaussian_guidance import Guide
+
+
+class SweetDreamerOptions(DreamGaussianTextOptions):
+    main = ("iters", "guidance_scale", "agp_weight_early", "texture_size")
+    prior: Literal["sd21-base"] = Field("sd21-base", description="appearance prior: Stable Diffusion 2.1-base")
+    radius: float = Field(2.0, gt=0.5, le=10, description="orbit radius (inside the AGP's training distances)")
+    min_ver: int = Field(-45, ge=-90, le=0, description="lowest elevation offset (DreamGaussian's sign: -45 = 45° up)")
+    max_ver: int = Field(10, ge=0, le=90, description="highest elevation offset (10 = 10° below)")
+    timestep_schedule: Literal["uniform"] = Field("uniform", description="t ~ U[t_min, t_max(progress)]")
+    t_max_end: float = Field(0.5, gt=0, le=1, description="maximum timestep fraction at the end of its anneal")
+    t_anneal_end: float = Field(5001 / 6000, gt=0, le=1, description="share of the steps over which t_max falls")
+    appearance_start: float = Field(0.25, ge=0, lt=1, description="share of the steps with CCM-SDS alone")
+    agp_weight_early: float = Field(20.0, ge=0, description="CCM-SDS weight while it acts alone")
+    agp_weight: float = Field(1.0, ge=0, description="CCM-SDS weight once the appearance SDS has started")
+    box_every: int = Field(20, ge=1, description="re-estimate the CCM box every this many steps")
+
+
+@dataclass
+class RampedGuide(Guide):
+    """A :class:`Guide` whose losses start at ``progress >= start`` (its SDEdit targets are unchanged)."""
+
+    start: float = 0.0
+
+    def losses(self, images, cams, el, az, progress):
+        if progress < self.start:
+            return images.new_zeros(()), {}
+        return super().losses(images, cams, el, az, progress)
+
+
+@register
+class SweetDreamer(DreamGaussianText):
+    name = "sweetdreamer"
+    title = "SweetDreamer (text to 3D)"
+    description = ("Text-to-3D with aligned geometric priors (ICLR 2024): SD 2.1 score distillation plus CCM-SDS "
+                   "from a camera-conditioned diffusion model of canonical coordinate maps (train it with "
+                   "python -m gen3d train agp), on Gaussians, then mesh, UV texture and refinement.")
+    Options = SweetDreamerOptions
+    weights = ("sd21-base", "agp")
+
+    def _guide(self, opts, request, ctx, gen, reference) -> Guide:
+        from ..guidance.schedules import Uniform
+
+        guide = super()._guide(opts, request, ctx, gen, reference)
+        schedule = Uniform(opts.t_range[0], opts.t_range[1], t_max_end=opts.t_max_end, anneal_end=opts.t_anneal_end,
+                           num_train_timesteps=guide.terms[0].prior.num_train_timesteps)
+        return RampedGuide(guide.terms, schedule, gen, start=opts.appearance_start)
+
+    def _extra_loss(self, opts, request, ctx, gen, guide, sampler):
+        from .stages.ccm_guidance import CCMGuidance, load_agp
+
+        agp, info = load_agp(ctx, opts.agp_weights_path, opts.agp_guidance_scale)
+        ctx.cache["_meta_extra"]["weights"].append(info)
+        start, early, late = opts.appearance_start, opts.agp_weight_early, opts.agp_weight
+        return CCMGuidance(agp, request.prompt or "", request.negative_prompt or "", sampler, guide.schedule, gen,
+                           weight=lambda progress: early if progress < start else late,
+                           init_radius=opts.init_radius, box_every=opts.box_every)
