@@ -158,3 +158,15 @@ def test_magic123_zero123(tmp_path, monkeypatch):
     score = _run(tmp_path, monkeypatch, OracleZero123(size=32, radius=2.0, fovy=FOVY), "magic123", HELD_OUT,
                  options, files={"image": str(image)})
     assert score["iou"] > 0.8 and score["colour"] < 0.3
+
+
+def test_mvdream_method(tmp_path, monkeypatch):
+    """``mvdream``'s own sampler (4 views 90° apart from a random offset, x0 loss) and its 4-view sampling stage,
+    with the field of view and distance fixed to the oracle's so that both render the object at one scale."""
+    radius = 2.5
+    relative = radius * float(np.tan(np.radians(FOVY) / 2))
+    options = {**DG_SMALL, "views_steps": 4, "fovy_range": [FOVY, FOVY], "relative_radius": [relative, relative],
+               "radius": radius, "fovy": FOVY}
+    score = _run(tmp_path, monkeypatch, OracleMVDream(size=32, radius=radius, fovy=FOVY), "mvdream", HELD_OUT,
+                 options, prompt="an oracle")
+    assert score["iou"] > 0.75 and score["colour"] < 0.12

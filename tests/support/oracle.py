@@ -167,6 +167,10 @@ class OraclePrior(DiffusionPrior):
     def image_size(self) -> int:
         return self.size
 
+    #: pixel space: no VAE, RGB "latents" at full size
+    vae_scale = 1
+    latent_channels = 3
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.resize(images).float() * 2 - 1
 

@@ -45,7 +45,7 @@ def sample_views(prior, prompt: str, negative_prompt: str = "", elevation: float
     sched = DDIMScheduler.from_config(prior.scheduler.config)
     sched.set_timesteps(steps, device=prior.device)
     side = prior.image_size // prior.vae_scale
-    latents = torch.randn(candidates * f, 4, side, side, generator=generator).to(prior.device)
+    latents = torch.randn(candidates * f, prior.latent_channels, side, side, generator=generator).to(prior.device)
     latents = latents * sched.init_noise_sigma
     for i, t in enumerate(sched.timesteps):
         eps = prior.predict_cfg(latents, t.reshape(1).expand(len(latents)), cond, guidance_scale)

@@ -103,6 +103,11 @@ class DiffusionPrior:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def latent_channels(self) -> int:
+        """Channels of the space the UNet denoises (the VAE's latents: 4)."""
+        return int(self.vae.config.latent_channels)
+
+    @property
     def image_size(self) -> int:
         """Pixel size the model works at (SD 2.1-base 512, Zero123 and MVDream 256; tiny models 64)."""
         cfg_ = self.unet.config
