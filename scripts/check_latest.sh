@@ -11,10 +11,13 @@ trap 'rm -rf "$dir"' EXIT
 py="$dir/venv/bin/python"
 # shellcheck disable=SC2086
 $py -m pip install -q $TORCH || { echo "check-latest: could not install $TORCH"; exit 1; }
-$py -m pip install -q --upgrade --upgrade-strategy eager -e ".[blender,dev]" \
+# torch stays the build GEN3D_TORCH chose (an eager upgrade would swap a CPU wheel for a multi-GB CUDA one)
+echo "torch==$($py -c 'import torch; print(torch.__version__)')" > "$dir/torch.txt"
+$py -m pip install -q --upgrade --upgrade-strategy eager -c "$dir/torch.txt" -e ".[blender,dev]" \
   || { echo "check-latest: the newest allowed releases do not install together"; exit 1; }
 echo "check-latest: versions that differ from requirements.lock:"
-$py -m pip freeze --exclude-editable | sort -f | comm -13 <(grep -v '^#' requirements.lock | sort -f) - | sed 's/^/  /'
+LC_ALL=C comm -13 <(grep -v '^#' requirements.lock | LC_ALL=C sort) \
+  <($py -m pip freeze --exclude-editable | grep -viE '^(gen3d|torch)( @|==)' | LC_ALL=C sort) | sed 's/^/  /'
 # the fast part: every test that imports diffusers/transformers/peft or our rasterizers, no bpy, no long runs
 $py -m pytest -q -p no:cacheprovider tests/test_import_hygiene.py tests/test_guidance_priors.py \
   tests/test_guidance_checkpoints.py tests/test_guidance_distillation.py tests/test_lrm_parity.py tests/test_weights.py \
