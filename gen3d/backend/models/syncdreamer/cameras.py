@@ -17,6 +17,7 @@ import math
 import torch
 
 from ...geometry.cameras import Cameras, orbit_cameras
+from ...geometry.placement import fov_from_focal
 
 NUM_VIEWS = 16
 ELEVATION_DEG = 30.0
@@ -34,7 +35,7 @@ def azimuths_deg(num_views: int = NUM_VIEWS) -> torch.Tensor:
 
 
 def fov_deg(size: int = IMAGE_SIZE, focal: float = FOCAL) -> float:
-    return math.degrees(2 * math.atan(0.5 * size / focal))
+    return fov_from_focal(focal / size)
 
 
 def target_cameras(size: int = IMAGE_SIZE, num_views: int = NUM_VIEWS) -> Cameras:

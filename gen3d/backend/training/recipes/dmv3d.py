@@ -16,7 +16,6 @@ cosine decay, gradient clip 0.5, MSE + 0.5 LPIPS, 4 denoised views at 256 px. DM
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from ...geometry.placement import fov_from_focal
 from ...models.dmv3d import CONFIGS, DMV3D, DMV3DConfig, Schedule, fresh_dmv3d, plucker_rays, render_views
 from ...models.dmv3d.sampler import sample_triplane, to_model
 from ..data import item_generator
@@ -127,7 +127,7 @@ def input_fov_deg(dataset: LRMViews) -> float:
     """Vertical field of view of the data's cameras (object 0, view 0), written into the exported config as the
     sampling cameras' field of view."""
     cams = dataset.objects[0].views.cameras
-    return math.degrees(2 * math.atan(0.5 * cams.height / float(cams.K[0, 1, 1])))
+    return fov_from_focal(float(cams.K[0, 1, 1]) / cams.height)
 
 
 class DMV3DRecipe(Recipe):
