@@ -19,13 +19,10 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from pydantic import Field
 
 from ..errors import BadInput
-from ..files import atomic_path
 from . import register
 from .base import JobRequest, Pipeline, RunContext
 from .dreamgaussian_guidance import Guide, OrbitSampler, Term, load_prior
@@ -102,12 +99,6 @@ class DreamGaussianTextOptions(_DreamGaussianOptions):
     presets = {name: {k: v for k, v in values.items() if k != "ref_size"}
                for name, values in DreamGaussianImageOptions.presets.items()}
     presets["fast"].update(position_lr_max_steps=30, density_start_iter=0, densification_interval=5)
-
-
-def _save_png(path: Path, image: np.ndarray) -> Path:
-    with atomic_path(path) as tmp:
-        Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
-    return path
 
 
 def build_guide(opts: _DreamGaussianOptions, request: JobRequest, ctx: RunContext, generator: torch.Generator,
@@ -214,12 +205,12 @@ class DreamGaussianImage(_DreamGaussian):
     weights = ("zero123-xl",)
 
     def _reference(self, request, opts, ctx, out):
-        from ..geometry.image_prep import prepare_reference
+        from .stages.views import reference_input
 
-        rgba = prepare_reference(request.files["image"], opts.ref_size, opts.border_ratio, opts.recenter,
-                                 opts.rembg_model)
-        out["input.png"] = _save_png(ctx.out_dir / "input.png", rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:])
-        return torch.from_numpy(rgba).permute(2, 0, 1)[None].contiguous()
+        rgba, written = reference_input(request.files["image"], opts.ref_size, opts.border_ratio, opts.recenter,
+                                        opts.rembg_model, ctx.out_dir)
+        out.update(written)
+        return rgba
 
 
 @register

@@ -176,23 +176,21 @@ class Magic123(Pipeline):
     weights = ("zero123-105000", "sd15", "depth-anything-v2-small")
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
-        from ..geometry.image_prep import prepare_reference
         from ..geometry.placement import CanonicalView, record_placement
         from ..representations.dmtet import ColorVolume
         from .stages.dmtet_geometry import dmtet_from_mesh, refine_dmtet, textured_surface
-        from .stages.export import export_results, write_png
+        from .stages.export import export_results
         from .stages.extract_mesh import MeshExtractConfig, extract_mesh
         from .stages.textual_inversion import PROMPT, TextualInversionConfig, learn_token
+        from .stages.views import reference_input
 
         opts = self.Options(**request.options)
         gen = torch.Generator().manual_seed(request.seed)
         out: dict[str, Path] = {}
         with ctx.stage("preprocess"):
-            image = prepare_reference(request.files["image"], max(opts.ref_size, opts.fine_render_size),
-                                      opts.border_ratio, opts.recenter, opts.rembg_model)
-            on_white = image[..., :3] * image[..., 3:] + 1 - image[..., 3:]
-            out["input.png"] = write_png(ctx.out_dir / "input.png", (on_white * 255 + 0.5).astype(np.uint8))
-            rgba = torch.from_numpy(image).permute(2, 0, 1)[None].contiguous()
+            rgba, written = reference_input(request.files["image"], max(opts.ref_size, opts.fine_render_size),
+                                            opts.border_ratio, opts.recenter, opts.rembg_model, ctx.out_dir)
+            out.update(written)
             depth, depth_info = None, []
             if opts.lambda_depth > 0:
                 model, depth_info = _load_depth(ctx, opts.depth_weights_path)

@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -226,14 +225,12 @@ class ImageDream(MVDream):
     needs_mask = True
 
     def _reference(self, request, opts, ctx, out):
-        from ..geometry.image_prep import prepare_reference
-        from .stages.export import write_png
+        from .stages.views import reference_input
 
-        rgba = prepare_reference(request.files["image"], opts.ref_size, opts.border_ratio, opts.recenter,
-                                 opts.rembg_model)
-        on_white = rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]
-        out["input.png"] = write_png(ctx.out_dir / "input.png", (on_white * 255 + 0.5).astype(np.uint8))
-        return torch.from_numpy(rgba).permute(2, 0, 1)[None].contiguous()
+        rgba, written = reference_input(request.files["image"], opts.ref_size, opts.border_ratio, opts.recenter,
+                                        opts.rembg_model, ctx.out_dir)
+        out.update(written)
+        return rgba
 
     def _condition_prior(self, prior, reference, opts, request):
         prior.ip_mode = opts.ip_mode

@@ -1,5 +1,5 @@
-"""Posed training views shared by the optimisation stages: a resized copy of a set, and a shuffled cycle
-through it."""
+"""Views shared by the stages: an image method's reference input, a resized copy of a set of posed views, and a
+shuffled cycle through them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ import torch
 import torch.nn.functional as F
 
 from ...geometry.cameras import Cameras
+
+
+def reference_input(path, size: int, border_ratio: float, recenter: bool, rembg_model: str, out_dir) -> tuple:
+    """An image method's input, prepared by :func:`~gen3d.backend.geometry.image_prep.prepare_reference` (mask,
+    recentre, ``size x size``), written as ``input.png`` on white into ``out_dir``. Returns ``(straight RGBA
+    [1,4,S,S] float in [0,1], {"input.png": path})``."""
+    import numpy as np
+
+    from ...geometry.image_prep import prepare_reference
+    from .export import write_png
+
+    rgba = prepare_reference(path, size, border_ratio, recenter, rembg_model)
+    on_white = rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]
+    written = write_png(out_dir / "input.png", (np.clip(on_white, 0, 1) * 255 + 0.5).astype(np.uint8))
+    return torch.from_numpy(rgba).permute(2, 0, 1)[None].contiguous(), {"input.png": written}
 
 
 def resized_views(cameras: Cameras, images: torch.Tensor, fraction: float) -> tuple[Cameras, torch.Tensor]:
