@@ -93,6 +93,12 @@ def scan_objects(root: str | Path, min_views: int) -> list[ObjectViews]:
     return objects
 
 
+def caption_ids(tokenizer, caption: str) -> torch.Tensor:
+    """CLIP token ids ``[max_length]`` of ``caption``, padded and truncated to the tokenizer's length."""
+    return tokenizer(caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids[0]
+
+
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """The generator of one item's random choices, a function of ``(seed, epoch, index)`` only."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index & (2 ** 63 - 1))

@@ -36,7 +36,7 @@ from ...geometry.cameras import orbit_angles
 from ...geometry.ccm import agp_camera, agp_input_from_png
 from ...geometry.transforms import read_rgba
 from ...guidance.priors.text import view_prompt
-from ..data import ObjectViews, item_generator
+from ..data import ObjectViews, caption_ids, item_generator
 from . import Recipe, TrainConfig
 
 
@@ -108,8 +108,7 @@ class CCMViews(torch.utils.data.Dataset):
         return x[0]
 
     def tokens(self, caption: str) -> torch.Tensor:
-        return self.tokenizer(caption, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids[0]
+        return caption_ids(self.tokenizer, caption)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key

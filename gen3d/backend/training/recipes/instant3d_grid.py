@@ -27,7 +27,7 @@ from torch import nn
 
 from ...errors import BadInput
 from ...geometry.transforms import read_rgba
-from ..data import ObjectViews, item_generator
+from ..data import ObjectViews, caption_ids, item_generator
 from . import Recipe, TrainConfig
 
 #: fixed timesteps of the evaluation loss
@@ -86,8 +86,7 @@ class GridViews(torch.utils.data.Dataset):
         return grid.clamp(0, 1) * 2 - 1
 
     def tokens(self, caption: str) -> torch.Tensor:
-        return self.tokenizer(caption, padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids[0]
+        return caption_ids(self.tokenizer, caption)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, index = key
