@@ -25,8 +25,10 @@ def test_every_entry_is_complete():
         assert e.revision and e.license and e.size_gb > 0 and e.methods, e.name
         if e.repo:
             assert "/" in e.repo and e.download_command == f"python -m gen3d weights download {e.name}", e.name
-        else:  # trained by the user (agp): its command trains it
-            assert e.download_command.startswith(f"python -m gen3d train {e.name} "), e.name
+        else:  # trained (agp) or converted (imagedream-local) by the user: its command does it
+            verb = e.extra.get("verb", "train")
+            assert e.download_command.startswith(f"python -m gen3d {'weights ' * (verb == 'convert')}{verb} "
+                                                 f"{e.name} "), e.name
         if e.tiny_factory:
             assert callable(weights.load_factory(e)), e.name
     assert weights.get_entry("stable-zero123").restrictive and weights.get_entry("openlrm-base").restrictive

@@ -116,10 +116,18 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  license_url=_hf("MVDream/MVDream"), tiny_factory=f"{_GUIDANCE_TINY}:write_mvdream"),
     WeightsEntry("imagedream", "ashawkey/imagedream-ipmv-diffusers",
                  "ImageDream sd-v2.1-base-4view-ipmv (pixel controller), diffusers port with the CLIP ViT-H/14 "
-                 "image encoder", "weights as published on Peng-Wang/ImageDream (no licence verified here); "
-                 "ImageDream code Apache-2.0; the port's repository has no LICENSE file", 6.6, ("imagedream",),
+                 "image encoder", "OpenRAIL (the hub tag of ashawkey/imagedream-ipmv-diffusers; the original "
+                 "card Peng-Wang/ImageDream was not read here). ImageDream code Apache-2.0; the port's repository "
+                 "ashawkey/mvdream_diffusers has no LICENSE file", 6.6, ("imagedream",),
                  files=("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"),
                  license_url=_hf("Peng-Wang/ImageDream"), tiny_factory=f"{_GUIDANCE_TINY}:write_imagedream"),
+    WeightsEntry("imagedream-local", "",
+                 "ImageDream sd-v2.1-base-4view-ipmv-local (image tokens only, --set ip_mode=local): the original "
+                 "checkpoint's UNet converted onto the imagedream folder", "as imagedream", 6.6, ("imagedream",),
+                 license_url=_hf("Peng-Wang/ImageDream"),
+                 extra={"verb": "convert", "origin": "converted from Peng-Wang/ImageDream",
+                        "command": "python -m gen3d weights convert imagedream-local "
+                                   "sd-v2.1-base-4view-ipmv-local.pt (from huggingface.co/Peng-Wang/ImageDream)"}),
     WeightsEntry("controlnet-canny-sd15", "lllyasviel/control_v11p_sd15_canny",
                  "ControlNet 1.1 canny for SD 1.5 (needs sd15)", "CreativeML Open RAIL-M", 1.45,
                  ("controlnet-dataset",), files=("config.json", "diffusion_pytorch_model.fp16.safetensors"),
@@ -220,8 +228,10 @@ def resolve(name: str, explicit: str | os.PathLike | None = None) -> Path:
     if path is None:
         entry = get_entry(name)
         where = f"{weights_dir() / name} or the Hugging Face cache" if weights_dir() else "the Hugging Face cache"
-        raise MissingWeights(f"weights {name!r} ({entry.repo or 'trained by the user'}) are not in {where}; "
-                             f"{'fetch' if entry.repo else 'train'} them with: {entry.download_command}",
+        origin = entry.repo or entry.extra.get("origin", "trained by the user")
+        verb = entry.extra.get("verb", "fetch" if entry.repo else "train")
+        raise MissingWeights(f"weights {name!r} ({origin}) are not in {where}; {verb} them with: "
+                             f"{entry.download_command}",
                              {"weights": name, "repo": entry.repo, "command": entry.download_command})
     return path
 
@@ -302,7 +312,8 @@ def download(name: str, accept_license: bool = False, dest: str | os.PathLike | 
                        f"{entry.extra['manual_url']} and put it in {(weights_dir() or Path('WEIGHTS_DIR')) / name}/ "
                        f"(or pass its path as weights_path)", {"weights": name, "url": entry.extra["manual_url"]})
     if not entry.repo:
-        raise BadInput(f"{name} is not published; train it with: {entry.download_command}", {"weights": name})
+        raise BadInput(f"{name} is not published as a folder; {entry.extra.get('verb', 'train')} it with: "
+                       f"{entry.download_command}", {"weights": name})
     if entry.restrictive and not accept_license:
         raise BadInput(f"{name} ({entry.repo}) is released under a restrictive licence: {entry.license}"
                        f"{' (' + entry.license_url + ')' if entry.license_url else ''}. Read it, then rerun with "

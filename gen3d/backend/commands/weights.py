@@ -1,4 +1,5 @@
-"""``python -m gen3d weights list|download NAME|verify [NAME]|path NAME|tiny --dir DIR``: the weights registry."""
+"""``python -m gen3d weights list|download NAME|verify [NAME]|path NAME|convert NAME FILE|tiny --dir DIR``: the
+weights registry."""
 
 from __future__ import annotations
 
@@ -78,6 +79,16 @@ def _path(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .. import weights
+    from ..guidance.priors.imagedream_local import convert_local
+
+    base = weights.resolve("imagedream", args.base)
+    out = Path(args.dir) if args.dir else (weights.weights_dir() or Path("weights")) / args.name
+    print(f"{args.name}: {convert_local(args.checkpoint, base, out)}")
+    return 0
+
+
 def _tiny(args) -> int:
     from .. import weights
 
@@ -113,6 +124,12 @@ def add_parser(sub) -> None:
     q = s.add_parser("path", help="print the folder an entry resolves to")
     q.add_argument("name")
     q.set_defaults(func=_path)
+    q = s.add_parser("convert", help="turn an original checkpoint into the entry's folder (imagedream-local)")
+    q.add_argument("name", choices=["imagedream-local"])
+    q.add_argument("checkpoint", help="the original file (sd-v2.1-base-4view-ipmv-local.pt)")
+    q.add_argument("--base", help="the imagedream folder to start from (default: the registry's)")
+    q.add_argument("--dir", help="target folder (default: $GEN3D_WEIGHTS_DIR/NAME, else ./weights/NAME)")
+    q.set_defaults(func=_convert)
     q = s.add_parser("tiny", help="write tiny random models in the real layouts (smoke tests, no download)")
     q.add_argument("--dir", required=True, help="output folder; then set GEN3D_WEIGHTS_DIR to it")
     q.add_argument("names", nargs="*", help="entries to write (default: all that have a tiny factory)")

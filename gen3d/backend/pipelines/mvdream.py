@@ -103,7 +103,7 @@ class MVDreamOptions(AssetOptions, GaussianDistillOptions):
 class ImageDreamOptions(MVDreamOptions):
     ip_mode: Literal["pixel", "local"] = Field("pixel", description=(
         "pixel: the reference latent as a 5th frame plus image tokens (the published diffusers checkpoint); "
-        "local: image tokens only (needs the -local checkpoint)"))
+        "local: image tokens only (the -local checkpoint, registry entry imagedream-local)"))
     views_elevation: float = Field(5.0, ge=0, le=30, description=(
         "elevation of the input view, of the sampled views and of the reference view in the 3D stage (ImageDream: 5)"))
     ref_size: int = Field(256, ge=32, le=1024, description="reference image size (the model encodes it at 256)")
@@ -154,6 +154,10 @@ class MVDream(Pipeline):
     stage_shares = {"preprocess": 0.01, "load": 0.1, "views": 0.02, "gaussians": 0.6, "mesh": 0.07,
                     "uv_unwrap": 0.03, "bake": 0.08, "refine": 0.07, "export": 0.02}
 
+    def weights_entry(self, opts) -> str:
+        """The registry entry of the multi-view model these options run."""
+        return self.weights[0]
+
     def _reference(self, request: JobRequest, opts, ctx: RunContext, out: dict) -> torch.Tensor | None:
         """Image methods: the input as straight RGBA ``[1,4,S,S]``; None here."""
         return None
@@ -173,7 +177,8 @@ class MVDream(Pipeline):
         with ctx.stage("preprocess"):
             reference = self._reference(request, opts, ctx, out)
         with ctx.stage("load"):
-            prior, info = load_prior(ctx, self.prior_kind, self.weights[0], opts.weights_path, opts.guidance_scale)
+            prior, info = load_prior(ctx, self.prior_kind, self.weights_entry(opts), opts.weights_path,
+                                     opts.guidance_scale)
             ctx.cache["_meta_extra"] = {"weights": [info]}
             self._condition_prior(prior, reference, opts, request)
         with ctx.stage("views"):
@@ -215,7 +220,7 @@ class ImageDream(MVDream):
     title = "ImageDream (image to 4 views to 3D)"
     description = ("Image-prompt multi-view diffusion: four views consistent with the input image, then a 3D asset "
                    "by multi-view score distillation with the input as the reference view. Code Apache-2.0; "
-                   "weights as published.")
+                   "weights OpenRAIL.")
     inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
               "prompt": "optional: a short description of the object"}
     required_inputs = ("image",)
@@ -223,6 +228,18 @@ class ImageDream(MVDream):
     weights = ("imagedream",)
     prior_kind = "imagedream"
     needs_mask = True
+
+    def weights_entry(self, opts) -> str:
+        return "imagedream-local" if opts.ip_mode == "local" else "imagedream"
+
+    def validate(self, request: JobRequest):
+        """As every method's, and the ``local`` checkpoint present (it is converted, never downloaded here)."""
+        from .. import weights
+
+        opts = super().validate(request)
+        if opts.ip_mode == "local" and opts.weights_path is None:
+            weights.resolve("imagedream-local")
+        return opts
 
     def _reference(self, request, opts, ctx, out):
         from .stages.views import reference_input
