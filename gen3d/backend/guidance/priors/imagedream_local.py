@@ -42,7 +42,7 @@ def _unet_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_against(unet: dict[str, torch.Tensor], config: dict, name: str) -> None:
-    """Every name and shape of the UNet that ``config`` builds (on the meta device), or one error saying what differs."""
+    """Every name and shape of the UNet ``config`` builds (on the meta device), or one error saying what differs."""
     from ...models.mvdream_unet import MultiViewUNetModel
 
     with torch.device("meta"):
