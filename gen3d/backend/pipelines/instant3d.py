@@ -96,8 +96,8 @@ class Instant3DPipeline(Pipeline):
     def validate(self, request: JobRequest) -> Instant3DOptions:
         opts = super().validate(request)
         if opts.front == "grid" and "image" in request.files:
-            raise BadInput("instant3d's grid front is text to 3D and takes no image; for image to 3D use "
-                           "--set front=zero123plus", {"field": "image"})
+            raise BadInput("instant3d's grid front is text to 3D and takes no image: remove the image, or set the "
+                           "option front=zero123plus for image to 3D", {"field": "image"})
         if opts.front == "grid" and not request.prompt:
             raise BadInput("method 'instant3d' (grid front) needs the input 'prompt'", {"field": "prompt"})
         if opts.front == "zero123plus" and "image" not in request.files:
@@ -185,7 +185,7 @@ class Instant3DPipeline(Pipeline):
         from ..models.instant3d.reconstructor import ZERO123PLUS_RING, zero123plus_cameras
         from ..models.zero123plus import Zero123Plus
         from ..models.zero123plus.model import VIEW_COLS, VIEW_ROWS
-        from ..weights import is_tiny, resolve
+        from ..weights import get_entry, is_tiny, resolve
         from .stages.views import reference_input
 
         folder = resolve("zero123plus-v1.2", opts.zero123plus_path)
@@ -196,8 +196,8 @@ class Instant3DPipeline(Pipeline):
         sampler = self._cached(ctx, f"zero123plus:{folder.resolve()}:{unet_file}", lambda: Zero123Plus.from_folder(
             folder, unet_file, device=ctx.device))
         ctx.cache["_meta_extra"]["weights"]["zero123plus"] = {
-            "path": str(folder), "unet": opts.zero123plus_unet, "tiny": is_tiny(folder),
-            "license": "CC BY-NC 4.0 (Zero123++ v1.2 weights; InstantMesh's UNet is a fine-tune of them)"}
+            "path": str(folder), "unet": str(unet_file or "base"), "tiny": is_tiny(folder),
+            "license": get_entry("zero123plus-v1.2").license}
         crop = sampler.vae_processor.crop_size["height"]
         with ctx.stage("preprocess"):
             rgba, written = reference_input(request.files["image"], crop, 1.0 - opts.foreground_ratio, True,
@@ -209,7 +209,7 @@ class Instant3DPipeline(Pipeline):
                             torch.Generator().manual_seed(request.seed), opts.view_size,
                             callback=lambda i, n: (ctx.check_cancelled(), ctx.progress("grid", i, n)))
         views = split_grid(image, VIEW_ROWS, VIEW_COLS)
-        ring = ZERO123PLUS_RING
+        ring = ZERO123PLUS_RING  # the input view: azimuth 0 of the six, taken as elevation 0 (v1.2 fixes the views')
         return views, zero123plus_cameras(opts.view_size), CanonicalView(0.0, ring.distance, ring.fov_deg), \
             {"zero123plus.png": image}
 

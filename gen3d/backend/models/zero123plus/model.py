@@ -151,11 +151,11 @@ class Zero123Plus:
         if index.get("_class_name") != PIPELINE_CLASS or "ramping_coefficients" not in index:
             raise BadInput(f"{index_file}: expected {PIPELINE_CLASS} with ramping_coefficients, got "
                            f"{index.get('_class_name')!r}", {"field": "zero123plus_path"})
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=dtype)
         if unet_weights is not None:
             _load_unet_state(unet, Path(unet_weights))
         scheduler = EulerAncestralDiscreteScheduler.from_pretrained(folder / "scheduler")
-        modules = [unet, AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype),
+        modules = [unet, AutoencoderKL.from_pretrained(folder / "vae", dtype=dtype),
                    CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
                    CLIPTokenizer.from_pretrained(folder / "tokenizer"),
                    CLIPVisionModelWithProjection.from_pretrained(folder / "vision_encoder", dtype=dtype)]
