@@ -2,6 +2,7 @@
 
     python benchmarks/bench_instant3d.py --quick        # SD 2.1-base grid at 512, 1 step; InstantMesh base; 128^3
     python benchmarks/bench_instant3d.py --steps 30 --recon base large --grid 256 --device cuda
+    python benchmarks/bench_instant3d.py --skip-grid --recon --zero123plus   # one Zero123++ step only
 
 Real-size architectures, no download: SD 2.1-base (UNet, VAE, the OpenCLIP-H text encoder; a character tokenizer)
 sampled by :class:`GridGenerator` from the blob initialisation with CFG (one Euler step by default), and InstantMesh's
@@ -9,6 +10,8 @@ NeRF reconstructor (base / large) on the four grid views at 320 pixels. Columns:
   grid_s     blob encode + steps x (UNet cond + uncond) + VAE decode of one grid
   recon_s    four views -> triplane (encoder + transformer + upsampler)
   density_s  density on grid^3 (the marching-cubes input), mcubes_s PyMCubes at the model's level
+  step_s     one Zero123++ v1.2 denoising step (image front): reference pass on the 64x64 condition latent + main
+             pass on the 120x80 latent of the 960x640 view image, CFG batch 2, SD-2 UNet, Euler ancestral update
 Random weights give noise, so the marching-cubes time is a lower bound (little surface); GPU numbers come from the
 same script with --device cuda.
 """
@@ -77,6 +80,30 @@ def bench_grid(device, dtype, size: int, steps: int):
     print(f"grid  sd21-base {size}px  steps {steps}  grid_s {total:.2f}", flush=True)
 
 
+def bench_zero123plus_step(device, dtype):
+    from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
+
+    from gen3d.backend.models.zero123plus import ReferenceUNet
+
+    unet = ReferenceUNet(UNet2DConditionModel(**SD21_UNET).to(device, dtype).eval())
+    sched = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                                            prediction_type="v_prediction", timestep_spacing="trailing")
+    sched.set_timesteps(28)
+    t = sched.timesteps[0]
+    x, ref = torch.randn(1, 4, 120, 80, device=device), torch.randn(2, 4, 64, 64, device=device)
+    ctx = torch.randn(2, 77, 1024, device=device, dtype=dtype)
+    with torch.no_grad():
+        unet(torch.randn(2, 4, 16, 16, device=device, dtype=dtype), t, ctx, ref[..., :8, :8].to(dtype))  # warm up
+        sync(device)
+        start = time.perf_counter()
+        pred = unet(sched.scale_model_input(torch.cat([x, x]), t).to(dtype), t, ctx, ref.to(dtype)).float()
+        uncond, cond = pred.chunk(2)
+        sched.step(uncond + 4.0 * (cond - uncond), t, x)
+        sync(device)
+    print(f"zero123plus-v1.2 UNet (SD-2, random)  960x640 + 512 reference  step_s {time.perf_counter() - start:.2f}",
+          flush=True)
+
+
 def random_reconstructor(size: str, device) -> SparseViewLRM:
     with torch.device("meta"):
         model = SparseViewLRM(from_instantmesh_config(INSTANTMESH_CONFIGS[size]))
@@ -121,9 +148,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1 step, base only, 128^3 density grid")
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--grid", type=int, default=512, help="grid image side (SD 2.1-base: 512)")
-    ap.add_argument("--recon", nargs="+", default=["base", "large"], choices=["base", "large"])
+    ap.add_argument("--recon", nargs="*", default=["base", "large"], choices=["base", "large"])
     ap.add_argument("--mesh", type=int, default=256, help="marching-cubes grid (InstantMesh: 256)")
     ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--zero123plus", action="store_true", help="also time one Zero123++ denoising step")
     args = ap.parse_args()
     device = pick_device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -134,6 +162,8 @@ def main() -> int:
         bench_grid(device, dtype, args.grid, args.steps)
     for size in args.recon:
         bench_recon(device, size, 4, args.mesh)
+    if args.zero123plus:
+        bench_zero123plus_step(device, dtype)
     return 0
 
 

@@ -164,6 +164,20 @@ ENTRIES: dict[str, WeightsEntry] = {e.name: e for e in [
                  "InstantMesh NeRF reconstructor, large (Lightning .ckpt, 1.51 GB)", "Apache-2.0", 1.51,
                  ("instant3d",), files=("instant_nerf_large.ckpt",), license_url=_hf("TencentARC/InstantMesh"),
                  tiny_factory="gen3d.backend.models.instant3d.tiny:write_tiny"),
+    WeightsEntry("zero123plus-v1.2", "sudo-ai/zero123plus-v1.2",
+                 "Zero123++ v1.2 (image -> six 320-px views in a 3x2 image; diffusers folder run by our "
+                 "Zero123PlusPipeline): instant3d's image front", "CC BY-NC 4.0 (weights, per the SUDO-AI-3D/zero123plus "
+                 "README; code Apache-2.0; the hub card's former 'openrail' tag was deleted with its README)", 5.58,
+                 ("instant3d",), files=("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"),
+                 restrictive=True, license_url="https://github.com/SUDO-AI-3D/zero123plus#license",
+                 tiny_factory="gen3d.backend.models.zero123plus.tiny:write_tiny_zero123plus"),
+    WeightsEntry("instantmesh-zero123plus-unet", "TencentARC/InstantMesh",
+                 "InstantMesh's white-background fine-tune of the Zero123++ v1.2 UNet (state dict, fp16, 1.73 GB; "
+                 "needs zero123plus-v1.2)", "CC BY-NC 4.0 (a fine-tune of the Zero123++ v1.2 weights; the "
+                 "InstantMesh repository itself is Apache-2.0)", 1.73, ("instant3d",),
+                 files=("diffusion_pytorch_model.bin",), restrictive=True,
+                 license_url="https://github.com/SUDO-AI-3D/zero123plus#license",
+                 tiny_factory="gen3d.backend.models.zero123plus.tiny:write_tiny_instantmesh_unet"),
     WeightsEntry("syncdreamer", "liuyuan-pal/SyncDreamer",
                  "SyncDreamer syncdreamer-pretrain.ckpt (5.6 GB Lightning checkpoint; holds its own CLIP ViT-L/14 "
                  "image tower and SD VAE)",

@@ -62,13 +62,14 @@ def white_key_alpha(rgb: np.ndarray, low: float = 0.02, high: float = 0.08) -> n
     return np.clip((d - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def split_grid(grid: np.ndarray) -> np.ndarray:
-    """``grid [H, W, 3]`` float in [0, 1] (H, W even) -> four RGBA views ``[4, H/2, W/2, 4]``, row-major."""
+def split_grid(grid: np.ndarray, rows: int = 2, cols: int = 2) -> np.ndarray:
+    """``grid [H, W, 3]`` float in [0, 1] -> ``rows * cols`` RGBA views ``[rows * cols, H/rows, W/cols, 4]``,
+    row-major (Instant3D: 2x2; Zero123++: 3 rows x 2 columns)."""
     H, W = grid.shape[:2]
-    if H % 2 or W % 2 or grid.ndim != 3 or grid.shape[2] < 3:
-        raise ValueError(f"expected an RGB grid with even sides, got shape {list(grid.shape)}")
-    h, w = H // 2, W // 2
-    views = grid[..., :3].reshape(2, h, 2, w, 3).transpose(0, 2, 1, 3, 4).reshape(4, h, w, 3)
+    if H % rows or W % cols or grid.ndim != 3 or grid.shape[2] < 3:
+        raise ValueError(f"expected an RGB grid of {rows}x{cols} equal views, got shape {list(grid.shape)}")
+    h, w = H // rows, W // cols
+    views = grid[..., :3].reshape(rows, h, cols, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, h, w, 3)
     return np.concatenate([views, white_key_alpha(views)[..., None]], -1).astype(np.float32)
 
 
