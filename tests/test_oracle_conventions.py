@@ -18,7 +18,7 @@ from gen3d.backend.pipelines import JobRequest, RunContext
 from gen3d.backend.pipelines.runner import run_job
 from gen3d.backend.pipelines.stages.mesh_render import render_mesh
 from gen3d.backend.representations.mesh import load_glb, save_glb
-from tests.support.oracle import (OracleMVDream, OracleText, OracleZero123, colour_error, oracle_object,
+from tests.support.oracle import (OracleImageDream, OracleMVDream, OracleText, OracleZero123, colour_error, oracle_object,
                                   oracle_views, render_oracle, silhouette_iou, use_oracle)
 
 FOVY = 49.1
@@ -103,6 +103,22 @@ def test_oracles_read_back_the_cameras_the_sampler_drew():
         torch.testing.assert_close(got.c2w, cams.c2w, atol=1e-4, rtol=0)
 
 
+def test_imagedream_oracle_reads_the_views_behind_the_reference_frame():
+    """Through ImageDream's real ``_eps`` (the reference latent as each group's 5th frame, zero camera), the oracle
+    renders exactly the sampled cameras of both groups, and the reference frame is not one of them."""
+    from gen3d.backend.pipelines.dreamgaussian_guidance import OrbitSampler
+
+    gen = torch.Generator().manual_seed(0)
+    prior = OracleImageDream(size=16, radius=2.5)
+    prior.set_reference(torch.rand(1, 3, 16, 16), gen)
+    cams = [OrbitSampler(0.0, 2.5, FOVY, views=4).sample(16, gen)[0] for _ in range(2)]
+    c2w = torch.cat([c.c2w for c in cams])
+    eps = prior.predict(torch.randn(8, 3, 16, 16), torch.full((8,), 500), prior.condition("x", cameras=c2w),
+                        ("cond", "negative"))
+    assert len(eps) == 2 and eps[0].shape == (8, 3, 16, 16)
+    torch.testing.assert_close(prior.seen[-1], torch.cat([c2w, c2w]), atol=1e-4, rtol=0)
+
+
 # --- end to end: thresholds sit between the correct and the flipped runs (notes/oracle.md) ----------------------
 def test_dreamgaussian_image_zero123(tmp_path, monkeypatch):
     elevation = 15.0
@@ -169,4 +185,20 @@ def test_mvdream_method(tmp_path, monkeypatch):
                "radius": radius, "fovy": FOVY}
     score = _run(tmp_path, monkeypatch, OracleMVDream(size=32, radius=radius, fovy=FOVY), "mvdream", HELD_OUT,
                  options, prompt="an oracle")
+    assert score["iou"] > 0.75 and score["colour"] < 0.12
+
+
+def test_imagedream_method(tmp_path, monkeypatch):
+    """``imagedream``: the input view (elevation 5°, azimuth 0) as the reference frame and reference-view losses,
+    ImageDream's 4-view sampler and x0 loss; the elevations widened to MVDream's 0-30° so that the views above are
+    constrained (ImageDream's 0-5° would leave an elevation flip unseen), field of view and distance fixed to the
+    oracle's as for ``mvdream``."""
+    radius, elevation = 2.5, 5.0
+    relative = radius * float(np.tan(np.radians(FOVY) / 2))
+    image = _save_rgba(tmp_path / "ref.png", render_oracle(oracle_views([elevation], [0.0], radius, FOVY, 64)[0])[0])
+    options = {**DG_SMALL, "views_steps": 4, "fovy_range": [FOVY, FOVY], "relative_radius": [relative, relative],
+               "radius": radius, "fovy": FOVY, "elevation_range": [0.0, 30.0], "views_elevation": elevation,
+               "ref_size": 32, "recenter": False}
+    score = _run(tmp_path, monkeypatch, OracleImageDream(size=32, radius=radius, fovy=FOVY), "imagedream", HELD_OUT,
+                 options, files={"image": str(image)})
     assert score["iou"] > 0.75 and score["colour"] < 0.12
