@@ -78,6 +78,24 @@ def test_reference_schedule_is_magic123s():
 
 
 # --- textual inversion ---------------------------------------------------------------------------------------------
+def test_opacity_entropy_is_the_binary_entropy_ramped_over_the_first_half():
+    from gen3d.backend.pipelines.magic123 import opacity_entropy
+    from gen3d.backend.representations.gaussians import Gaussians
+
+    p = np.array([0.001, 0.3, 0.5, 0.9])
+    n = len(p)
+    logits = torch.tensor(np.log(p / (1 - p)), requires_grad=True)
+    g = Gaussians(torch.zeros(n, 3), torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.zeros(n, 3), logits,
+                  torch.zeros(n, 1, 3))
+    bits = -(p * np.log2(p) + (1 - p) * np.log2(1 - p)).mean()
+    for progress, ramp in ((0.25, 0.5), (0.5, 1.0), (0.9, 1.0)):
+        loss, logs = opacity_entropy(1e-3)(g, progress)
+        assert float(loss.detach()) == pytest.approx(1e-3 * ramp * bits, rel=1e-6)
+        assert logs["opacity_entropy"] == pytest.approx(bits, rel=1e-6)
+    loss.backward()
+    assert logits.grad[1] > 0 and logits.grad[3] < 0 and abs(float(logits.grad[2])) < 1e-9  # away from 0.5
+
+
 def test_textual_inversion_saves_what_diffusers_loads(tmp_path, weights_dir):
     from diffusers import StableDiffusionPipeline
 

@@ -161,19 +161,21 @@ def test_texture_mvdream(tmp_path, monkeypatch):
 
 def test_magic123_zero123(tmp_path, monkeypatch):
     """Magic123's coarse Gaussians and fine DMTet with the 3D prior alone (the 2D prior has no view to check).
-    Geometry matches as well as DreamGaussian's (IoU 0.86); colour is looser (0.26 against 0.10; neither a bake of
-    the Gaussians' renders as the colour volume's start nor a finer volume changed it: an open item of Magic123)."""
+    The test runs 80 coarse and 60 fine steps instead of 1000-5000 each, so the colour learning rates are scaled to
+    the steps (Gaussians 0.06 = DreamGaussian's 0.01 over its 500 steps; colour volume 0.1): at the paper's rates an
+    Adam step moves a colour by at most 0.0028, so 80 steps leave every colour half-way from the grey start
+    (DreamGaussian's Gaussians too: its 0.10 here comes from its texture stage at lr 0.2)."""
     elevation = 15.0
     ref_cam = oracle_views([elevation], [0.0], 2.0, FOVY, 64)[0]
     image = _save_rgba(tmp_path / "ref.png", render_oracle(ref_cam)[0])
     options = {**{k: v for k, v in DG_SMALL.items() if not k.startswith(("bake", "iters_refine", "refine"))},
                "ref_size": 32, "recenter": False, "elevation": elevation, "radius": 2.0, "fovy": FOVY,
                "lambda_2d": 0.0, "lambda_depth": 0.0, "textual_inversion": False, "known_iters": 10,
-               "tet_resolution": 24, "fine_render_size": 32, "fine_init_steps": 20,
-               "color_resolution": 16, "fine_iters": 20}
+               "feature_lr": 0.06, "tet_resolution": 24, "fine_render_size": 32, "fine_init_steps": 20,
+               "color_resolution": 16, "fine_iters": 60, "color_lr": 0.1}
     score = _run(tmp_path, monkeypatch, OracleZero123(size=32, radius=2.0, fovy=FOVY), "magic123", HELD_OUT,
                  options, files={"image": str(image)})
-    assert score["iou"] > 0.8 and score["colour"] < 0.3
+    assert score["iou"] > 0.8 and score["colour"] < 0.13
 
 
 def test_mvdream_method(tmp_path, monkeypatch):
