@@ -96,6 +96,20 @@ def test_opacity_entropy_is_the_binary_entropy_ramped_over_the_first_half():
     assert logits.grad[1] > 0 and logits.grad[3] < 0 and abs(float(logits.grad[2])) < 1e-9  # away from 0.5
 
 
+def test_zero123_loss_is_scaled_by_the_angle_from_the_input_view():
+    """Magic123's ``zero123_grad_scale: angle``: weight x (great-circle angle between view and input view) / 180."""
+    from types import SimpleNamespace
+
+    from gen3d.backend.pipelines.dreamgaussian_guidance import Term
+
+    term = Term("zero123", SimpleNamespace(reference={"elevation": 30.0, "azimuth": 0.0}), 40.0, angle_scaled=True)
+    cases = [((30.0, 0.0), 0.0), ((-30.0, 180.0), 180.0), ((-60.0, 0.0), 90.0), ((30.0, 90.0), 75.522488)]
+    for (el, az), degrees in cases:   # last: cos = sin²30 + cos²30·cos 90 = 1/4
+        assert term.scale(torch.tensor([el]), torch.tensor([az])) == pytest.approx(40.0 * degrees / 180, abs=1e-4)
+    term.angle_scaled = False
+    assert term.scale(torch.tensor([-30.0]), torch.tensor([180.0])) == 40.0
+
+
 def test_textual_inversion_saves_what_diffusers_loads(tmp_path, weights_dir):
     from diffusers import StableDiffusionPipeline
 

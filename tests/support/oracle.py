@@ -350,5 +350,5 @@ def oracle_views(elevations, azimuths, radius: float, fovy: float, size: int) ->
     return cams, render_oracle(cams)
 
 
-__all__ = ["use_oracle", "OracleZero123", "OracleMVDream", "OracleImageDream", "OracleText", "OraclePrior", "oracle_object", "render_oracle",
-           "oracle_views", "silhouette_iou", "colour_error", "TEXT_DIRECTIONS"]
+__all__ = ["use_oracle", "OracleZero123", "OracleMVDream", "OracleImageDream", "OracleText", "OraclePrior",
+           "oracle_object", "render_oracle", "oracle_views", "silhouette_iou", "colour_error", "TEXT_DIRECTIONS"]

@@ -9,8 +9,9 @@ A composition of shared stages; the defaults are the official code's (``guocheng
 3. *Coarse*: Gaussians (the shared :func:`distill_gaussians`) instead of the paper's Instant-NGP NeRF: the same
    priors, weights and schedules apply to any differentiable renderer, the Gaussians stage is shared with the other
    generative methods and is several times faster per step. SD 1.5 SDS (CFG 100, view-dependent prompt) and
-   Zero-1-to-3 SDS (CFG 5) at ``lambda_2d : lambda_3d = 1 : 40``, t in [0.2, 0.6]; reference RGB/mask/depth losses
-   (5 / 0.5 / 0.01, the depth one Pearson-correlated) on the official schedule, mapped onto the shared loop as a
+   Zero-1-to-3 SDS (CFG 5) at ``lambda_2d : lambda_3d = 1 : 40``, t in [0.2, 0.6], the Zero123 loss scaled by the
+   view's angle from the input view over 180° (the official ``zero123_grad_scale: angle``); reference RGB/mask/depth
+   losses (5 / 0.5 / 0.01, the depth one Pearson-correlated) on the official schedule, mapped onto the shared loop as a
    :class:`ReferenceView` schedule: reference-only steps for the first ``known_iters`` (100), then every
    ``known_view_interval``-th (4th) step, guidance-only steps otherwise. Magic123's entropy regulariser (1e-3,
    ramped in over the first half) on the Gaussians' opacities (:func:`opacity_entropy`); its other NeRF
@@ -66,6 +67,8 @@ class Magic123Options(GaussianDistillOptions, DMTetOptions):
     guidance_scale_2d: float = Field(100.0, gt=0, description="CFG scale of the 2D prior")
     guidance_scale_3d: float = Field(5.0, gt=0, description="CFG scale of the 3D prior")
     t_range: tuple[float, float] = Field((0.2, 0.6), description="timestep bounds as fractions of T")
+    zero123_angle_scale: bool = Field(True, description=(
+        "scale the 3D prior's loss by the view's angle from the input view / 180 (Magic123's zero123_grad_scale)"))
     timestep_schedule: Literal["uniform", "dreamtime", "linear"] = Field(
         "uniform", description="timestep per step: uniform in t_range (Magic123), DreamTime, linear anneal")
     distillation: Literal["sds", "csd"] = Field("sds", description="score distillation: SDS or Classifier Score")
@@ -123,7 +126,8 @@ def _build_guide(opts: Magic123Options, ctx: RunContext, generator: torch.Genera
     z123, w3 = load_prior(ctx, "zero123", opts.prior_3d, opts.zero123_weights_path, opts.guidance_scale_3d)
     z123.set_reference(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]), elevation=opts.elevation, azimuth=0.0,
                        radius=opts.radius)
-    terms = [Term("zero123", z123, opts.lambda_3d, distillation(z123), radius=opts.radius)]
+    terms = [Term("zero123", z123, opts.lambda_3d, distillation(z123), radius=opts.radius,
+                  angle_scaled=opts.zero123_angle_scale)]
     info = [w3]
     if opts.lambda_2d > 0 and (prompt or opts.textual_inversion):
         sd, w2 = load_prior(ctx, "sd", opts.prior_2d, opts.sd_weights_path, opts.guidance_scale_2d)
@@ -229,8 +233,9 @@ class Magic123(Pipeline):
         ctx.cache["_meta_extra"] = {"weights": info + depth_info, "prompt_2d": sd_term.prompt if sd_term else None}
         sampler = OrbitSampler(opts.elevation, opts.radius, opts.fovy, opts.min_ver, opts.max_ver)
         with ctx.stage("gaussians"):
+            entropy = opacity_entropy(opts.lambda_entropy) if opts.lambda_entropy else None
             gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, _resized(reference, opts.ref_size),
-                                                   opacity_entropy(opts.lambda_entropy) if opts.lambda_entropy else None)
+                                                   entropy)
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
             coarse = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
