@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -103,13 +104,15 @@ def test_oracles_read_back_the_cameras_the_sampler_drew():
         torch.testing.assert_close(got.c2w, cams.c2w, atol=1e-4, rtol=0)
 
 
-def test_imagedream_oracle_reads_the_views_behind_the_reference_frame():
-    """Through ImageDream's real ``_eps`` (the reference latent as each group's 5th frame, zero camera), the oracle
-    renders exactly the sampled cameras of both groups, and the reference frame is not one of them."""
+@pytest.mark.parametrize("ip_mode", ["pixel", "local"])
+def test_imagedream_oracle_reads_the_views_behind_the_reference_frame(ip_mode):
+    """Through ImageDream's real ``_eps`` (pixel: the reference latent as each group's 5th frame, zero camera;
+    local: image tokens only), the oracle renders exactly the sampled cameras of both groups, and the reference
+    frame is not one of them."""
     from gen3d.backend.pipelines.dreamgaussian_guidance import OrbitSampler
 
     gen = torch.Generator().manual_seed(0)
-    prior = OracleImageDream(size=16, radius=2.5)
+    prior = OracleImageDream(size=16, radius=2.5, ip_mode=ip_mode)
     prior.set_reference(torch.rand(1, 3, 16, 16), gen)
     cams = [OrbitSampler(0.0, 2.5, FOVY, views=4).sample(16, gen)[0] for _ in range(2)]
     c2w = torch.cat([c.c2w for c in cams])
@@ -117,6 +120,11 @@ def test_imagedream_oracle_reads_the_views_behind_the_reference_frame():
                         ("cond", "negative"))
     assert len(eps) == 2 and eps[0].shape == (8, 3, 16, 16)
     torch.testing.assert_close(prior.seen[-1], torch.cat([c2w, c2w]), atol=1e-4, rtol=0)
+    if ip_mode == "pixel":  # a reference frame first instead of last is refused
+        rows = prior.condition("x", cameras=c2w[:4]).branches["cond"]["camera"]
+        with pytest.raises(ValueError, match="reference frame"):
+            prior.unet(torch.zeros(5, 3, 16, 16), torch.full((5,), 500), torch.cat([0 * rows[:1], rows]), 5,
+                       ip=torch.zeros(5, 1, 3), ip_img=torch.zeros(1, 3, 16, 16))
 
 
 # --- end to end: thresholds sit between the correct and the flipped runs (notes/oracle.md) ----------------------
