@@ -20,12 +20,14 @@ How each oracle reads its camera (the published semantics, written here independ
   from above = ours; Stable Zero123's 4th entry is the reference polar angle, the radius then is the reference's).
 - :class:`OracleMVDream`: MVDream's camera input, a flattened OpenGL camera-to-world in the Z-up world with a unit
   translation; the oracle puts that camera at ``radius``.
+- :class:`OracleImageDream`: as MVDream's, behind ImageDream's real ``_eps``; in ``pixel`` mode the reference
+  frame must be each group's last, with an all-zero camera (its stand-in UNet refuses anything else).
 - :class:`OracleText`: the prompt's view suffix (``", front view"`` ...), the only view information a text prior
   gets; each direction has one canonical camera (:data:`TEXT_DIRECTIONS`), a prompt without suffix is the front.
 
 API (for the score-distillation methods to come)::
 
-    prior = OracleZero123(size=32, radius=2.0, fovy=49.1)   # or OracleMVDream(...), OracleText(...)
+    prior = OracleZero123(size=32, radius=2.0, fovy=49.1)   # or OracleMVDream, OracleImageDream, OracleText
     # size: the "model's" resolution; radius, fovy: the orbit cameras it "was trained on" (match the method's)
     image = render_oracle(orbit_cameras(15.0, 0.0, 2.0, 49.1, 64, 64))[0]   # [H,W,4] a reference image
     use_oracle(monkeypatch, prior)   # every load_prior(...) of the methods returns it; then run the method for real
@@ -297,7 +299,7 @@ class OracleImageDream(OracleMVDream, ImageDreamPrior):
 
         super().__init__(size, radius, fovy, guidance_scale)
         self.ip_mode, self.reference = ip_mode, None
-        self.processor = load_clip_processor("/nonexistent", 16)
+        self.processor = load_clip_processor("/nonexistent", 16)        # no folder: OpenAI CLIP's, 16 px
         self.image_encoder, self.vae, self.unet = _PixelTokens(), _PixelVAE(), _OracleMultiViewUNet(self)
 
     predict = DiffusionPrior.predict                                     # through the real _eps
