@@ -78,6 +78,38 @@ def test_reference_schedule_is_magic123s():
 
 
 # --- textual inversion ---------------------------------------------------------------------------------------------
+def test_opacity_entropy_is_the_binary_entropy_ramped_over_the_first_half():
+    from gen3d.backend.pipelines.magic123 import opacity_entropy
+    from gen3d.backend.representations.gaussians import Gaussians
+
+    p = np.array([0.001, 0.3, 0.5, 0.9])
+    n = len(p)
+    logits = torch.tensor(np.log(p / (1 - p)), requires_grad=True)
+    g = Gaussians(torch.zeros(n, 3), torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), torch.zeros(n, 3), logits,
+                  torch.zeros(n, 1, 3))
+    bits = -(p * np.log2(p) + (1 - p) * np.log2(1 - p)).mean()
+    for progress, ramp in ((0.25, 0.5), (0.5, 1.0), (0.9, 1.0)):
+        loss, logs = opacity_entropy(1e-3)(g, progress)
+        assert float(loss.detach()) == pytest.approx(1e-3 * ramp * bits, rel=1e-6)
+        assert logs["opacity_entropy"] == pytest.approx(bits, rel=1e-6)
+    loss.backward()
+    assert logits.grad[1] > 0 and logits.grad[3] < 0 and abs(float(logits.grad[2])) < 1e-9  # away from 0.5
+
+
+def test_zero123_loss_is_scaled_by_the_angle_from_the_input_view():
+    """Magic123's ``zero123_grad_scale: angle``: weight x (great-circle angle between view and input view) / 180."""
+    from types import SimpleNamespace
+
+    from gen3d.backend.pipelines.dreamgaussian_guidance import Term
+
+    term = Term("zero123", SimpleNamespace(reference={"elevation": 30.0, "azimuth": 0.0}), 40.0, angle_scaled=True)
+    cases = [((30.0, 0.0), 0.0), ((-30.0, 180.0), 180.0), ((-60.0, 0.0), 90.0), ((30.0, 90.0), 75.522488)]
+    for (el, az), degrees in cases:   # last: cos = sin²30 + cos²30·cos 90 = 1/4
+        assert term.scale(torch.tensor([el]), torch.tensor([az])) == pytest.approx(40.0 * degrees / 180, abs=1e-4)
+    term.angle_scaled = False
+    assert term.scale(torch.tensor([-30.0]), torch.tensor([180.0])) == 40.0
+
+
 def test_textual_inversion_saves_what_diffusers_loads(tmp_path, weights_dir):
     from diffusers import StableDiffusionPipeline
 

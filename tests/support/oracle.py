@@ -20,12 +20,14 @@ How each oracle reads its camera (the published semantics, written here independ
   from above = ours; Stable Zero123's 4th entry is the reference polar angle, the radius then is the reference's).
 - :class:`OracleMVDream`: MVDream's camera input, a flattened OpenGL camera-to-world in the Z-up world with a unit
   translation; the oracle puts that camera at ``radius``.
+- :class:`OracleImageDream`: as MVDream's, behind ImageDream's real ``_eps``; in ``pixel`` mode the reference
+  frame must be each group's last, with an all-zero camera (its stand-in UNet refuses anything else).
 - :class:`OracleText`: the prompt's view suffix (``", front view"`` ...), the only view information a text prior
   gets; each direction has one canonical camera (:data:`TEXT_DIRECTIONS`), a prompt without suffix is the front.
 
 API (for the score-distillation methods to come)::
 
-    prior = OracleZero123(size=32, radius=2.0, fovy=49.1)   # or OracleMVDream(...), OracleText(...)
+    prior = OracleZero123(size=32, radius=2.0, fovy=49.1)   # or OracleMVDream, OracleImageDream, OracleText
     # size: the "model's" resolution; radius, fovy: the orbit cameras it "was trained on" (match the method's)
     image = render_oracle(orbit_cameras(15.0, 0.0, 2.0, 49.1, 64, 64))[0]   # [H,W,4] a reference image
     use_oracle(monkeypatch, prior)   # every load_prior(...) of the methods returns it; then run the method for real
@@ -51,7 +53,7 @@ from torch import nn
 
 from gen3d.backend.geometry.cameras import Cameras, intrinsics_from_fov, orbit_cameras
 from gen3d.backend.guidance.priors.base import Condition, DiffusionPrior
-from gen3d.backend.guidance.priors.mvdream import MVDreamPrior
+from gen3d.backend.guidance.priors.mvdream import ImageDreamPrior, MVDreamPrior
 from gen3d.backend.guidance.priors.sd import StableDiffusionPrior
 from gen3d.backend.guidance.priors.zero123 import Zero123Prior
 from gen3d.backend.representations.mesh import TexturedMesh
@@ -182,12 +184,14 @@ class OraclePrior(DiffusionPrior):
 
     def predict(self, z_t, t, cond: Condition, branches) -> list[torch.Tensor]:
         """The ε of the cond branch's oracle render, for every requested branch (module docstring)."""
-        cams = self.target_cameras(**cond.branches["cond"])
+        return [self.oracle_eps(z_t, t, self.target_cameras(**cond.branches["cond"]))] * len(branches)
+
+    def oracle_eps(self, z_t: torch.Tensor, t: torch.Tensor, cams: Cameras) -> torch.Tensor:
+        """``ε = (z_t − √ᾱ·x0) / √(1 − ᾱ)`` with x0 the oracle's render from ``cams`` (recorded in ``seen``)."""
         self.seen.append(cams.c2w)
         x0 = render_oracle(cams)[..., :3].permute(0, 3, 1, 2).to(z_t) * 2 - 1
         a = self.alphas_cumprod[t.reshape(-1).expand(z_t.shape[0]).to(self.device)].view(-1, 1, 1, 1)
-        eps = (z_t.float() - a.sqrt() * x0) / (1 - a).sqrt()
-        return [eps] * len(branches)
+        return (z_t.float() - a.sqrt() * x0) / (1 - a).sqrt()
 
     def _orbit(self, elevation, azimuth, radius) -> Cameras:
         return orbit_cameras(elevation, azimuth, radius, self.fovy, self.size, self.size)
@@ -226,11 +230,79 @@ class OracleMVDream(OraclePrior, MVDreamPrior):
         self.text = _TextIndex()
 
     def target_cameras(self, context, camera) -> Cameras:
+        return self._mvdream_cameras(camera)
+
+    def _mvdream_cameras(self, camera: torch.Tensor) -> Cameras:
+        """MVDream's camera rows ``[N,16]`` (module docstring) -> our cameras at ``radius``."""
         gl = camera.float().view(-1, 4, 4).clone()
         gl[:, :3, 3] = gl[:, :3, 3] / gl[:, :3, 3].norm(dim=-1, keepdim=True) * self.radius
         c2w = gl @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))     # OpenGL -> OpenCV camera axes
         return Cameras(intrinsics_from_fov(self.fovy, self.size, self.size).expand(len(c2w), 3, 3), c2w,
                        self.size, self.size)
+
+
+class _PixelVAE:
+    """Stands in for ImageDream's VAE in its real ``set_reference``: the "latent" is the pixels (scale 1)."""
+
+    config = type("Config", (), {"scaling_factor": 1.0})()
+
+    def encode(self, x: torch.Tensor):
+        posterior = type("Posterior", (), {"sample": lambda _self, generator=None: x})()
+        return type("Encoded", (), {"latent_dist": posterior})()
+
+
+class _PixelTokens:
+    """Stands in for ImageDream's CLIP image encoder: the "tokens" ``[B,S·S,3]`` are the CLIP pixels themselves."""
+
+    def __call__(self, pixels: torch.Tensor, output_hidden_states: bool = True):
+        tokens = pixels.flatten(2).transpose(1, 2)
+        return type("Out", (), {"hidden_states": (tokens, tokens)})()
+
+
+class _OracleMultiViewUNet(nn.Module):
+    """Stands in for ImageDream's multi-view UNet behind the prior's real ``_eps``: in ``pixel`` mode each group of
+    ``num_frames = 5`` must end with the reference frame (all-zero camera; its input is ``ip_img``), which comes
+    back as zeros (``_eps`` drops it); every other frame gets the oracle ε of the camera its row describes. A
+    reference frame anywhere else, a missing one or a zero camera among the views raises."""
+
+    def __init__(self, oracle: "OracleImageDream"):
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, x, t, camera, num_frames, context=None, ip=None, ip_img=None):
+        f = num_frames
+        rows = camera.float().reshape(-1, f, 16)
+        views = torch.ones(f, dtype=torch.bool)
+        if ip_img is not None:                                            # pixel mode: reference frame last
+            views[-1] = False
+            if rows[:, -1].abs().amax() > 0 or ip_img.shape[0] != rows.shape[0] or ip is None:
+                raise ValueError("ImageDream oracle: the reference frame must be each group's last, with a zero "
+                                 "camera and one ip_img per group")
+        if (rows[:, views].abs().amax(-1) == 0).any():
+            raise ValueError("ImageDream oracle: a view without a camera")
+        out = torch.zeros_like(x).reshape(-1, f, *x.shape[1:])
+        pick = lambda a: a.reshape(-1, f, *a.shape[1:])[:, views].flatten(0, 1)  # noqa: E731
+        out[:, views] = self.oracle.oracle_eps(pick(x), pick(t), self.oracle._mvdream_cameras(
+            pick(camera))).reshape(out.shape[0], -1, *x.shape[1:]).to(out)
+        return out.flatten(0, 1)
+
+
+class OracleImageDream(OracleMVDream, ImageDreamPrior):
+    """ImageDream oracle: the real ``set_reference`` (CLIP pixels, posterior sample), ``condition`` (camera rows,
+    image tokens ``ip`` and reference latent ``ip_img`` on the positive branch) and ``_eps`` (the reference as a
+    5th frame with a zero camera in ``pixel`` mode); only the encoders and the UNet are stand-ins
+    (:class:`_OracleMultiViewUNet` checks the frame layout and renders the 4 views' cameras)."""
+
+    def __init__(self, size: int = 32, radius: float = 2.5, fovy: float = 49.1, guidance_scale: float | None = None,
+                 ip_mode: str = "pixel"):
+        from gen3d.backend.guidance.clip_image import load_clip_processor
+
+        super().__init__(size, radius, fovy, guidance_scale)
+        self.ip_mode, self.reference = ip_mode, None
+        self.processor = load_clip_processor("/nonexistent", 16)        # no folder: OpenAI CLIP's, 16 px
+        self.image_encoder, self.vae, self.unet = _PixelTokens(), _PixelVAE(), _OracleMultiViewUNet(self)
+
+    predict = DiffusionPrior.predict                                     # through the real _eps
 
 
 class OracleText(OraclePrior, StableDiffusionPrior):
@@ -280,5 +352,5 @@ def oracle_views(elevations, azimuths, radius: float, fovy: float, size: int) ->
     return cams, render_oracle(cams)
 
 
-__all__ = ["use_oracle", "OracleZero123", "OracleMVDream", "OracleText", "OraclePrior", "oracle_object", "render_oracle",
-           "oracle_views", "silhouette_iou", "colour_error", "TEXT_DIRECTIONS"]
+__all__ = ["use_oracle", "OracleZero123", "OracleMVDream", "OracleImageDream", "OracleText", "OraclePrior",
+           "oracle_object", "render_oracle", "oracle_views", "silhouette_iou", "colour_error", "TEXT_DIRECTIONS"]

@@ -111,6 +111,19 @@ class Term:
     negative_prompt: str = ""
     view_dependent: bool = False
     radius: float = 0.0
+    #: Zero123 only: scale the loss by the angle between the view and the prior's reference view over 180°
+    #: (Magic123's default ``zero123_grad_scale: angle``; the mean over the batch, which is 1 view there)
+    angle_scaled: bool = False
+
+    def scale(self, el: torch.Tensor, az: torch.Tensor) -> float:
+        """The term's loss weight for views at ``el``, ``az`` (degrees)."""
+        if not self.angle_scaled:
+            return self.weight
+        ref = self.prior.reference
+        e1, a1 = torch.deg2rad(el.float()), torch.deg2rad(az.float())
+        e2, a2 = math.radians(ref["elevation"]), math.radians(ref["azimuth"])
+        cos = torch.sin(e1) * math.sin(e2) + torch.cos(e1) * math.cos(e2) * torch.cos(a1 - a2)
+        return self.weight * float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).mean()) / 180.0
 
 
 @dataclass
@@ -143,7 +156,7 @@ class Guide:
             t = t if term.kind == "mvdream" else t.expand(len(el))
             out = term.prior(images, cond, t, term.distillation, progress=progress)
             loss = sum(v for k, v in out.items() if k.startswith("loss_"))
-            total = total + term.weight * loss
+            total = total + term.scale(el, az) * loss
             logs[f"{term.kind}_loss"] = float(loss.detach())
             logs[f"{term.kind}_t"] = int(t[0])
         return total, logs

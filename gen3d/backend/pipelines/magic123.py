@@ -9,13 +9,17 @@ A composition of shared stages; the defaults are the official code's (``guocheng
 3. *Coarse*: Gaussians (the shared :func:`distill_gaussians`) instead of the paper's Instant-NGP NeRF: the same
    priors, weights and schedules apply to any differentiable renderer, the Gaussians stage is shared with the other
    generative methods and is several times faster per step. SD 1.5 SDS (CFG 100, view-dependent prompt) and
-   Zero-1-to-3 SDS (CFG 5) at ``lambda_2d : lambda_3d = 1 : 40``, t in [0.2, 0.6]; reference RGB/mask/depth losses
-   (5 / 0.5 / 0.01, the depth one Pearson-correlated) on the official schedule, mapped onto the shared loop as a
+   Zero-1-to-3 SDS (CFG 5) at ``lambda_2d : lambda_3d = 1 : 40``, t in [0.2, 0.6], the Zero123 loss scaled by the
+   view's angle from the input view over 180° (the official ``zero123_grad_scale: angle``); reference RGB/mask/depth
+   losses (5 / 0.5 / 0.01, the depth one Pearson-correlated) on the official schedule, mapped onto the shared loop as a
    :class:`ReferenceView` schedule: reference-only steps for the first ``known_iters`` (100), then every
-   ``known_view_interval``-th (4th) step, guidance-only steps otherwise.
+   ``known_view_interval``-th (4th) step, guidance-only steps otherwise. Magic123's entropy regulariser (1e-3,
+   ramped in over the first half) on the Gaussians' opacities (:func:`opacity_entropy`); its other NeRF
+   regularisers (orientation, 2D normal smoothness) need a normal field, which Gaussians do not have.
 4. *Fine*: a DMTet (:mod:`stages.dmtet_geometry`) initialised from the coarse mesh and the Gaussians' colours, with
-   the same priors at ``1e-3 : 1e-2``, the same reference schedule, normal shading for the first 20 % of its steps,
-   normal-consistency and Laplacian regularisers (0.1 each).
+   the same priors at ``1e-3 : 1e-2``, the same reference schedule, normal-consistency and Laplacian regularisers
+   (0.1 each). No normal-shaded steps: the official code's ``normal_iter_ratio 0.2`` is the coarse NeRF's (its
+   ``main.py`` sets it to 0 for ``--dmtet``); the Gaussians have no normals to shade, so neither stage uses it.
 5. UV unwrap, texture from the colour volume, export, ``placement.json``.
 
 Frames and angles: as DreamGaussian (``pipelines/dreamgaussian.py``): Blender's world, Z up, the input view at
@@ -63,6 +67,8 @@ class Magic123Options(GaussianDistillOptions, DMTetOptions):
     guidance_scale_2d: float = Field(100.0, gt=0, description="CFG scale of the 2D prior")
     guidance_scale_3d: float = Field(5.0, gt=0, description="CFG scale of the 3D prior")
     t_range: tuple[float, float] = Field((0.2, 0.6), description="timestep bounds as fractions of T")
+    zero123_angle_scale: bool = Field(True, description=(
+        "scale the 3D prior's loss by the view's angle from the input view / 180 (Magic123's zero123_grad_scale)"))
     timestep_schedule: Literal["uniform", "dreamtime", "linear"] = Field(
         "uniform", description="timestep per step: uniform in t_range (Magic123), DreamTime, linear anneal")
     distillation: Literal["sds", "csd"] = Field("sds", description="score distillation: SDS or Classifier Score")
@@ -77,6 +83,8 @@ class Magic123Options(GaussianDistillOptions, DMTetOptions):
     depth_weights_path: str | None = Field(None, description="explicit folder of the monocular depth model")
     known_iters: int = Field(100, ge=0, description="first steps with only the reference losses")
     known_view_interval: int = Field(4, ge=0, description="then every this-many-th step is reference-only")
+    lambda_entropy: float = Field(1e-3, ge=0, description=(
+        "coarse binary-entropy loss of the Gaussians' opacities, ramped in over the first half (Magic123's entropy)"))
     # --- textual inversion
     textual_inversion: bool = Field(True, description="learn a token for the object when no prompt is given")
     ti_steps: int = Field(3000, ge=1, le=20000, description="textual-inversion steps")
@@ -118,7 +126,8 @@ def _build_guide(opts: Magic123Options, ctx: RunContext, generator: torch.Genera
     z123, w3 = load_prior(ctx, "zero123", opts.prior_3d, opts.zero123_weights_path, opts.guidance_scale_3d)
     z123.set_reference(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]), elevation=opts.elevation, azimuth=0.0,
                        radius=opts.radius)
-    terms = [Term("zero123", z123, opts.lambda_3d, distillation(z123), radius=opts.radius)]
+    terms = [Term("zero123", z123, opts.lambda_3d, distillation(z123), radius=opts.radius,
+                  angle_scaled=opts.zero123_angle_scale)]
     info = [w3]
     if opts.lambda_2d > 0 and (prompt or opts.textual_inversion):
         sd, w2 = load_prior(ctx, "sd", opts.prior_2d, opts.sd_weights_path, opts.guidance_scale_2d)
@@ -130,6 +139,20 @@ def _build_guide(opts: Magic123Options, ctx: RunContext, generator: torch.Genera
     if opts.timestep_schedule == "dreamtime":
         kw["alphas_cumprod"] = z123.alphas_cumprod.cpu()
     return Guide(terms, make_schedule(opts.timestep_schedule, **kw), generator), info
+
+
+def opacity_entropy(weight: float):
+    """Magic123's coarse entropy regulariser on Gaussians: ``weight·min(1, 2·progress)`` times the mean binary
+    entropy (bits) of the opacities, which pushes each Gaussian to be empty or opaque (the official code applies it
+    to the NeRF's per-sample alphas, whose counterpart here is a Gaussian's opacity). An ``extra_loss`` of
+    :func:`distill_gaussians`."""
+
+    def loss(gaussians, progress: float):
+        a = gaussians.opacities.clamp(1e-5, 1 - 1e-5)
+        h = -(a * torch.log2(a) + (1 - a) * torch.log2(1 - a)).mean()
+        return weight * min(1.0, 2 * progress) * h, {"opacity_entropy": float(h.detach())}
+
+    return loss
 
 
 def _load_depth(ctx: RunContext, path: str | None):
@@ -210,7 +233,9 @@ class Magic123(Pipeline):
         ctx.cache["_meta_extra"] = {"weights": info + depth_info, "prompt_2d": sd_term.prompt if sd_term else None}
         sampler = OrbitSampler(opts.elevation, opts.radius, opts.fovy, opts.min_ver, opts.max_ver)
         with ctx.stage("gaussians"):
-            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, _resized(reference, opts.ref_size))
+            entropy = opacity_entropy(opts.lambda_entropy) if opts.lambda_entropy else None
+            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, _resized(reference, opts.ref_size),
+                                                   entropy)
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
             coarse = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,

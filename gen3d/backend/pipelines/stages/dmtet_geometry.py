@@ -46,8 +46,8 @@ class DMTetOptions(Options):
     color_lr: float = Field(1e-2, gt=0, description="learning rate of the colour volume (logits)")
     lambda_normal_consistency: float = Field(0.1, ge=0, description="weight of 1 - cos between adjacent faces")
     lambda_laplacian: float = Field(0.1, ge=0, description="weight of the uniform Laplacian smoothness")
-    normal_iter_ratio: float = Field(0.2, ge=0, le=1, description=(
-        "share of the first fine steps rendered with normal shading (geometry only)"))
+    normal_iter_ratio: float = Field(0.0, ge=0, le=1, description=(
+        "share of the first fine steps rendered with normal shading (geometry only; Magic123's DMTet stage: 0)"))
 
 
 def dmtet_from_mesh(vertices: np.ndarray, faces: np.ndarray, resolution: int, steps: int,
