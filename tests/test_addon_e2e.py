@@ -130,6 +130,29 @@ def test_history_after_reconnect(story):
     assert s["after_delete"] == "not_found"
 
 
+def test_history_follows_a_job_still_running_from_an_earlier_session(story):
+    """A job left running by a closed Blender session is listed by the next one while it runs, followed on a
+    worker thread: its whole-job progress grows through the pump until it succeeds."""
+    s = story["running_history"]
+    assert s["adopted"] and s["history"] and s["first_state"] in ("queued", "running")
+    live = [f for f in s["seen"] if 0.0 < f < 1.0]
+    assert len(set(live)) >= 3 and s["seen"] == sorted(s["seen"])  # seen moving, never backwards
+    assert s["state"] == "succeeded" == s["server_state"] and s["text"] == "succeeded"
+
+
+def test_views_only_job_shows_its_views_and_imports_nothing(story):
+    """MVDream stopped after its views (``stop_after=views``, smoke-test weights): the job succeeds, views.png is
+    the job's image in Blender (one 64² view per column, four columns), no mesh import is attempted, and the
+    history's button in a new session shows the views again."""
+    s = story["views_only"]
+    assert s["error"] == "" and s["state"] == "succeeded" and "views only" in s["text"]
+    assert s["objects"] == [] and s["result_path"] == "" and s["new_objects"] == []
+    assert s["image_file"] and s["image_size"] == s["views_png_size"] == [4 * 64, 64]
+    assert s["drawn"]["errors"] == [] and "template_icon" in s["drawn"]["calls"]
+    h = s["history"]
+    assert "views only" in h["text"] and h["image"] and h["objects"] == [] and h["new_objects"] == []
+
+
 def test_weights_manager(story):
     s = story["weights"]
     assert s["lrm"][0]["name"] == "triposr" and s["lrm"][0]["tiny"]  # found in the preference's weights folder
@@ -404,6 +427,9 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     prefs.output_dir = os.path.join(tmp, "results")
     prefs.timeout = 30.0
     prefs.token = "t0ken"  # the launched backend then requires it on every route but /v1/health
+    from gen3d.backend.weights import write_tiny
+
+    write_tiny("mvdream", os.path.join(tmp, "weights"))  # a views-only job runs MVDream's smoke-test model
     os.makedirs(os.path.join(tmp, "weights", "triposr"))  # a smoke-test checkpoint (the marker makes it one)
     with open(os.path.join(tmp, "weights", "triposr", "GEN3D_TINY.json"), "w") as f:
         f.write("{}")
@@ -556,6 +582,49 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     except client_mod.BackendError as e:
         history["after_delete"] = e.code
     out["history"] = history
+
+    # -- a job still running when Blender closed: the next session follows it (live progress), then it is done ----
+    bpy.ops.gen3d.generate(mode="ASYNC", options_json=json.dumps({"steps": 80, "step_s": 0.05}))
+    earlier = list(manager.records.values())[-1]
+    _pump_until(manager, lambda: earlier.job_id != "")
+    manager.clear()  # the session ends: its records and worker's queue are gone; the backend runs on
+    bpy.ops.gen3d.refresh(mode="SYNC")
+    rec = next((r for r in manager.records.values() if r.job_id == earlier.job_id), None)
+    seen: list[float] = []
+    if rec is not None:
+        first_state = rec.state
+        _pump_until(manager, lambda: seen.append(rec.progress) or not rec.active)
+    out["running_history"] = {"adopted": rec is not None, "history": rec is not None and rec.history,
+                              "first_state": rec and first_state, "seen": seen, "state": rec and rec.state,
+                              "text": rec and rec.status_text(), "server_state": client.job(earlier.job_id)["state"]}
+
+    # -- a views-only job (MVDream stopped after its views): views.png shown as the job's image, nothing imported --
+    settings.method = "mvdream"
+    settings.prompt = "a wooden chair"
+    before = set(bpy.data.objects)
+    error = _error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps(
+        {"stop_after": "views", "views_steps": 2, "candidates": 1}))
+    rec = list(manager.records.values())[-1]
+    image = bpy.data.images.get(rec.preview_image) if rec.preview_image else None
+    views_png = os.path.join(rec.out_dir, "views.png")
+    out["views_only"] = {"error": error, "state": rec.state, "text": rec.status_text(), "objects": rec.objects,
+                         "result_path": rec.result_path, "new_objects": [o.name for o in bpy.data.objects
+                                                                         if o not in before],
+                         "image_size": list(image.size) if image else None,
+                         "image_file": image and bpy.path.abspath(image.filepath) == views_png,
+                         "views_png_size": list(__import__("PIL.Image").Image.open(views_png).size)
+                         if os.path.isfile(views_png) else None,
+                         "drawn": _draw_panels(bpy, [panel_mod.GEN3D_PT_jobs])}
+    # the same job in a new session's history: "Show Views" loads the views, and imports nothing
+    job_id = rec.job_id
+    manager.clear()
+    bpy.ops.gen3d.refresh(mode="SYNC")
+    rec = next(r for r in manager.records.values() if r.job_id == job_id)
+    bpy.ops.gen3d.fetch_job(key=rec.key)
+    out["views_only"]["history"] = {"text": rec.status_text(), "objects": rec.objects,
+                                    "image": bool(rec.preview_image) and rec.preview_path.endswith("views.png"),
+                                    "new_objects": [o.name for o in bpy.data.objects if o not in before]}
+    settings.method = "box_glb"
 
     # -- the weights manager: the launched backend uses the preference's folder; downloads show the licence first
     out["weights"] = {"lrm": manager.status.method("lrm")["weights"],
