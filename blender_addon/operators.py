@@ -543,12 +543,12 @@ class GEN3D_OT_download_weights(bpy.types.Operator):
         argv += ["--accept-license"] if self.restrictive else []
         if prefs.weights_dir:
             argv += ["--dir", os.path.join(bpy.path.abspath(prefs.weights_dir), self.name)]
-        client = client_for(context)
+        client, sync = client_for(context), sync_mode(self.mode)  # (the operator is gone when the task ends)
         log_path = os.path.join(user_dir("downloads"), f"{self.name}.log")
         # when it ends, the backend's method list says whether the method is ready now
-        task = tasks.start(f"download {self.name}", argv, log_path, on_done=lambda task: manager.refresh_status(
-            client, sync=sync_mode(self.mode)))
-        if sync_mode(self.mode):
+        task = tasks.start(f"download {self.name}", argv, log_path,
+                           on_done=lambda task: manager.refresh_status(client, sync=sync))
+        if sync:
             tasks.wait(task)
             if task.state != "succeeded":
                 self.report({"ERROR"}, f"Gen3D: {task.error}")

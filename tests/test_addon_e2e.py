@@ -160,7 +160,8 @@ def test_weights_manager(story):
     assert "accept its licence" in s["refused"]
     assert "cannot download sd15" in s["offline"] and "Traceback" not in s["offline"]  # no network in tests
     d = s["download"]  # from a hub on loopback: the Jobs panel follows the command's bytes and percent
-    assert d["state"] == "succeeded" and d["size"] == 12_000_000 and d["ready_after"] is True
+    assert d["label"] == "download instantmesh-nerf-base" and d["state"] == "succeeded", d
+    assert d["size"] == 12_000_000 and d["ready_after"] is True
     assert d["seen"] == sorted(d["seen"]) and any(0 < f < 1 for f in d["seen"]) and "progress" in d["drawn"]
 
 
@@ -649,7 +650,7 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     with HubServer(os.path.join(tmp, "hub"), chunk_s=0.25) as hub:
         os.environ.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=os.path.join(tmp, "hf_home"))
         bpy.ops.gen3d.download_weights(name="instantmesh-nerf-base", license="Apache-2.0", mode="ASYNC")
-        task = next(iter(sys.modules[ADDON_MODULE + ".tasks"].tasks.tasks.values()))
+        task = list(sys.modules[ADDON_MODULE + ".tasks"].tasks.tasks.values())[-1]
         seen, drawn = [], []
         while _pump_until(manager, lambda: True, 1.0) and task.active:
             seen.append(task.fraction)
@@ -657,9 +658,10 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
             time.sleep(0.1)
         _pump_until(manager, lambda: not manager.status.checking, 30)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    downloaded = os.path.join(prefs.weights_dir, "instantmesh-nerf-base", "instant_nerf_base.ckpt")
     out["weights"]["download"] = {
-        "seen": [f for f in seen if f is not None], "state": task.state, "line": task.line, "drawn": drawn,
-        "size": os.path.getsize(os.path.join(prefs.weights_dir, "instantmesh-nerf-base", "instant_nerf_base.ckpt")),
+        "seen": [f for f in seen if f is not None], "state": task.state, "error": task.error, "drawn": drawn,
+        "label": task.label, "size": os.path.getsize(downloaded) if os.path.isfile(downloaded) else None,
         "ready_after": [w for w in manager.status.method("instant3d")["weights"]
                         if w["name"] == "instantmesh-nerf-base"][0]["ready"]}
 
