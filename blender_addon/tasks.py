@@ -110,12 +110,11 @@ def _progress(task: CliTask, lines: list[str]) -> None:
 
 
 def _end(task: CliTask, code: int, lines: list[str]) -> None:
-    if task.state == "cancelled":
-        pass
-    elif code == 0:
+    """The command ended with exit ``code`` having printed ``lines`` (a cancelled task stays cancelled)."""
+    if task.state == "running" and code == 0:
         task.state, task.fraction = "succeeded", 1.0
         task.line = lines[-1] if lines else "done"
-    else:
+    elif task.state == "running":
         errors = [ln[len("error: "):] for ln in lines if ln.startswith("error: ")]
         task.state = "failed"
         task.error = errors[-1] if errors else (lines[-1] if lines else f"exit {code}")
