@@ -163,6 +163,7 @@ def test_weights_manager(story):
     assert d["label"] == "download instantmesh-nerf-base" and d["state"] == "succeeded", d
     assert d["size"] == 12_000_000 and d["ready_after"] is True
     assert d["seen"] == sorted(d["seen"]) and any(0 < f < 1 for f in d["seen"]) and "progress" in d["drawn"]
+    assert d["cancelled"] == {"state": "cancelled", "exit": -15, "file": False}  # terminated, nothing half-written
 
 
 def test_reconstruct_from_cameras(story):
@@ -657,13 +658,25 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
             drawn = drawn or _draw_panels(bpy, [panel_mod.GEN3D_PT_jobs])["calls"]
             time.sleep(0.1)
         _pump_until(manager, lambda: not manager.status.checking, 30)
+        # the task's Cancel stops a download on its way
+        with open(os.path.join(served, "instant_nerf_large.ckpt"), "wb") as f:  # ~8 s to serve; cancelled at ~3
+            f.write(bytes(range(256)) * (30_000_000 // 256))
+        bpy.ops.gen3d.download_weights(name="instantmesh-nerf-large", license="Apache-2.0", mode="ASYNC")
+        big = list(sys.modules[ADDON_MODULE + ".tasks"].tasks.tasks.values())[-1]
+        _pump_until(manager, lambda: big.fraction is not None or not big.active)
+        bpy.ops.gen3d.cancel_task(key=big.key)
+        big.reader.join(30)
+        manager.pump()
+        cancelled = {"state": big.state, "exit": big.proc.returncode,
+                     "file": os.path.isfile(os.path.join(prefs.weights_dir, "instantmesh-nerf-large",
+                                                         "instant_nerf_large.ckpt"))}
     os.environ["HF_HUB_OFFLINE"] = "1"
     downloaded = os.path.join(prefs.weights_dir, "instantmesh-nerf-base", "instant_nerf_base.ckpt")
     out["weights"]["download"] = {
         "seen": [f for f in seen if f is not None], "state": task.state, "error": task.error, "drawn": drawn,
         "label": task.label, "size": os.path.getsize(downloaded) if os.path.isfile(downloaded) else None,
         "ready_after": [w for w in manager.status.method("instant3d")["weights"]
-                        if w["name"] == "instantmesh-nerf-base"][0]["ready"]}
+                        if w["name"] == "instantmesh-nerf-base"][0]["ready"], "cancelled": cancelled}
 
     # -- a method whose weights are missing (the test method needs_weights) is disabled with the reason ----------
     settings.method = "needs_weights"
