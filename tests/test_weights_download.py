@@ -41,3 +41,26 @@ def test_cli_download_arrives_whole_and_reports_bytes_and_percent(tmp_path):
     assert percents == sorted(percents) and 0 < len([p for p in percents if p < 100]) and lines[-1] == (
         "100.0", "12.0 MB of 12.0 MB")
     assert "\r" not in r.stderr  # no bar redrawn into a log
+
+
+def test_plain_lines_are_rate_limited_and_the_last_count_is_never_lost():
+    """At most one line per interval and per whole percent; a total the hub cannot tell (an older release: no dry
+    run) still prints by time; the count held back by the limit is printed on close."""
+    import io
+
+    from gen3d.backend.transfer import DownloadPrinter
+
+    t = [0.0]
+    out = io.StringIO()
+    printer = DownloadPrinter("sd15", out, interval_s=2.0, clock=lambda: t[0])
+    for t[0], done in [(0.0, 0), (0.5, 1_000_000), (2.5, 1_005_000), (3.0, 5_000_000), (4.6, 9_000_000)]:
+        printer(done, 10_000_000, "B")
+    printer.close()
+    assert out.getvalue().splitlines() == ["[  0.0%] sd15: 0 B of 10.0 MB", "[ 10.1%] sd15: 1.0 MB of 10.0 MB",
+                                           "[ 90.0%] sd15: 9.0 MB of 10.0 MB"]
+    out = io.StringIO()
+    printer = DownloadPrinter("old", out, interval_s=2.0, clock=lambda: t[0])
+    for t[0], done in [(10.0, 1), (12.5, 2), (13.0, 3)]:
+        printer(done, 0, "B") if done < 3 else printer(done, 5, "files")
+    printer.close()
+    assert out.getvalue().splitlines() == ["old: 1 B", "old: 2 B", "[ 60.0%] old: 3 of 5 files"]

@@ -89,8 +89,8 @@ class DownloadPrinter:
             self.bar.refresh()
             return
         self.last = self.line(done, total, unit)
-        percent = int(100 * done / total) if total else -1
-        if percent != self.percent and self.clock() - self.printed_at >= self.interval_s:
+        percent = int(100 * done / total) if total else -1  # unknown total: by time alone
+        if (percent != self.percent or percent < 0) and self.clock() - self.printed_at >= self.interval_s:
             self.percent, self.printed_at = percent, self.clock()
             print(self.last, file=self.stream, flush=True)
             self.last = ""
