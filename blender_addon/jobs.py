@@ -14,8 +14,9 @@ import queue
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import bpy
 
@@ -76,6 +77,8 @@ class JobRecord:
         """``running · fit 120/600 · 35 % · ~2 min left`` while active; the state alone once finished."""
         if self.state == "failed":
             return self.error or "failed"
+        if self.state == "succeeded" and views_only(self.artifacts):
+            return "succeeded · views only (views.png), no 3D result"
         if not self.active:
             return self.state
         parts = [self.state]
@@ -102,6 +105,7 @@ class BackendStatus:
     error: str = ""
     checked: float = 0.0
     checking: bool = False
+    client: Client | None = None  # the client it was checked with (follows the backend's running jobs)
 
     @property
     def version(self) -> str:
@@ -231,7 +235,7 @@ class JobManager:
     # -- worker side (no bpy) -------------------------------------------------------------------------------------
 
     def _check(self, client: Client) -> None:
-        status = BackendStatus(url=client.base, checked=time.time())
+        status = BackendStatus(url=client.base, checked=time.time(), client=client)
         try:
             status.health = client.handshake()
             status.methods = client.methods()
@@ -249,51 +253,69 @@ class JobManager:
 
     def _work(self, key: int, client: Client, request: dict, files: dict, out_dir: str,
               deadline: float | None) -> None:
-        q = self.queue
-        try:
+        """Submit ``request`` and follow the job to its imported result."""
+        with self._failures_reported(key, out_dir):
             job = client.submit(request, files)
-            q.put(("job", key, job))
-            job_id = str(job["id"])
+            self.queue.put(("job", key, job))
             rec = self.records.get(key)
             if rec is not None and rec.cancel_requested:
-                client.cancel(job_id)
-            last_preview = [None, 0.0]
+                client.cancel(str(job["id"]))
+            self._follow(key, client, str(job["id"]), out_dir, deadline)
 
-            def on_update(snapshot: dict) -> None:
-                q.put(("job", key, snapshot))
-                url = snapshot.get("preview_url") or snapshot.get("preview")
-                if isinstance(url, str) and url != last_preview[0] and time.monotonic() - last_preview[1] > 2.0:
-                    last_preview[:] = [url, time.monotonic()]
-                    try:
-                        path = client.download_url(url, os.path.join(out_dir, "progress_preview.png"))
-                        q.put(("preview", key, path))
-                    except BackendError as e:
-                        log.debug("preview download failed: %s", e)
+    def _watch(self, key: int, client: Client, job_id: str) -> None:
+        """Follow a job adopted from the backend's list: live progress, then its final state."""
+        with self._failures_reported(key, ""):
+            self._follow(key, client, job_id, "", None)
 
-            job = client.wait(job_id, on_update, deadline=deadline)
-            if job.get("state") != "succeeded":
-                discard_unused(out_dir)
-                q.put(("job", key, job))
-                return
-            q.put(("state", key, "downloading"))
-            names = artifact_names(job)
-            if "views.png" in names and not any(n.endswith(".glb") for n in names):
-                # a views-only job (``--set stop_after=views``): show the views; there is no 3D result
-                q.put(("preview", key, client.download(job_id, "views.png", os.path.join(out_dir, "views.png"))))
-                q.put(("note", key, "stopped after the views (views.png); no 3D result"))
-                q.put(("state", key, "succeeded"))
-                return
-            path, preview = download_result(client, job, out_dir, rec.kind if rec is not None else "generate")
-            if preview:
-                q.put(("preview", key, preview))
-            q.put(("result", key, path))
+    @contextmanager
+    def _failures_reported(self, key: int, out_dir: str) -> Iterator[None]:
+        try:
+            yield
         except BackendError as e:
             discard_unused(out_dir)
-            q.put(("error", key, e))
+            self.queue.put(("error", key, e))
         except Exception as e:  # a bug here must still end the job readably, not leave it "running"
             log.exception("job %s worker crashed", key)
             discard_unused(out_dir)
-            q.put(("error", key, BackendError("internal", f"{type(e).__name__}: {e}")))
+            self.queue.put(("error", key, BackendError("internal", f"{type(e).__name__}: {e}")))
+
+    def _follow(self, key: int, client: Client, job_id: str, out_dir: str, deadline: float | None) -> None:
+        """Follow a submitted job to its end. With an ``out_dir``: previews on the way, then the result (or a
+        views-only job's views) downloaded there for import; without one: progress and the final state only."""
+        q = self.queue
+        last_preview = [None, 0.0]
+
+        def on_update(snapshot: dict) -> None:
+            q.put(("job", key, snapshot))
+            url = snapshot.get("preview_url") or snapshot.get("preview")
+            if out_dir and isinstance(url, str) and url != last_preview[0] and \
+                    time.monotonic() - last_preview[1] > 2.0:
+                last_preview[:] = [url, time.monotonic()]
+                try:
+                    path = client.download_url(url, os.path.join(out_dir, "progress_preview.png"))
+                    q.put(("preview", key, path))
+                except BackendError as e:
+                    log.debug("preview download failed: %s", e)
+
+        job = client.wait(job_id, on_update, deadline=deadline)
+        if not out_dir:
+            q.put(("ended", key, job))
+            return
+        if job.get("state") != "succeeded":
+            discard_unused(out_dir)
+            q.put(("job", key, job))
+            return
+        q.put(("state", key, "downloading"))
+        if views_only(artifact_names(job)):  # ``--set stop_after=views``: show the views; there is no 3D result
+            q.put(("preview", key, client.download(job_id, "views.png", os.path.join(out_dir, "views.png"))))
+            q.put(("note", key, "stopped after the views (views.png); no 3D result"))
+            q.put(("state", key, "succeeded"))
+            return
+        rec = self.records.get(key)
+        path, preview = download_result(client, job, out_dir, rec.kind if rec is not None else "generate")
+        if preview:
+            q.put(("preview", key, preview))
+        q.put(("result", key, path))
 
     # -- main thread ----------------------------------------------------------------------------------------------
 
@@ -314,7 +336,7 @@ class JobManager:
                 continue
             if kind == "status":
                 self.status = payload
-                self.adopt(payload.jobs)
+                self.adopt(payload.jobs, payload.client if payload.online else None)
                 if self.on_status:
                     self.on_status(payload)
                 continue
@@ -330,24 +352,32 @@ class JobManager:
             redraw()
         return n
 
-    def adopt(self, server_jobs: list[dict]) -> None:
-        """Finished jobs the backend knows and this session does not (an earlier Blender session's, another
-        client's) join the list, oldest first, ready to be re-imported, previewed or deleted."""
+    def adopt(self, server_jobs: list[dict], client: Client | None = None) -> None:
+        """Jobs the backend knows and this session does not (an earlier Blender session's, another client's) join
+        the list, oldest first: finished ones ready to be re-imported, previewed or deleted; queued and running
+        ones followed on a worker thread with ``client`` (live progress, cancel), importable once they succeed."""
         known = {r.job_id for r in self.records.values() if r.job_id}
         for job in server_jobs:
-            if job.get("id") in known or job.get("state") not in TERMINAL_STATES:
+            if job.get("id") in known or (job.get("state") not in TERMINAL_STATES and client is None):
                 continue
             method = self.status.method(job.get("method", "")) or {"name": job.get("method", "")}
             kind = {"reconstruct": "reconstruct", "texture": "refine"}.get(method_kind(method), "generate")
             rec = self.new(kind=kind, method=str(job.get("method", "")), request=job.get("request") or {}, files={},
                            out_dir="", history=True)
             apply_snapshot(rec, job)
-            rec.state = job["state"]
+            rec.state = str(job.get("state") or "queued")
             rec.started = float(job.get("created") or rec.started)
+            if rec.active:
+                self._clients[rec.key] = client
+                threading.Thread(target=self._watch, args=(rec.key, client, rec.job_id),
+                                 name=f"gen3d-job-{rec.key}", daemon=True).start()
 
     def _apply(self, rec: JobRecord, kind: str, payload: Any) -> None:
         if kind == "job":
             apply_snapshot(rec, payload)
+        elif kind == "ended":  # an adopted job's last snapshot: its own state (nothing to download now)
+            apply_snapshot(rec, payload)
+            rec.state = str(payload.get("state"))
         elif kind == "state":
             rec.state = payload
         elif kind == "note":
@@ -400,6 +430,11 @@ def artifact_names(job: dict) -> list[str]:
     if isinstance(arts, dict):
         return list(arts)
     return [a.get("name", "") if isinstance(a, dict) else str(a) for a in arts]
+
+
+def views_only(names: list[str]) -> bool:
+    """A job that stopped after its views (``stop_after=views``): ``views.png`` and no mesh to import."""
+    return "views.png" in names and not any(n.endswith(".glb") for n in names)
 
 
 def apply_snapshot(rec: JobRecord, job: dict) -> None:

@@ -24,9 +24,11 @@ from . import reimport, scene_io, views
 from .backend_process import BackendProcess, backend_argv
 from .client import TERMINAL_STATES, BackendError, Client
 from .jobs import JobRecord, discard_unused, download_result, manager, method_inputs, method_kind, method_weights
+from .jobs import views_only
 from .jobs import load_preview as jobs_load_preview
 from .preferences import get_prefs, make_client, output_dir, user_dir
 from .properties import method_schema, option_overrides
+from .tasks import tasks
 
 LOG_TEXT = "Gen3D backend log"
 _process: list[BackendProcess] = []  # the one BackendProcess of this session, created on first use
@@ -529,8 +531,6 @@ class GEN3D_OT_download_weights(bpy.types.Operator):
             col.prop(self, "accept")
 
     def execute(self, context):
-        import subprocess
-
         if self.restrictive and not self.accept:
             self.report({"ERROR"}, f"{self.name}: accept its licence to download it")
             return {"CANCELLED"}
@@ -543,29 +543,19 @@ class GEN3D_OT_download_weights(bpy.types.Operator):
         argv += ["--accept-license"] if self.restrictive else []
         if prefs.weights_dir:
             argv += ["--dir", os.path.join(bpy.path.abspath(prefs.weights_dir), self.name)]
-        name, client = self.name, client_for(context)
-
-        def run() -> str:
-            r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
-            return "" if r.returncode == 0 else (lines[-1][7:] if lines else f"exit {r.returncode}")
-
-        if sync_mode(self.mode):
-            error = run()
-            manager.refresh_status(client, sync=True)
-            if error:
-                self.report({"ERROR"}, f"Gen3D: {error}")
+        client, sync = client_for(context), sync_mode(self.mode)  # (the operator is gone when the task ends)
+        log_path = os.path.join(user_dir("downloads"), f"{self.name}.log")
+        # when it ends, the backend's method list says whether the method is ready now
+        task = tasks.start(f"download {self.name}", argv, log_path,
+                           on_done=lambda task: manager.refresh_status(client, sync=sync))
+        if sync:
+            tasks.wait(task)
+            if task.state != "succeeded":
+                self.report({"ERROR"}, f"Gen3D: {task.error}")
                 return {"CANCELLED"}
-            self.report({"INFO"}, f"Gen3D: {name} downloaded")
+            self.report({"INFO"}, f"Gen3D: {self.name} downloaded")
             return {"FINISHED"}
-
-        def worker():
-            error = run()
-            manager.queue.put(("call", None, lambda: (setattr(manager.status, "error", error and f"{name}: {error}"),
-                                                      manager.refresh_status(client))))
-
-        threading.Thread(target=worker, name="gen3d-download", daemon=True).start()
-        self.report({"INFO"}, f"Gen3D: downloading {name} (the method turns ready when it is done)")
+        self.report({"INFO"}, f"Gen3D: downloading {self.name} (progress in the Jobs panel)")
         return {"FINISHED"}
 
 
@@ -632,8 +622,6 @@ class GEN3D_OT_render_dataset(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        import subprocess
-
         out = os.path.join(output_dir(get_prefs(context)), f"{time.strftime('%Y%m%d-%H%M%S')}-dataset")
         models = os.path.join(out, "models", bpy.path.clean_name(context.collection.name if context.collection
                                                                    else "objects"))
@@ -648,36 +636,15 @@ class GEN3D_OT_render_dataset(bpy.types.Operator):
             "--roll-sd", str(self.roll_sd), "--seed", str(self.seed)]
         argv += ["--random-distance"] if self.random_distance else []
         argv += [] if self.geometry_passes else ["--no-geometry-passes"]
-        log_path = os.path.join(out, "dataset.log")
-        with open(log_path, "w", encoding="utf-8") as log_file:
-            self._proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL)
-        self._out, self._log = out, log_path
-        if sync_mode(self.mode):
-            self._proc.wait()
-            return self._finish()
-        self._timer = context.window_manager.event_timer_add(0.5, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        self.report({"INFO"}, f"rendering the dataset into {out} (ESC cancels)")
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        if event.type == "ESC":
-            self._proc.terminate()
-        if event.type != "TIMER" and event.type != "ESC" or self._proc.poll() is None:
-            return {"PASS_THROUGH"}
-        context.window_manager.event_timer_remove(self._timer)
-        return self._finish()
-
-    def _finish(self):
-        with open(self._log, encoding="utf-8", errors="replace") as f:
-            lines = [ln.strip() for ln in f.read().replace("\r", "\n").splitlines() if ln.strip()]
-        last = lines[-1] if lines else ""
-        if self._proc.returncode != 0:
-            self.report({"ERROR"}, f"dataset rendering failed: {last or f'exit {self._proc.returncode}'} "
-                                   f"(log: {self._log})")
+        task = tasks.start("dataset render", argv, os.path.join(out, "dataset.log"))
+        if not sync_mode(self.mode):
+            self.report({"INFO"}, f"rendering the dataset into {out} (progress in the Jobs panel)")
+            return {"FINISHED"}
+        tasks.wait(task)
+        if task.state != "succeeded":
+            self.report({"ERROR"}, f"dataset rendering failed: {task.error} (log: {task.log_path})")
             return {"CANCELLED"}
-        self.report({"INFO"}, last)
+        self.report({"INFO"}, task.line)
         return {"FINISHED"}
 
 
@@ -697,6 +664,38 @@ class GEN3D_OT_cancel(bpy.types.Operator):
             return {"CANCELLED"}
         for rec in recs:
             manager.cancel(rec, sync=sync_mode(self.mode))
+        return {"FINISHED"}
+
+
+class GEN3D_OT_cancel_task(bpy.types.Operator):
+    bl_idname = "gen3d.cancel_task"
+    bl_label = "Cancel Task"
+    bl_description = "Stop the backend command (a weights download resumes where it stopped next time)"
+    bl_options = {"INTERNAL"}
+
+    key: IntProperty()
+
+    def execute(self, context):
+        task = tasks.tasks.get(self.key)
+        if task is None or not task.active:
+            return {"CANCELLED"}
+        tasks.cancel(task)
+        return {"FINISHED"}
+
+
+class GEN3D_OT_remove_task(bpy.types.Operator):
+    bl_idname = "gen3d.remove_task"
+    bl_label = "Remove Task"
+    bl_description = "Remove the finished task from the list (its log file stays)"
+    bl_options = {"INTERNAL"}
+
+    key: IntProperty()
+
+    def execute(self, context):
+        task = tasks.tasks.get(self.key)
+        if task is None or task.active:
+            return {"CANCELLED"}
+        tasks.remove(task)
         return {"FINISHED"}
 
 
@@ -744,10 +743,12 @@ class GEN3D_OT_fetch_job(bpy.types.Operator):
         if not rec.out_dir:
             rec.out_dir = os.path.join(output_dir(get_prefs(context)), f"{rec.job_id}-{rec.kind}")
             os.makedirs(rec.out_dir, exist_ok=True)
+        only_views = views_only(rec.artifacts)  # nothing to import: its views are what it made
         try:
             job = client.job(rec.job_id)
-            if self.preview_only:
-                path = client.download(rec.job_id, "preview.png", os.path.join(rec.out_dir, "preview.png"))
+            if self.preview_only or only_views:
+                image = "views.png" if only_views else "preview.png"
+                path = client.download(rec.job_id, image, os.path.join(rec.out_dir, image))
             else:
                 rec.result_path, path = download_result(client, job, rec.out_dir, rec.kind)
         except BackendError as e:
@@ -756,7 +757,7 @@ class GEN3D_OT_fetch_job(bpy.types.Operator):
         if path:
             rec.preview_image = jobs_load_preview(path, rec.preview_image or f"Gen3D preview {rec.key}")
             rec.preview_path = path
-        if not self.preview_only:
+        if not (self.preview_only or only_views):
             bpy.ops.gen3d.import_result(key=rec.key)
         return {"FINISHED"}
 
@@ -817,7 +818,7 @@ class GEN3D_OT_import_result(bpy.types.Operator):
 CLASSES = (GEN3D_OT_refresh, GEN3D_OT_launch_backend, GEN3D_OT_stop_backend, GEN3D_OT_show_log, GEN3D_OT_unload,
            GEN3D_OT_copy_command, GEN3D_OT_generate, GEN3D_OT_reconstruct, GEN3D_OT_refine_texture,
            GEN3D_OT_download_weights, GEN3D_OT_render_dataset, GEN3D_OT_cancel, GEN3D_OT_remove_job, GEN3D_OT_fetch_job,
-           GEN3D_OT_import_result)
+           GEN3D_OT_import_result, GEN3D_OT_cancel_task, GEN3D_OT_remove_task)
 
 
 def register() -> None:
@@ -826,6 +827,7 @@ def register() -> None:
 
 def unregister() -> None:
     manager.importer = None
+    tasks.clear()
     if _process:
         _process[0].close()
         _process.clear()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import bpy
 
-from .jobs import manager, method_inputs, method_kind, method_weights
+from .jobs import manager, method_inputs, method_kind, method_weights, views_only
 from .operators import backend_process, wrap_text
+from .tasks import tasks
 
 
 class _Gen3DPanel:
@@ -26,6 +27,10 @@ def draw_weights(layout, method: dict) -> None:
             continue
         size = f", {w['size_gb']:.1f} GB" if isinstance(w.get("size_gb"), (int, float)) else ""
         row.label(text=f"{w['name']}: missing{size}", icon="ERROR")
+        task = next((t for t in tasks.tasks.values() if t.active and t.label == f"download {w['name']}"), None)
+        if task is not None:  # downloading: its bar here too
+            row.progress(factor=task.fraction or 0.0, type="BAR", text=task.line or "starting")
+            continue
         op = row.operator("gen3d.download_weights", text="", icon="IMPORT")
         op.name, op.license, op.restrictive = w["name"], str(w.get("license") or ""), bool(w.get("restrictive"))
         if w.get("command"):
@@ -152,13 +157,31 @@ class GEN3D_PT_scene(_Gen3DPanel, bpy.types.Panel):
         layout.operator("gen3d.render_dataset", icon="RENDER_RESULT")
 
 
+def draw_tasks(layout) -> None:
+    """The backend commands the add-on runs (weights downloads, dataset renders): a bar and Cancel while one runs,
+    its last line or its error once it ended."""
+    for task in reversed(list(tasks.tasks.values())):
+        box = layout.box()
+        row = box.row(align=True)
+        icon = {"succeeded": "CHECKMARK", "failed": "ERROR", "cancelled": "X"}.get(task.state, "TIME")
+        row.label(text=task.label, icon=icon)
+        row.operator("gen3d.cancel_task" if task.active else "gen3d.remove_task", text="",
+                     icon="CANCEL" if task.active else "X").key = task.key
+        if task.active:
+            box.progress(factor=task.fraction or 0.0, type="BAR", text=task.line or "starting")
+        else:
+            for line in wrap_text(task.status_text(), 48):
+                box.label(text=line)
+
+
 class GEN3D_PT_jobs(_Gen3DPanel, bpy.types.Panel):
     bl_idname = "GEN3D_PT_jobs"
     bl_label = "Jobs"
 
     def draw(self, context):
         layout = self.layout
-        if not manager.records:
+        draw_tasks(layout)
+        if not manager.records and not tasks.tasks:
             layout.label(text="No jobs yet")
         for rec in reversed(list(manager.records.values())):
             box = layout.box()
@@ -180,7 +203,10 @@ class GEN3D_PT_jobs(_Gen3DPanel, bpy.types.Panel):
                     r.operator("gen3d.copy_command", text="", icon="COPYDOWN").command = rec.error_hint
             else:
                 box.label(text=rec.status_text() + (f" · {', '.join(rec.objects)}" if rec.objects else ""))
-            if rec.state == "succeeded" and rec.job_id:
+            if rec.state == "succeeded" and rec.job_id and views_only(rec.artifacts):
+                if not rec.preview_image:
+                    box.operator("gen3d.fetch_job", text="Show Views", icon="IMAGE_DATA").key = rec.key
+            elif rec.state == "succeeded" and rec.job_id:
                 r = box.row(align=True)
                 r.operator("gen3d.fetch_job", text="Import Again" if rec.objects else "Import",
                            icon="IMPORT").key = rec.key

@@ -130,12 +130,40 @@ def test_history_after_reconnect(story):
     assert s["after_delete"] == "not_found"
 
 
+def test_history_follows_a_job_still_running_from_an_earlier_session(story):
+    """A job left running by a closed Blender session is listed by the next one while it runs, followed on a
+    worker thread: its whole-job progress grows through the pump until it succeeds."""
+    s = story["running_history"]
+    assert s["adopted"] and s["history"] and s["first_state"] in ("queued", "running")
+    live = [f for f in s["seen"] if 0.0 < f < 1.0]
+    assert len(set(live)) >= 3 and s["seen"] == sorted(s["seen"])  # seen moving, never backwards
+    assert s["state"] == "succeeded" == s["server_state"] and s["text"] == "succeeded"
+
+
+def test_views_only_job_shows_its_views_and_imports_nothing(story):
+    """MVDream stopped after its views (``stop_after=views``, smoke-test weights): the job succeeds, views.png is
+    the job's image in Blender (one 64² view per column, four columns), no mesh import is attempted, and the
+    history's button in a new session shows the views again."""
+    s = story["views_only"]
+    assert s["error"] == "" and s["state"] == "succeeded" and "views only" in s["text"]
+    assert s["objects"] == [] and s["result_path"] == "" and s["new_objects"] == []
+    assert s["image_file"] and s["image_size"] == s["views_png_size"] == [4 * 64, 64]
+    assert s["drawn"]["errors"] == []  # (bpy as a module makes no icon previews: the UI draws views.png's)
+    h = s["history"]
+    assert "views only" in h["text"] and h["image"] and h["objects"] == [] and h["new_objects"] == []
+
+
 def test_weights_manager(story):
     s = story["weights"]
     assert s["lrm"][0]["name"] == "triposr" and s["lrm"][0]["tiny"]  # found in the preference's weights folder
     assert s["needs"][0]["ready"] is False and s["needs"][0]["license"] and s["needs"][0]["size_gb"] > 1
     assert "accept its licence" in s["refused"]
     assert "cannot download sd15" in s["offline"] and "Traceback" not in s["offline"]  # no network in tests
+    d = s["download"]  # from a hub on loopback: the Jobs panel follows the command's bytes and percent
+    assert d["label"] == "download instantmesh-nerf-base" and d["state"] == "succeeded", d
+    assert d["size"] == 12_000_000 and d["ready_after"] is True
+    assert d["seen"] == sorted(d["seen"]) and any(0 < f < 1 for f in d["seen"]) and "progress" in d["drawn"]
+    assert d["cancelled"] == {"state": "cancelled", "exit": -15, "file": False}  # terminated, nothing half-written
 
 
 def test_reconstruct_from_cameras(story):
@@ -404,6 +432,9 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     prefs.output_dir = os.path.join(tmp, "results")
     prefs.timeout = 30.0
     prefs.token = "t0ken"  # the launched backend then requires it on every route but /v1/health
+    from gen3d.backend.weights import write_tiny
+
+    write_tiny("mvdream", os.path.join(tmp, "weights"))  # a views-only job runs MVDream's smoke-test model
     os.makedirs(os.path.join(tmp, "weights", "triposr"))  # a smoke-test checkpoint (the marker makes it one)
     with open(os.path.join(tmp, "weights", "triposr", "GEN3D_TINY.json"), "w") as f:
         f.write("{}")
@@ -557,6 +588,51 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
         history["after_delete"] = e.code
     out["history"] = history
 
+    # -- a job still running when Blender closed: the next session follows it (live progress), then it is done ----
+    settings.method = "sleepy"
+    bpy.ops.gen3d.generate(mode="ASYNC", options_json=json.dumps({"steps": 80, "step_s": 0.05}))
+    earlier = list(manager.records.values())[-1]
+    _pump_until(manager, lambda: earlier.job_id != "" or not earlier.active)
+    assert earlier.job_id, earlier.error
+    manager.clear()  # the session ends: its records and worker's queue are gone; the backend runs on
+    bpy.ops.gen3d.refresh(mode="SYNC")
+    rec = next((r for r in manager.records.values() if r.job_id == earlier.job_id), None)
+    seen: list[float] = []
+    if rec is not None:
+        first_state = rec.state
+        _pump_until(manager, lambda: seen.append(rec.progress) or not rec.active)
+    out["running_history"] = {"adopted": rec is not None, "history": rec is not None and rec.history,
+                              "first_state": rec and first_state, "seen": seen, "state": rec and rec.state,
+                              "text": rec and rec.status_text(), "server_state": client.job(earlier.job_id)["state"]}
+
+    # -- a views-only job (MVDream stopped after its views): views.png shown as the job's image, nothing imported --
+    settings.method = "mvdream"
+    settings.prompt = "a wooden chair"
+    before = set(bpy.data.objects)
+    error = _error_of(bpy.ops.gen3d.generate, mode="SYNC", options_json=json.dumps(
+        {"stop_after": "views", "views_steps": 2, "candidates": 1}))
+    rec = list(manager.records.values())[-1]
+    image = bpy.data.images.get(rec.preview_image) if rec.preview_image else None
+    views_png = os.path.join(rec.out_dir, "views.png")
+    out["views_only"] = {"error": error, "state": rec.state, "text": rec.status_text(), "objects": rec.objects,
+                         "result_path": rec.result_path, "new_objects": [o.name for o in bpy.data.objects
+                                                                         if o not in before],
+                         "image_size": list(image.size) if image else None,
+                         "image_file": image and bpy.path.abspath(image.filepath) == views_png,
+                         "views_png_size": list(__import__("PIL.Image").Image.open(views_png).size)
+                         if os.path.isfile(views_png) else None,
+                         "drawn": _draw_panels(bpy, [panel_mod.GEN3D_PT_jobs])}
+    # the same job in a new session's history: "Show Views" loads the views, and imports nothing
+    job_id = rec.job_id
+    manager.clear()
+    bpy.ops.gen3d.refresh(mode="SYNC")
+    rec = next(r for r in manager.records.values() if r.job_id == job_id)
+    bpy.ops.gen3d.fetch_job(key=rec.key)
+    out["views_only"]["history"] = {"text": rec.status_text(), "objects": rec.objects,
+                                    "image": bool(rec.preview_image) and rec.preview_path.endswith("views.png"),
+                                    "new_objects": [o.name for o in bpy.data.objects if o not in before]}
+    settings.method = "box_glb"
+
     # -- the weights manager: the launched backend uses the preference's folder; downloads show the licence first
     out["weights"] = {"lrm": manager.status.method("lrm")["weights"],
                       "needs": manager.status.method("needs_weights")["weights"],
@@ -564,6 +640,43 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
                                            restrictive=True, mode="SYNC"),
                       "offline": _error_of(bpy.ops.gen3d.download_weights, name="sd15", license="RAIL",
                                            mode="SYNC")}
+
+    # -- a download from a hub on loopback, followed in the panel: bytes and percent as the command prints them ---
+    from support.hub_server import HubServer
+
+    served = os.path.join(tmp, "hub", "TencentARC", "InstantMesh")
+    os.makedirs(served)
+    with open(os.path.join(served, "instant_nerf_base.ckpt"), "wb") as f:
+        f.write(bytes(range(256)) * (12_000_000 // 256))
+    with HubServer(os.path.join(tmp, "hub"), chunk_s=0.25) as hub:
+        os.environ.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=os.path.join(tmp, "hf_home"))
+        bpy.ops.gen3d.download_weights(name="instantmesh-nerf-base", license="Apache-2.0", mode="ASYNC")
+        task = list(sys.modules[ADDON_MODULE + ".tasks"].tasks.tasks.values())[-1]
+        seen, drawn = [], []
+        while _pump_until(manager, lambda: True, 1.0) and task.active:
+            seen.append(task.fraction)
+            drawn = drawn or _draw_panels(bpy, [panel_mod.GEN3D_PT_jobs])["calls"]
+            time.sleep(0.1)
+        _pump_until(manager, lambda: not manager.status.checking, 30)
+        # the task's Cancel stops a download on its way
+        with open(os.path.join(served, "instant_nerf_large.ckpt"), "wb") as f:  # ~8 s to serve; cancelled at ~3
+            f.write(bytes(range(256)) * (30_000_000 // 256))
+        bpy.ops.gen3d.download_weights(name="instantmesh-nerf-large", license="Apache-2.0", mode="ASYNC")
+        big = list(sys.modules[ADDON_MODULE + ".tasks"].tasks.tasks.values())[-1]
+        _pump_until(manager, lambda: big.fraction is not None or not big.active)
+        bpy.ops.gen3d.cancel_task(key=big.key)
+        big.reader.join(30)
+        manager.pump()
+        cancelled = {"state": big.state, "exit": big.proc.returncode,
+                     "file": os.path.isfile(os.path.join(prefs.weights_dir, "instantmesh-nerf-large",
+                                                         "instant_nerf_large.ckpt"))}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    downloaded = os.path.join(prefs.weights_dir, "instantmesh-nerf-base", "instant_nerf_base.ckpt")
+    out["weights"]["download"] = {
+        "seen": [f for f in seen if f is not None], "state": task.state, "error": task.error, "drawn": drawn,
+        "label": task.label, "size": os.path.getsize(downloaded) if os.path.isfile(downloaded) else None,
+        "ready_after": [w for w in manager.status.method("instant3d")["weights"]
+                        if w["name"] == "instantmesh-nerf-base"][0]["ready"], "cancelled": cancelled}
 
     # -- a method whose weights are missing (the test method needs_weights) is disabled with the reason ----------
     settings.method = "needs_weights"

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def test_install_enable_and_unregister_leaves_nothing(addon_zip, tmp_path):
 def test_render_dataset_operator_writes_an_annotated_dataset(addon_zip, tmp_path):
     r = run_scenario(Path(__file__), "scenario_dataset", str(addon_zip), str(tmp_path / "out"),
                      home=tmp_path / "home")
-    assert r["result"] == ["FINISHED"], r
+    assert r["result"] == ["FINISHED"] and r["running_after_return"], r
+    assert r["state"] == "succeeded" and r["line"].startswith("rendered 2 models (4 views in all)"), r
+    assert r["seen"] == sorted(r["seen"]) and r["seen"][-1] == 1.0  # tqdm's "models" bar, read as it came
     lines = [json.loads(x) for x in Path(r["manifest"]).read_text().splitlines()]
     assert sorted((x["model_id"], x["view"]) for x in lines) == [("Cube", 0), ("Cube", 1), ("Tall", 0), ("Tall", 1)]
     root = Path(r["manifest"]).parent
@@ -182,10 +185,22 @@ def scenario_dataset(zip_path: str, out: str) -> dict:
     bpy.ops.mesh.primitive_cylinder_add(location=(3, 0, 0), depth=3)
     bpy.context.active_object.name = "Tall"
     bpy.data.objects["Cube"].select_set(True)
+    # the interactive path (what the dialog's OK runs in the UI): the command runs as a task, followed through the
+    # same queue pump as jobs, while the operator has already returned
     result = bpy.ops.gen3d.render_dataset(views_per_model=2, size=48, engine="WORKBENCH", pose_mode="3", distance=3.0,
-                                          geometry_passes=False, mode="SYNC")
-    manifest = next(Path(out).glob("*-dataset/data/manifest.jsonl"))
-    return {"result": sorted(result), "manifest": str(manifest)}
+                                          geometry_passes=False, mode="ASYNC")
+    manager = sys.modules[ADDON_MODULE + ".jobs"].manager
+    (task,) = sys.modules[ADDON_MODULE + ".tasks"].tasks.tasks.values()
+    running, seen = task.active, []
+    deadline = time.monotonic() + 120
+    while task.active and time.monotonic() < deadline:
+        manager.pump()
+        seen.append(task.fraction)
+        time.sleep(0.05)
+    manager.pump()
+    manifest = next(Path(out).glob("*-dataset/data/manifest.jsonl"), None)
+    return {"result": sorted(result), "running_after_return": running, "state": task.state, "line": task.line,
+            "seen": [f for f in seen if f is not None], "manifest": str(manifest)}
 
 
 if __name__ == "__main__":

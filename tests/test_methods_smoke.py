@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -79,6 +80,11 @@ def test_method_runs_on_tiny_weights(method, inputs, tiny_weights, tmp_path):
 
     meta = json.loads((out / "meta.json").read_text())
     assert meta["method"] == method and meta["tiny_weights"] is True
+    # whole-job progress, as the CLI printed it (plain lines off a terminal): moving across the stages, never
+    # back, 100 % at the end; every stage the run timed has a share
+    printed = [float(p) for p in re.findall(r"^\[\s*([\d.]+)%\]", r.stderr, re.M)]
+    assert printed == sorted(printed) and printed[-1] == 100.0 and len(set(printed)) >= 3, printed
+    assert set(meta["timings"]) - {"total"} <= set(pipeline.stage_shares)
     assert "smoke-test" in meta["notice"]
     preview = np.asarray(Image.open(out / "preview.png").convert("RGB")).astype(int)
     banner = preview[:3].reshape(-1, 3).mean(0)  # the top rows carry the red smoke-test banner

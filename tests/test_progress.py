@@ -44,6 +44,32 @@ def test_stages_count_with_their_shares_and_the_eta_waits_for_a_pace():
     assert job.fraction == 1.0 and job.eta_s == 0.0 and job.message == "done"
 
 
+def test_the_fraction_never_goes_back():
+    """A stage entered twice (a second model loaded), a step count that restarts inside a stage, a nested stage
+    without a share: the whole-job fraction holds where it was instead of falling back."""
+    job = JobProgress({"load": 1.0, "work": 8.0, "export": 1.0}, Clock())
+    seen = []
+    for event in [("begin", "load"), ("end", "load"), ("begin", "work"), ("report", "work", 5, 10),
+                  ("report", "preview", 0, 1), ("begin", "untimed"), ("end", "untimed"), ("report", "work", 8, 10),
+                  ("end", "work"), ("begin", "load"), ("end", "load"), ("begin", "export"), ("end", "export")]:
+        getattr(job, event[0])(*event[1:])
+        seen.append(job.fraction)
+    assert seen == sorted(seen) and seen[3] == pytest.approx(0.5) and seen[-1] == pytest.approx(1.0)
+
+
+def test_every_method_declares_shares_of_its_stages_that_sum_to_one():
+    """Each method of the package weighs its stages (measured stage timings; see the methods' comments); the shares
+    are fractions of a run. Which stages a run times is checked against them by test_methods_smoke."""
+    from gen3d.backend.pipelines import get, names
+
+    ours = [get(n) for n in names() if type(get(n)).__module__.startswith("gen3d.")]
+    assert len(ours) >= 10
+    for pipeline in ours:
+        assert pipeline.stage_shares, f"{pipeline.name} declares no stage_shares"
+        assert sum(pipeline.stage_shares.values()) == pytest.approx(1.0, abs=0.01), pipeline.name
+        assert min(pipeline.stage_shares.values()) > 0, pipeline.name
+
+
 def test_undeclared_stages_fall_back_to_the_running_stage():
     job = JobProgress({}, Clock())
     job.begin("sleep")

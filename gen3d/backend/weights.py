@@ -312,13 +312,17 @@ def folder_size(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def download(name: str, accept_license: bool = False, dest: str | os.PathLike | None = None) -> Path:
-    """Fetch ``name`` with huggingface_hub (progress bars, resumes partial files).
+def download(name: str, accept_license: bool = False, dest: str | os.PathLike | None = None,
+             progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Fetch ``name`` with huggingface_hub (resumes partial files); ``progress(done, total, unit)`` hears the bytes
+    written (:func:`gen3d.backend.transfer.byte_bars`), else the hub shows its own bars.
 
     Goes to ``dest``, else ``$GEN3D_WEIGHTS_DIR/<name>``, else the Hugging Face cache. Restrictive (e.g.
     non-commercial) licences need ``accept_license=True``; otherwise :class:`BadInput` shows the licence.
     """
     from huggingface_hub import snapshot_download
+
+    from .transfer import byte_bars, planned_bytes
 
     entry = get_entry(name)
     if entry.extra.get("manual_url"):  # not on the Hugging Face hub
@@ -336,8 +340,10 @@ def download(name: str, accept_license: bool = False, dest: str | os.PathLike | 
     log.info("downloading %s from %s@%s (about %.1f GB, licence: %s)", name, entry.repo, entry.revision,
              entry.size_gb, entry.license)
     try:
-        path = snapshot_download(entry.repo, revision=entry.revision, allow_patterns=list(entry.files) or None,
-                                 local_dir=str(root) if root else None)
+        where = dict(revision=entry.revision, allow_patterns=list(entry.files) or None,
+                     local_dir=str(root) if root else None)
+        bars = byte_bars(progress, planned_bytes(snapshot_download, entry.repo, **where)) if progress else None
+        path = snapshot_download(entry.repo, tqdm_class=bars, **where)
     except Exception as e:  # no network, offline mode, gated or moved repository, disk full: one line says which
         reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise DownloadFailed(f"cannot download {name} from {entry.repo}: {reason}",

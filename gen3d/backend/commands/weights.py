@@ -50,7 +50,13 @@ def _list(args) -> int:
 def _download(args) -> int:
     from .. import weights
 
-    path = weights.download(args.name, accept_license=args.accept_license, dest=args.dir)
+    from ..transfer import DownloadPrinter
+
+    printer = DownloadPrinter(args.name)  # bytes and percent on stderr: a bar on a terminal, else plain lines
+    try:
+        path = weights.download(args.name, accept_license=args.accept_license, dest=args.dir, progress=printer)
+    finally:
+        printer.close()
     print(f"{args.name}: {path}")
     return 0
 

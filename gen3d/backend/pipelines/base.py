@@ -116,7 +116,7 @@ class RunContext:
             raise Cancelled("the job was cancelled")
 
     def stage(self, name: str) -> "_StageTimer":
-        """``with ctx.stage("fit"): ...`` records the stage's wall time in ``ctx.timings``."""
+        """``with ctx.stage("fit"): ...`` adds the stage's wall time to ``ctx.timings[name]``."""
         return _StageTimer(self, name)
 
 
@@ -130,8 +130,8 @@ class _StageTimer:
         self.ctx.job.begin(self.name)
         return self
 
-    def __exit__(self, *exc):
-        self.ctx.timings[self.name] = round(time.perf_counter() - self.t0, 3)
+    def __exit__(self, *exc):  # a stage entered twice (a second model loaded) counts both times
+        self.ctx.timings[self.name] = round(self.ctx.timings.get(self.name, 0.0) + time.perf_counter() - self.t0, 3)
         self.ctx.job.end(self.name)
         return False
 

@@ -203,6 +203,9 @@ class DreamGaussianImage(_DreamGaussian):
     Options = DreamGaussianImageOptions
     #: the default prior; Stable Zero123 and SD 2.1 (``prior``, ``lambda_sd``) are resolved when chosen
     weights = ("zero123-xl",)
+    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28)
+    stage_shares = {"preprocess": 0.01, "load": 0.11, "gaussians": 0.45, "mesh": 0.06, "uv_unwrap": 0.10,
+                    "bake": 0.13, "refine": 0.11, "export": 0.03}
 
     def _reference(self, request, opts, ctx, out):
         from .stages.views import reference_input
@@ -224,3 +227,6 @@ class DreamGaussianText(_DreamGaussian):
     Options = DreamGaussianTextOptions
     #: the default prior; MVDream (``prior``) is resolved when chosen
     weights = ("sd21-base",)
+    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28)
+    stage_shares = {"preprocess": 0.001, "load": 0.07, "gaussians": 0.61, "mesh": 0.10, "uv_unwrap": 0.025,
+                    "bake": 0.095, "refine": 0.074, "export": 0.025}

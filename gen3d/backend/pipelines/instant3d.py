@@ -92,6 +92,10 @@ class Instant3DPipeline(Pipeline):
     needs_mask = True
     Options = Instant3DOptions
     weights = ("sd21-base", "instantmesh-nerf-base")
+    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28), the
+    #: grid front; the image front (preprocess) spends more in ``grid`` (0.75 of its stage time), so it lags there
+    stage_shares = {"load": 0.096, "preprocess": 0.001, "grid": 0.464, "triplane": 0.001, "mesh": 0.309,
+                    "uv_unwrap": 0.10, "bake": 0.003, "export": 0.026}
 
     def validate(self, request: JobRequest) -> Instant3DOptions:
         opts = super().validate(request)

@@ -58,8 +58,8 @@ class LRMPipeline(Pipeline):
     needs_mask = True
     Options = LRMOptions
     #: from meta.json timings of a fast-preset run (CPU, tiny TripoSR: a real model's triplane pass weighs more)
-    stage_shares = {"load": 0.01, "preprocess": 0.01, "triplane": 0.03, "triplane_preview": 0.29, "mesh": 0.28,
-                    "uv_unwrap": 0.14, "bake": 0.05, "export": 0.22}
+    stage_shares = {"load": 0.01, "preprocess": 0.01, "triplane": 0.03, "triplane_preview": 0.28, "mesh": 0.27,
+                    "uv_unwrap": 0.14, "bake": 0.05, "export": 0.21}
     #: the default model's; the API refuses a job when a listed entry is missing, and the other models are optional
     #: (a job asking for a missing one fails with MissingWeights naming its download command)
     weights = ("triposr",)

@@ -197,6 +197,10 @@ class Magic123(Pipeline):
     Options = Magic123Options
     #: the defaults; other priors are resolved when chosen, the depth model when lambda_depth > 0
     weights = ("zero123-105000", "sd15", "depth-anything-v2-small")
+    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28)
+    #: (``fast`` skips textual inversion: a run with it holds its fraction while the token is learned)
+    stage_shares = {"preprocess": 0.024, "load": 0.028, "gaussians": 0.649, "mesh": 0.12, "dmtet": 0.108,
+                    "texture": 0.059, "export": 0.012}
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView, record_placement

@@ -37,6 +37,7 @@ class JobProgress:
         self.done: set[str] = set()
         self.step, self.total, self.label = 0, 0, "starting"
         self.finished = False
+        self.reached = 0.0  # the highest fraction reported so far: the fraction never goes back
 
     def begin(self, stage: str) -> None:
         """A timed stage starts (``with ctx.stage(name)``)."""
@@ -69,7 +70,8 @@ class JobProgress:
         done = sum(self.shares.get(s, 0.0) for s in self.done)
         stage = self.running[-1] if self.running else None
         running = self.shares.get(stage, 0.0) * self.within if stage not in self.done else 0.0
-        return min(1.0, done + running)
+        self.reached = max(self.reached, min(1.0, done + running))
+        return self.reached
 
     @property
     def elapsed(self) -> float:

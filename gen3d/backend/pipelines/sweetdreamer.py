@@ -67,6 +67,9 @@ class SweetDreamer(DreamGaussianText):
                    "python -m gen3d train agp), on Gaussians, then mesh, UV texture and refinement.")
     Options = SweetDreamerOptions
     weights = ("sd21-base", "agp")
+    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28)
+    stage_shares = {"preprocess": 0.001, "load": 0.044, "gaussians": 0.622, "mesh": 0.122, "uv_unwrap": 0.057,
+                    "bake": 0.114, "refine": 0.03, "export": 0.01}
 
     def _guide(self, opts, request, ctx, gen, reference) -> Guide:
         from ..guidance.schedules import Uniform

@@ -205,7 +205,7 @@ class SyncDreamerPipeline(Pipeline):
         first = None
         for k, seed in enumerate(seeds):
             stage = "sample" if opts.samples == 1 else f"sample_{k}"
-            with ctx.stage(stage):
+            with ctx.stage("sample"):  # one timed stage (its share) for every candidate; steps say which one
                 views = generate_views(model, image, elevation, opts, seed, ctx, stage)
             with ctx.stage("masks"):
                 masks = view_masks(views)

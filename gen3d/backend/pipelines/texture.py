@@ -231,6 +231,10 @@ class TexturePipeline(Pipeline):
     Options = TextureOptions
     #: the default text prior; Zero123-XL, Stable Zero123 and MVDream are resolved when chosen
     weights = ("sd21-base",)
+    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28)
+    #: (the test mesh, Spot, has usable UVs: a mesh that needs xatlas spends longer in uv_unwrap)
+    stage_shares = {"load_mesh": 0.003, "uv_unwrap": 0.001, "reference": 0.001, "init_texture": 0.004, "load": 0.35,
+                    "refine": 0.546, "export": 0.095}
 
     def validate(self, request: JobRequest) -> Options:
         opts = super().validate(request)
