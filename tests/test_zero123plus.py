@@ -153,6 +153,7 @@ def test_instant3d_zero123plus_front_end_to_end(tmp_path, monkeypatch):
 
     from gen3d.backend import weights
     from gen3d.backend.pipelines import JobRequest, RunContext
+    from gen3d.backend.pipelines.instant3d import Instant3DOptions, Instant3DPipeline
     from gen3d.backend.pipelines.runner import run_job
     from gen3d.backend.representations.mesh import load_glb
 
@@ -179,6 +180,10 @@ def test_instant3d_zero123plus_front_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(BadInput, match="front=zero123plus needs the input 'image'"):
         run_job(JobRequest(method="instant3d", prompt="a chair", options=opts), RunContext(out_dir=tmp_path / "a"))
     with pytest.raises(BadInput, match="grid front is text to 3D and takes no image"):
-        run_job(JobRequest(method="instant3d", prompt="a chair", files={"image": str(image)}),
-                RunContext(out_dir=tmp_path / "b"))
+        run_job(JobRequest(method="instant3d", prompt="a chair", files={"image": str(image)},
+                           options={"front": "grid"}), RunContext(out_dir=tmp_path / "b"))
+    with pytest.raises(BadInput, match="needs the input 'prompt' .grid front. or 'image'"):
+        run_job(JobRequest(method="instant3d"), RunContext(out_dir=tmp_path / "b"))
+    assert Instant3DPipeline.front(Instant3DOptions(), JobRequest(method="instant3d", files={"image": str(image)})) == \
+        "zero123plus"  # auto: the image decides (the add-on sends an image only when the user set one)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

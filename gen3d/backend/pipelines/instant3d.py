@@ -1,5 +1,5 @@
-"""Method ``instant3d``: text -> a 2x2 grid of four views (or, ``front=zero123plus``, one image -> six Zero123++
-views) -> a sparse-view reconstructor -> a textured mesh.
+"""Method ``instant3d``: text -> a 2x2 grid of four views (or, given an image: ``front=zero123plus``, the default
+``auto`` choosing it, one image -> six Zero123++ views) -> a sparse-view reconstructor -> a textured mesh.
 
 Stages: ``grid`` (a diffusers text-to-image model sampled from the Gaussian-blob initialisation; or Zero123++ v1.2
 on the prepared input image; the views are written and streamed as previews before any mesh exists) -> ``triplane``
@@ -30,9 +30,9 @@ from .stages.triplane_mesh import autocast, image_grid, textured_mesh_from_field
 
 
 class Instant3DOptions(Options):
-    front: Literal["grid", "zero123plus"] = Field(
-        "grid", description="grid: text -> 2x2 grid (Instant3D); zero123plus: image -> six Zero123++ v1.2 views "
-                            "(InstantMesh's front; CC BY-NC 4.0 weights)")
+    front: Literal["auto", "grid", "zero123plus"] = Field(
+        "auto", description="grid: text -> 2x2 grid (Instant3D); zero123plus: image -> six Zero123++ v1.2 views "
+                            "(InstantMesh's front; CC BY-NC 4.0 weights); auto: zero123plus when an image is given")
     grid_model: Literal["sd21-base", "sdxl-base"] = Field(
         "sd21-base", description="text-to-image base of the grid generator (SD 2.1-base: light default; SDXL: paper)")
     grid_weights_path: str | None = Field(None, description="a diffusers folder fine-tuned to draw 2x2 view grids "
@@ -97,14 +97,23 @@ class Instant3DPipeline(Pipeline):
     stage_shares = {"load": 0.096, "preprocess": 0.001, "grid": 0.464, "triplane": 0.001, "mesh": 0.309,
                     "uv_unwrap": 0.10, "bake": 0.003, "export": 0.026}
 
+    @staticmethod
+    def front(opts: Instant3DOptions, request: JobRequest) -> str:
+        """The front that runs: the option, or for ``auto`` the image front exactly when an image is given."""
+        if opts.front != "auto":
+            return opts.front
+        return "zero123plus" if "image" in request.files else "grid"
+
     def validate(self, request: JobRequest) -> Instant3DOptions:
         opts = super().validate(request)
-        if opts.front == "grid" and "image" in request.files:
+        front = self.front(opts, request)
+        if front == "grid" and "image" in request.files:
             raise BadInput("instant3d's grid front is text to 3D and takes no image: remove the image, or set the "
-                           "option front=zero123plus for image to 3D", {"field": "image"})
-        if opts.front == "grid" and not request.prompt:
-            raise BadInput("method 'instant3d' (grid front) needs the input 'prompt'", {"field": "prompt"})
-        if opts.front == "zero123plus" and "image" not in request.files:
+                           "option front=zero123plus (or auto) for image to 3D", {"field": "image"})
+        if front == "grid" and not request.prompt:
+            raise BadInput("method 'instant3d' needs the input 'prompt' (grid front) or 'image' (Zero123++ front)",
+                           {"field": "prompt"})
+        if front == "zero123plus" and "image" not in request.files:
             raise BadInput("instant3d with front=zero123plus needs the input 'image'", {"field": "image"})
         return opts
 
@@ -131,7 +140,7 @@ class Instant3DPipeline(Pipeline):
             "license": model.cfg.license}}}
         out: dict[str, Path] = {}
 
-        front = self._zero123plus_views if opts.front == "zero123plus" else self._grid_views
+        front = self._zero123plus_views if self.front(opts, request) == "zero123plus" else self._grid_views
         views, cams, view, images = front(request, opts, ctx, out)  # views [V, s, s, 4] RGBA
         preview = to_uint8(image_grid(list(views), -(-len(views) // 2)))  # two rows, shown before any mesh exists
         out.update({name: write_png(ctx.out_dir / name, to_uint8(image)) for name, image in images.items()})
@@ -156,7 +165,7 @@ class Instant3DPipeline(Pipeline):
             out.update(record_placement(request, ctx, mesh.vertices, view))
         ctx.cache.setdefault("_metrics", {}).update({"faces": int(len(mesh.faces)),
                                                      "vertices": int(len(mesh.vertices)),
-                                                     "front": opts.front, "views": int(len(views))})
+                                                     "front": self.front(opts, request), "views": int(len(views))})
         return out
 
     def _grid_views(self, request: JobRequest, opts: Instant3DOptions, ctx: RunContext, out: dict):
