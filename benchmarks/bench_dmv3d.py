@@ -66,8 +66,8 @@ def ball_mesh(rings: int = 16, segments: int = 32) -> TexturedMesh:
     """A UV sphere of radius 0.4 coloured by its normal, ``(n + 1) / 2``."""
     th = torch.linspace(0, math.pi, rings + 1)
     ph = torch.arange(segments) * 2 * math.pi / segments
-    n = torch.stack([th.sin()[:, None] * ph.cos(), th.sin()[:, None] * ph.sin(), th.cos()[:, None].expand(-1, segments)],
-                    -1).reshape(-1, 3)
+    n = torch.stack([th.sin()[:, None] * ph.cos(), th.sin()[:, None] * ph.sin(),
+                     th.cos()[:, None].expand(-1, segments)], -1).reshape(-1, 3)
     faces = []
     for i in range(rings):
         for j in range(segments):
@@ -105,8 +105,10 @@ def held_item(views: DMV3DViews, index: int, V: int) -> dict[str, torch.Tensor]:
     return views.views(index, order, S, torch.zeros(16, 2, dtype=torch.long), S, torch.ones(16))
 
 
-def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int):
-    """Sample object ``index`` from its held-out view 0 -> (scores, x0 PSNR per step, sample's opacity, grid)."""
+def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, conditional: bool = True,
+             seed: int = 0):
+    """Sample object ``index`` from its held-out view 0 (``conditional=False``: a blank input view, at the same
+    cameras) -> (scores, x0 PSNR per step, sample's opacity, grid)."""
     V = model.config.views
     item = held_item(views, index, V)
     per_step = []
@@ -114,7 +116,8 @@ def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int):
     def on_step(i, t, x0):
         per_step.append((t, float(-10 * torch.log10((x0 - item["rgb"][1:V]).pow(2).mean()))))
 
-    planes = sample_triplane(model, item["rgb"][:1].permute(0, 3, 1, 2), steps, torch.Generator().manual_seed(0),
+    source = item["rgb"][:1].permute(0, 3, 1, 2) if conditional else None
+    planes = sample_triplane(model, source, steps, torch.Generator().manual_seed(seed),
                              rays=(item["origins"][:V], item["dirs"][:V]), samples_per_ray=samples, on_step=on_step)
     settings = model.render_settings(jitter=False, ray_chunk=1 << 16)
     settings.n_coarse, settings.n_importance = samples - samples // 2, samples // 2
@@ -162,6 +165,11 @@ def main() -> int:
             rows[f"{label}/{name}"] = {**sc, "x0_psnr_by_t": [f"t={t}: {p:.2f}" for t, p in per_step]}
             if label == "trained":
                 grids.append(grid)
+    for seed in range(3):  # unconditional samples (blank input view) at object 0's held-out cameras
+        sc, _, alpha, grid = evaluate(model, views, 0, args.sampling_steps, args.samples, False, seed)
+        rows[f"unconditional/{seed}"] = {"iou_vs": {other: round(iou(alpha, a), 3)
+                                                    for other, a in zip(meshes, held_alpha)}}
+        grids.append(grid[grid.shape[0] // 2:])
     if args.png:
         from PIL import Image
 

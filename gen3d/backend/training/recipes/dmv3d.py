@@ -6,9 +6,10 @@ A timestep ``t`` is drawn uniformly from ``[0, T)`` (DDPM's sampling, also Open-
 ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (one ``t`` for all of them), the denoiser predicts a triplane from
 (input view, noisy views, Plücker rays of all, ``t``) and renders it at *every* view: the noisy views (the x0
 prediction), the input view and the extra supervision views, each over a random grey (0, 0.5 or 1, as the LRM
-recipe: on white alone an empty triplane is a cheap minimum). Loss: ``pixel_weight`` x MSE(RGB) + ``mask_weight``
-x :func:`balanced_mask_loss` (opacity against alpha) + ``lpips_weight`` x LPIPS-VGG (only when installed locally, as
-the LRM recipe).
+recipe: on white alone an empty triplane is a cheap minimum). With probability ``uncond_prob`` the input view is
+blanked (condition dropout: the unconditional path of classifier-free guidance). Loss: ``pixel_weight`` x MSE(RGB)
++ ``mask_weight`` x :func:`balanced_mask_loss` (opacity against alpha) + ``lpips_weight`` x LPIPS-VGG (only when
+installed locally, as the LRM recipe).
 
 Why the mask term is class-balanced: the object covers ~10 % of a view, so with a plain MSE an empty triplane costs
 only mean(alpha^2) ~ 0.09 and every tiny model trained so far fell onto that plateau first (opacity inside and
@@ -47,6 +48,8 @@ class DMV3DTrainConfig(TrainConfig):
     mask_weight: float = Field(1.0, ge=0)
     lpips_weight: float = Field(0.5, ge=0, description="used when lpips and its VGG16 weights are installed")
     eval_sampling_steps: int = Field(10, ge=1, le=1000, description="DDIM steps of the evaluation sample")
+    uncond_prob: float = Field(0.1, ge=0, le=1, description="chance an item's input view is blanked (condition "
+                               "dropout: trains the unconditional path of classifier-free guidance)")
 
     lr: float = Field(1e-5, gt=0, le=1.0)
     grad_clip: float = Field(0.5, ge=0)
@@ -93,6 +96,7 @@ class DMV3DViews(LRMViews):
         item["t"] = torch.randint(0, c.train_steps, (), generator=gen)
         item["noise"] = torch.randn(c.noisy_views, 3, S, S, generator=gen)
         item["rays"] = plucker_rays(item["origins"], item["dirs"])
+        item["keep_input"] = (torch.rand((), generator=gen) >= self.cfg.uncond_prob).float()
         item["loss_background"] = torch.tensor(BACKGROUNDS)[torch.randint(0, len(BACKGROUNDS), (M,), generator=gen)]
         return item
 
@@ -119,7 +123,8 @@ class DMV3DWithLoss(nn.Module):
         V = self.model.config.views
         x0 = to_model(batch["rgb"][:, :V])  # [B, V, 3, S, S]
         noisy = self.schedule.add_noise(x0[:, 1:], batch["noise"], batch["t"])
-        planes = self.model.forward_planes(torch.cat([x0[:, :1], noisy], 1), batch["rays"][:, :V], batch["t"])
+        clean = x0[:, :1] * batch["keep_input"].view(-1, 1, 1, 1, 1)  # dropped: blank (0), as unconditional sampling
+        planes = self.model.forward_planes(torch.cat([clean, noisy], 1), batch["rays"][:, :V], batch["t"])
         bg = batch["loss_background"][:, :, None, None, None]  # [B, M] random greys: empty space is never free
         S = batch["rgb"].shape[-2]
         rgb, opacity = render_views(self.model, planes, batch["origins"], batch["dirs"], self.settings(True),
