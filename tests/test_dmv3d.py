@@ -104,3 +104,17 @@ def test_guidance_mixes_the_conditional_and_unconditional_triplanes():
     assert (c - u).abs().max() > 1e-3
     torch.testing.assert_close(run(source, 3.0), u + 3.0 * (c - u), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(run(source, 0.0), u, atol=1e-5, rtol=1e-5)
+
+
+def test_text_variant_reads_the_text_tokens_and_guides_against_the_empty_prompt():
+    """The text variant (blank input view) cross-attends to the projected text tokens; guidance mixes the prompt's
+    triplane with the empty prompt's as for the image variant."""
+    import dataclasses
+
+    model = fresh_dmv3d(dataclasses.replace(CONFIGS["tiny"], text_dim=16), 0)
+    text, null = torch.randn(2, 1, 7, 16, generator=torch.Generator().manual_seed(2))
+    run = lambda tokens, w: sample_triplane(model, None, 1, torch.Generator().manual_seed(0),  # noqa: E731
+                                            guidance=w, text=tokens, null_text=null)
+    c, u = run(text, 1.0), run(null, 1.0)
+    assert (c - u).abs().max() > 1e-3
+    torch.testing.assert_close(run(text, 3.0), u + 3.0 * (c - u), atol=1e-5, rtol=1e-5)

@@ -55,11 +55,13 @@ def to_model(rgb: torch.Tensor) -> torch.Tensor:
 def sample_triplane(model: DMV3D, source: torch.Tensor | None, steps: int, generator: torch.Generator | None = None,
                     rays: tuple[torch.Tensor, torch.Tensor] | None = None, samples_per_ray: int | None = None,
                     on_step: Callable[[int, int, torch.Tensor], None] | None = None,
-                    guidance: float = 1.0) -> torch.Tensor:
+                    guidance: float = 1.0, text: torch.Tensor | None = None,
+                    null_text: torch.Tensor | None = None) -> torch.Tensor:
     """``source [1, 3, S, S]`` in [0, 1] (the input view on white, as ``lrm.preprocess.model_input`` makes it; None:
     unconditional) -> ``planes [1, 3, C, 2r, 2r]`` after ``steps`` DDIM steps. ``rays``: ``(origins, dirs)
     [V, S, S, 3]`` of the input and noisy views (default: :func:`view_cameras`). ``guidance``: the classifier-free
-    guidance scale ``w``. ``on_step(i, t, x0 [V-1, S, S, 3] in [0, 1])``."""
+    guidance scale ``w``. Text variant: ``text``, ``null_text [1, L, text_dim]`` (the prompt's and the empty
+    prompt's CLIP tokens; the input view stays blank). ``on_step(i, t, x0 [V-1, S, S, 3] in [0, 1])``."""
     dev = next(model.parameters()).device if source is None else source.device
     origins, dirs = rays if rays is not None else view_cameras(model).to(dev).pixel_rays()
     plucker = plucker_rays(origins, dirs)[None]
@@ -70,7 +72,8 @@ def sample_triplane(model: DMV3D, source: torch.Tensor | None, steps: int, gener
     schedule = Schedule.linear(c.train_steps, c.beta_start, c.beta_end)
     blank = torch.zeros(1, 1, 3, S, S, device=dev)
     clean = blank if source is None else source[:, None] * 2 - 1
-    guided = source is not None and guidance != 1.0
+    guided = (source is not None or text is not None) and guidance != 1.0
+    tokens = None if text is None else torch.cat([text, null_text]) if guided else text
     planes = None
 
     def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
@@ -79,7 +82,7 @@ def sample_triplane(model: DMV3D, source: torch.Tensor | None, steps: int, gener
         if guided:
             inputs = torch.cat([inputs, torch.cat([blank, x_t], 1)])
         planes = model.forward_planes(inputs, plucker.expand(len(inputs), -1, -1, -1, -1),
-                                      torch.full((len(inputs),), t, device=dev))
+                                      torch.full((len(inputs),), t, device=dev), tokens)
         if guided:
             planes = planes[1:] + guidance * (planes[:1] - planes[1:])
         return to_model(render_views(model, planes, origins[None, 1:], dirs[None, 1:], settings)[0])
