@@ -1,21 +1,26 @@
-"""Does a DMV3D trained with ``gen3d train dmv3d`` generate its training object from noise, given one unseen view?
+"""Does a DMV3D trained with ``gen3d train dmv3d`` generate its training objects from noise, given one unseen view?
 
-    python benchmarks/bench_dmv3d.py                          # trains tiny on Spot (16 views, 64 px), then samples
+    python benchmarks/bench_dmv3d.py                          # trains tiny on 3 objects (16 views, 64 px), samples
     python benchmarks/bench_dmv3d.py --run OUT                # samples from an existing run's OUT/weights/dmv3d
 
-Spot is rendered (gen3d.kernels.mesh) from 16 cameras on two rings (elevations 15/45) for training. Held out: 16
-other cameras on the same rings rotated by 11.25 degrees, never seen in training. Held-out view 0 is the input;
-held-out views 2, 4, 6 and 10 are the noisy views (their cameras' Plücker rays, pure noise in their pixels); the
-DDIM sample's final triplane is rendered at the remaining held-out views and compared with the ground truth: PSNR
-inside the object's mask ("masked PSNR"), PSNR of whole images on white, and silhouette IoU (opacity and alpha cut at
-0.5). The same numbers for the untrained network are the baseline. Each DDIM step's x0 renders (at the noisy views)
-are scored against those views' ground truth, which shows whether x0 sharpens as t falls.
+Objects: Spot (textured), a textured 1.0 x 0.5 x 0.3 box and a ball coloured by direction, each rendered
+(gen3d.kernels.mesh) from 16 cameras on two rings (elevations 15/45) for training. Held out: 16 other cameras on
+the same rings rotated by 11.25 degrees, never seen in training. Per object, held-out view 0 is the input; held-out
+views 2, 4, 6 and 10 are the noisy views (their cameras' Plücker rays, pure noise in their pixels); the DDIM sample's
+final triplane is rendered at the remaining 11 held-out views and compared with the ground truth: PSNR inside the
+object's mask ("masked PSNR"), PSNR of whole images on white, and silhouette IoU (opacity and alpha cut at 0.5). The
+same numbers for the untrained network are the baseline (its uniform fog covers the frame, so its IoU is the
+silhouette's share of the frame, ~0.2-0.35, and never 0). ``iou_vs`` scores each sample's silhouettes against every
+object's held-out silhouettes (the sample should match the object whose view it was given). Each DDIM step's x0
+renders (at the noisy views) are scored against those views' ground truth (PSNR, whole images), which shows whether
+x0 sharpens as t falls. Three unconditional samples (blank input view, seeds 0-2) are scored against every object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -26,10 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gen3d.backend.commands.demo import make_spot_views, render_views, ring_cameras, spot_mesh  # noqa: E402
+from gen3d.backend.commands.demo import render_views, ring_cameras, spot_mesh  # noqa: E402
 from gen3d.backend.geometry.transforms import save_transforms, scan_transforms  # noqa: E402
 from gen3d.backend.models.dmv3d import (fresh_dmv3d, load_dmv3d, render_views as render_triplane,  # noqa: E402
                                         sample_triplane)
+from gen3d.backend.representations.mesh import TexturedMesh  # noqa: E402
 from gen3d.backend.training import prepare, train  # noqa: E402
 from gen3d.backend.training.data import ObjectViews  # noqa: E402
 from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews  # noqa: E402
@@ -37,10 +43,47 @@ from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews  #
 NOISY = [2, 4, 6, 10]
 
 
-def held_out(folder: Path, resolution: int) -> Path:
-    mesh = spot_mesh()
+def box_mesh(size=(1.0, 0.5, 0.3)) -> TexturedMesh:
+    """A box with 4 vertices per face, each face its own colour (vertex colours)."""
+    colours = [(0.9, 0.1, 0.1), (0.1, 0.8, 0.1), (0.1, 0.2, 0.9), (0.9, 0.8, 0.1), (0.8, 0.2, 0.8), (0.1, 0.8, 0.8)]
+    verts, faces, cols = [], [], []
+    h = [s / 2 for s in size]
+    for axis in range(3):
+        for k, sign in enumerate((-1.0, 1.0)):
+            u, v = [a for a in range(3) if a != axis]
+            if sign < 0:
+                u, v = v, u  # keep the winding outward
+            base = len(verts)
+            for du, dv in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+                p = [0.0, 0.0, 0.0]
+                p[axis], p[u], p[v] = sign * h[axis], du * h[u], dv * h[v]
+                verts.append(p)
+                cols.append(colours[2 * axis + k])
+            faces += [[base, base + 1, base + 2], [base, base + 2, base + 3]]
+    return TexturedMesh(torch.tensor(verts), torch.tensor(faces), vertex_colors=torch.tensor(cols))
+
+
+def ball_mesh(rings: int = 16, segments: int = 32) -> TexturedMesh:
+    """A UV sphere of radius 0.4 coloured by its normal, ``(n + 1) / 2``."""
+    th = torch.linspace(0, math.pi, rings + 1)
+    ph = torch.arange(segments) * 2 * math.pi / segments
+    n = torch.stack([th.sin()[:, None] * ph.cos(), th.sin()[:, None] * ph.sin(),
+                     th.cos()[:, None].expand(-1, segments)], -1).reshape(-1, 3)
+    faces = []
+    for i in range(rings):
+        for j in range(segments):
+            a, b = i * segments + j, i * segments + (j + 1) % segments
+            faces += [[a, a + segments, b], [b, a + segments, b + segments]]
+    return TexturedMesh(0.4 * n, torch.tensor(faces), normals=n, vertex_colors=(n + 1) / 2)
+
+
+def objects() -> dict[str, TexturedMesh]:
+    return {"spot": spot_mesh(), "box": box_mesh(), "ball": ball_mesh()}
+
+
+def write_views(folder: Path, mesh: TexturedMesh, resolution: int, offset_deg: float) -> Path:
     lo, hi = mesh.vertices.min(0).values, mesh.vertices.max(0).values
-    cams = ring_cameras((lo + hi) / 2, float((hi - lo).norm()), resolution, per_ring=8, offset_deg=11.25)
+    cams = ring_cameras((lo + hi) / 2, float((hi - lo).norm()), resolution, per_ring=8, offset_deg=offset_deg)
     save_transforms(folder, cams, render_views(mesh, cams))
     return folder
 
@@ -48,24 +91,34 @@ def held_out(folder: Path, resolution: int) -> Path:
 def scores(pred_rgb, pred_alpha, rgb, alpha) -> dict[str, float]:
     mask = alpha > 0.5
     se = (pred_rgb - rgb).pow(2)
-    inter = ((pred_alpha > 0.5) & mask).sum().item()
-    union = ((pred_alpha > 0.5) | mask).sum().item()
     return {"masked_psnr": float(-10 * torch.log10(se[mask].mean())), "psnr": float(-10 * torch.log10(se.mean())),
-            "iou": inter / max(union, 1)}
+            "iou": iou(pred_alpha, alpha)}
 
 
-def evaluate(model, views: DMV3DViews, steps: int, samples: int) -> tuple[dict, list, np.ndarray]:
-    S = model.cfg.image_size
+def iou(pred_alpha, alpha) -> float:
+    p, a = pred_alpha > 0.5, alpha > 0.5
+    return (p & a).sum().item() / max((p | a).sum().item(), 1)
+
+
+def held_item(views: DMV3DViews, index: int, V: int) -> dict[str, torch.Tensor]:
+    S = views.model_cfg.image_size
     order = [0, *NOISY] + [i for i in range(1, 16) if i not in NOISY]
-    item = views.views(0, order, S, torch.zeros(16, 2, dtype=torch.long), S, torch.ones(16))
+    return views.views(index, order, S, torch.zeros(16, 2, dtype=torch.long), S, torch.ones(16))
+
+
+def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, conditional: bool = True,
+             seed: int = 0):
+    """Sample object ``index`` from its held-out view 0 (``conditional=False``: a blank input view, at the same
+    cameras) -> (scores, x0 PSNR per step, sample's opacity, grid)."""
     V = model.config.views
+    item = held_item(views, index, V)
     per_step = []
 
     def on_step(i, t, x0):
-        gt = item["rgb"][1:V]
-        per_step.append(f"t={t}: {float(-10 * torch.log10((x0 - gt).pow(2).mean())):.2f} dB")
+        per_step.append((t, float(-10 * torch.log10((x0 - item["rgb"][1:V]).pow(2).mean()))))
 
-    planes = sample_triplane(model, item["rgb"][:1].permute(0, 3, 1, 2), steps, torch.Generator().manual_seed(0),
+    source = item["rgb"][:1].permute(0, 3, 1, 2) if conditional else None
+    planes = sample_triplane(model, source, steps, torch.Generator().manual_seed(seed),
                              rays=(item["origins"][:V], item["dirs"][:V]), samples_per_ray=samples, on_step=on_step)
     settings = model.render_settings(jitter=False, ray_chunk=1 << 16)
     settings.n_coarse, settings.n_importance = samples - samples // 2, samples // 2
@@ -74,40 +127,54 @@ def evaluate(model, views: DMV3DViews, steps: int, samples: int) -> tuple[dict, 
     sc = scores(rgb[0], alpha[0], item["rgb"][V:], item["alpha"][V:])
     grid = np.concatenate([np.concatenate(list(item["rgb"][V:].numpy()), 1),
                            np.concatenate(list(rgb[0].clamp(0, 1).numpy()), 1)], 0)
-    return sc, per_step, grid
+    return sc, per_step, alpha[0], grid
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing gen3d train dmv3d output folder (skip training)")
-    ap.add_argument("--steps", type=int, default=500, help="training steps (tiny preset otherwise)")
-    ap.add_argument("--sampling-steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=1500, help="training steps (tiny preset otherwise)")
+    ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=16, help="ray samples of the renders")
-    ap.add_argument("--png", help="write held-out ground truth (top) and sample renders (bottom) here")
+    ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_dmv3d_"))
+    meshes = objects()
     train_s = None
     if args.run:
         out = Path(args.run)
     else:
-        make_spot_views(tmp / "data" / "spot", resolution=64, per_ring=8)
+        for name, mesh in meshes.items():
+            write_views(tmp / "data" / name, mesh, 64, 0.0)
         out = tmp / "run"
-        run = prepare("dmv3d", tmp / "data", out, "tiny", {"steps": args.steps, "warmup_steps": 20,
-                                                              "eval_every": args.steps, "log_every": 10})
+        run = prepare("dmv3d", tmp / "data", out, "tiny", {"steps": args.steps, "eval_every": args.steps,
+                                                              "checkpoint_every": args.steps})
         t0 = time.perf_counter()
         train(run)
         train_s = time.perf_counter() - t0
     model = load_dmv3d(out / "weights" / "dmv3d")
     cfg = DMV3DTrainConfig.resolve("tiny")
-    views = DMV3DViews([ObjectViews("spot", scan_transforms(held_out(tmp / "held", 64)))], model.cfg, cfg)
-    rows = {}
-    for name, m in (("untrained", fresh_dmv3d(model.config, 0).eval()), ("trained", model)):
-        sc, per_step, grid = evaluate(m, views, args.sampling_steps, args.samples)
-        rows[name] = {**sc, "x0_psnr_by_t": per_step}
-        if name == "trained" and args.png:
-            from PIL import Image
+    views = DMV3DViews([ObjectViews(name, scan_transforms(write_views(tmp / "held" / name, mesh, 64, 11.25)))
+                        for name, mesh in meshes.items()], model.cfg, cfg)
+    V = model.config.views
+    held_alpha = [held_item(views, k, V)["alpha"][V:] for k in range(len(meshes))]
+    rows, grids = {}, []
+    for label, m in (("untrained", fresh_dmv3d(model.config, 0).eval()), ("trained", model)):
+        for k, name in enumerate(meshes):
+            sc, per_step, alpha, grid = evaluate(m, views, k, args.sampling_steps, args.samples)
+            sc["iou_vs"] = {other: round(iou(alpha, a), 3) for other, a in zip(meshes, held_alpha)}
+            rows[f"{label}/{name}"] = {**sc, "x0_psnr_by_t": [f"t={t}: {p:.2f}" for t, p in per_step]}
+            if label == "trained":
+                grids.append(grid)
+    for seed in range(3):  # unconditional samples (blank input view) at object 0's held-out cameras
+        sc, _, alpha, grid = evaluate(model, views, 0, args.sampling_steps, args.samples, False, seed)
+        rows[f"unconditional/{seed}"] = {"iou_vs": {other: round(iou(alpha, a), 3)
+                                                    for other, a in zip(meshes, held_alpha)}}
+        grids.append(grid[grid.shape[0] // 2:])
+    if args.png:
+        from PIL import Image
 
-            Image.fromarray((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)).save(args.png)
+        Image.fromarray((np.clip(np.concatenate(grids, 0), 0, 1) * 255 + 0.5).astype(np.uint8)).save(args.png)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     print(json.dumps({"train_steps": metrics[-1]["step"], "train_seconds": train_s,
                       "final_loss": metrics[-1]["loss"], **rows}, indent=1))

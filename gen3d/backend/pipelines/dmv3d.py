@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..errors import MissingWeights, NumericalError
+from ..errors import BadInput, MissingWeights, NumericalError
 from . import register
 from .base import JobRequest, Options, Pipeline, RunContext
 
@@ -27,6 +27,8 @@ TRAIN_COMMAND = "python -m gen3d train dmv3d --data DATA --out OUT (then GEN3D_W
 class DMV3DOptions(Options):
     weights_path: str | None = Field(None, description="checkpoint folder (else $GEN3D_WEIGHTS_DIR/dmv3d)")
     steps: int = Field(30, ge=1, le=1000, description="DDIM sampling steps (eta 0)")
+    guidance: float = Field(1.0, ge=0, le=20, description="classifier-free guidance scale on the triplane (1 = off; "
+                            "needs weights trained with uncond_prob > 0)")
     samples_per_ray: int | None = Field(None, ge=4, le=1024, description="ray samples of the x0 renders")
     foreground_ratio: float | None = Field(None, gt=0.3, le=1.0, description="object size / image size")
     mesh_resolution: int = Field(256, ge=32, le=512, description="marching-cubes grid per side")
@@ -97,6 +99,10 @@ class DMV3DPipeline(Pipeline):
 
         opts = DMV3DOptions(**request.options)
         model = self._model(opts, ctx)
+        if model.config.text_dim:
+            raise BadInput("these DMV3D weights are the text variant; the dmv3d method samples image-conditioned "
+                           "weights (text-variant sampling: models.dmv3d.sample_triplane with text=...)",
+                           {"weights": "dmv3d"})
         cfg = model.cfg
         out: dict[str, Path] = {}
         with ctx.stage("preprocess"):
@@ -113,7 +119,8 @@ class DMV3DPipeline(Pipeline):
         with ctx.stage("sample"):
             planes = sample_triplane(model, image.to(ctx.device), opts.steps,
                                      torch.Generator().manual_seed(request.seed),
-                                     samples_per_ray=opts.samples_per_ray, on_step=preview).float()
+                                     samples_per_ray=opts.samples_per_ray, on_step=preview,
+                                     guidance=opts.guidance).float()
             out["views.png"] = write_png(ctx.out_dir / "views.png", to_uint8(last[0]))
         if not torch.isfinite(planes).all():
             raise NumericalError("the model produced NaN/inf triplane features", {"stage": "sample"})

@@ -2,7 +2,8 @@
 
 A :class:`DMV3DConfig` is an :class:`~..lrm.LRMConfig` (triplane transformer, upsampler, NeRF MLP, renderer,
 meshing; OpenLRM's conventions: cross -> self -> MLP blocks, softplus density, metric ray marching, radius 1) plus
-the DMV3D fields. The LRM's camera adaLN input is reused as the timestep embedding (``camera_embed_dim`` = width of
+the DMV3D fields. The text variant (``text_dim`` > 0) also cross-attends to CLIP text tokens, projected to the
+encoder width and appended to the view tokens; its input view is always blank. The LRM's camera adaLN input is reused as the timestep embedding (``camera_embed_dim`` = width of
 the timestep embedding), and the image encoder is a ViT over patches of RGB + Plücker rays (``encoder.py``).
 
 Sizes (parameters counted on ``meta`` by ``tests/test_dmv3d.py``; DMV3D's own sizes are unpublished, ``base``
@@ -42,6 +43,7 @@ class DMV3DConfig:
     view_elevation_deg: float = 20.0  # sampling layout: noisy views on the input camera's orbit ...
     view_azimuths_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)  # ... at these azimuths from it
     view_fov_deg: float = 40.0  # vertical field of view of the sampling cameras (the recipe writes its data's)
+    text_dim: int = 0  # text variant: width of the CLIP text tokens the triplane transformer also attends to
 
     @property
     def views(self) -> int:

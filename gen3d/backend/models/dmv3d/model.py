@@ -30,7 +30,8 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -
 
 class DMV3D(LRM):
     """Ray-image encoder, timestep embedder (sinusoid -> Linear -> SiLU -> Linear, the LRM camera embedder's
-    shape), the LRM's triplane transformer, 2x ConvTranspose upsampler and NeRF MLP."""
+    shape), the LRM's triplane transformer (its cross-attention reads the view tokens, and in the text variant the
+    projected text tokens after them), 2x ConvTranspose upsampler and NeRF MLP."""
 
     def __init__(self, config: DMV3DConfig):
         nn.Module.__init__(self)
@@ -42,11 +43,16 @@ class DMV3D(LRM):
         self.transformer = TriplaneTransformer(cfg)
         self.upsampler = nn.ConvTranspose2d(cfg.dim, cfg.triplane_dim, kernel_size=2, stride=2)
         self.nerf = NeRFMLP(cfg)
+        self.text_proj = nn.Linear(config.text_dim, cfg.enc_dim) if config.text_dim else None
 
-    def forward_planes(self, images: torch.Tensor, rays: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward_planes(self, images: torch.Tensor, rays: torch.Tensor, t: torch.Tensor,
+                       text: torch.Tensor | None = None) -> torch.Tensor:
         """``images [B, V, 3, S, S]`` in [-1, 1] (view 0: the clean input view, the rest noisy at step ``t``),
-        ``rays [B, V, 6, S, S]`` Plücker, ``t [B]`` -> ``planes [B, 3, triplane_dim, 2r, 2r]``."""
+        ``rays [B, V, 6, S, S]`` Plücker, ``t [B]``, ``text [B, L, text_dim]`` (CLIP's last hidden state; text
+        variant only) -> ``planes [B, 3, triplane_dim, 2r, 2r]``."""
         tokens = self.encoder(images, rays)
+        if self.text_proj is not None:
+            tokens = torch.cat([tokens, self.text_proj(text.to(tokens.dtype))], 1)
         mod = self.camera_embedder(timestep_features(t, self.cfg.camera_embed_dim).to(tokens.dtype))
         return self.upsample(self.transformer(tokens, mod))
 
