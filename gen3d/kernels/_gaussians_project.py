@@ -22,6 +22,9 @@ MIN_COMPENSATION = 0.005  # floor of the antialiasing compensation factor
 
 def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """World covariances ``R S S^T R^T`` [N,3,3] from quaternions [N,4] (wxyz) and scales [N,3]."""
+    lib = _native_library(quats, scales)
+    if lib is not None and quats.dim() == 2:
+        return _NativeCovariances.apply(quats, scales, lib)
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
     rot = torch.stack(
         [
@@ -74,7 +77,7 @@ def project_gaussians(
     opacity-aware box (extent min(3.33, sqrt(2 ln(255 opacity))) standard deviations per axis) misses
     the image.
     """
-    lib = _native_library(means, covars, opacities, viewmats, Ks)
+    lib = _native_library(means, covars, opacities, cameras=(viewmats, Ks))
     if lib is not None:
         return _project_native(lib, means, covars, opacities, viewmats, Ks, width, height, eps2d, near_plane,
                                far_plane, radius_clip, antialiased)
@@ -125,14 +128,36 @@ def project_gaussians(
     return Projected(masked(means2d), masked(means_c[..., 2]), masked(conics), masked(opac), radii)
 
 
-def _native_library(means, covars, opacities, viewmats, Ks):
-    """The compiled kernels when they apply: CPU float32/float64 inputs of one dtype, cameras without gradients."""
-    tensors = (means, covars, opacities)
-    if any(t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) for t in tensors + (viewmats, Ks)):
+def _native_library(*tensors, cameras=()):
+    """The compiled kernels when they apply: CPU float32/float64 tensors of one dtype, cameras without gradients."""
+    if any(t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) for t in tensors + cameras):
         return None
-    if len({t.dtype for t in tensors}) != 1 or viewmats.requires_grad or Ks.requires_grad:
+    if len({t.dtype for t in tensors}) != 1 or any(t.requires_grad for t in cameras):
         return None
     return _native.load("gaussians")
+
+
+class _NativeCovariances(torch.autograd.Function):
+    """quat_scale_to_covar by ``csrc/gaussians.cpp``."""
+
+    @staticmethod
+    def forward(ctx, quats, scales, lib):
+        quats, scales = quats.contiguous(), scales.contiguous()
+        covars = quats.new_empty(quats.shape[0], 3, 3)
+        fn = lib.gen3d_covariances_f32 if quats.dtype == torch.float32 else lib.gen3d_covariances_f64
+        fn(ctypes.c_int64(quats.shape[0]), *_ptrs(quats, scales, covars))
+        ctx.lib = lib
+        ctx.save_for_backward(quats, scales)
+        return covars
+
+    @staticmethod
+    def backward(ctx, g_cov):
+        quats, scales = ctx.saved_tensors
+        d_quats, d_scales = torch.empty_like(quats), torch.empty_like(scales)
+        fn = ctx.lib.gen3d_covariances_backward_f32 if quats.dtype == torch.float32 else \
+            ctx.lib.gen3d_covariances_backward_f64
+        fn(ctypes.c_int64(quats.shape[0]), *_ptrs(quats, scales, g_cov.contiguous(), d_quats, d_scales))
+        return d_quats, d_scales, None
 
 
 def _ptrs(*tensors):

@@ -283,6 +283,68 @@ void bin_fill(int64_t n_visible, const int64_t* order, const int64_t* rect, int6
     }
 }
 
+// World covariances R S S^T R^T [N,9] from quaternions [N,4] (wxyz, normalised here) and scales [N,3]; rot [N,9]
+// keeps R for the backward.
+template <typename T> inline void quat_rotation(const T* q, T* R, T& norm) {
+    norm = std::max(std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]), T(1e-12));
+    const T w = q[0] / norm, x = q[1] / norm, y = q[2] / norm, z = q[3] / norm;
+    const T r[9] = {1 - 2 * (y * y + z * z), 2 * (x * y - w * z),     2 * (x * z + w * y),
+                    2 * (x * y + w * z),     1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                    2 * (x * z - w * y),     2 * (y * z + w * x),     1 - 2 * (x * x + y * y)};
+    std::copy(r, r + 9, R);
+}
+
+template <typename T> void covariances(int64_t n, const T* quats, const T* scales, T* covars) {
+    for (int64_t i = 0; i < n; ++i) {
+        T R[9], norm;
+        quat_rotation(quats + 4 * i, R, norm);
+        const T* s = scales + 3 * i;
+        for (int a = 0; a < 3; ++a)
+            for (int b = 0; b < 3; ++b) {
+                T sum = 0;
+                for (int k = 0; k < 3; ++k) sum += R[3 * a + k] * s[k] * s[k] * R[3 * b + k];
+                covars[9 * i + 3 * a + b] = sum;
+            }
+    }
+}
+
+template <typename T>
+void covariances_backward(int64_t n, const T* quats, const T* scales, const T* g_cov, T* d_quats, T* d_scales) {
+    for (int64_t i = 0; i < n; ++i) {
+        T R[9], norm;
+        quat_rotation(quats + 4 * i, R, norm);
+        const T* s = scales + 3 * i;
+        const T* g = g_cov + 9 * i;
+        // covar = M M^T with M = R diag(s): dM = (G + G^T) M
+        T gR[9];
+        for (int a = 0; a < 3; ++a)
+            for (int k = 0; k < 3; ++k) {
+                T gm = 0;
+                for (int b = 0; b < 3; ++b) gm += (g[3 * a + b] + g[3 * b + a]) * R[3 * b + k] * s[k];
+                gR[3 * a + k] = gm * s[k];
+            }
+        for (int k = 0; k < 3; ++k) {
+            T gs = 0;
+            for (int a = 0; a < 3; ++a) {
+                T gm = 0;
+                for (int b = 0; b < 3; ++b) gm += (g[3 * a + b] + g[3 * b + a]) * R[3 * b + k] * s[k];
+                gs += gm * R[3 * a + k];
+            }
+            d_scales[3 * i + k] = gs;
+        }
+        const T* q = quats + 4 * i;
+        const T w = q[0] / norm, x = q[1] / norm, y = q[2] / norm, z = q[3] / norm;
+        const T gn[4] = {
+            2 * (-z * gR[1] + y * gR[2] + z * gR[3] - x * gR[5] - y * gR[6] + x * gR[7]),
+            2 * (y * gR[1] + z * gR[2] + y * gR[3] - 2 * x * gR[4] - w * gR[5] + z * gR[6] + w * gR[7] - 2 * x * gR[8]),
+            2 * (-2 * y * gR[0] + x * gR[1] + w * gR[2] + x * gR[3] + z * gR[5] - w * gR[6] + z * gR[7] - 2 * y * gR[8]),
+            2 * (-2 * z * gR[0] - w * gR[1] + x * gR[2] + w * gR[3] - 2 * z * gR[4] + y * gR[5] + x * gR[6] + y * gR[7])};
+        const T un[4] = {w, x, y, z};
+        const T dot = gn[0] * w + gn[1] * x + gn[2] * y + gn[3] * z;
+        for (int k = 0; k < 4; ++k) d_quats[4 * i + k] = (gn[k] - un[k] * dot) / norm;
+    }
+}
+
 // EWA projection of N Gaussians into C pinhole cameras, as _gaussians_project.project_gaussians (gsplat's rules).
 struct Cameras {
     int64_t n_cams, n, width, height;
@@ -496,5 +558,17 @@ GEN3D_ENTRY(double, f64)
 
 GEN3D_PROJECT(float, f32)
 GEN3D_PROJECT(double, f64)
+
+#define GEN3D_COVAR(T, suffix)                                                                                    \
+    void gen3d_covariances_##suffix(int64_t n, const T* quats, const T* scales, T* covars) {                      \
+        covariances<T>(n, quats, scales, covars);                                                                 \
+    }                                                                                                             \
+    void gen3d_covariances_backward_##suffix(int64_t n, const T* quats, const T* scales, const T* g_cov,          \
+                                             T* d_quats, T* d_scales) {                                           \
+        covariances_backward<T>(n, quats, scales, g_cov, d_quats, d_scales);                                      \
+    }
+
+GEN3D_COVAR(float, f32)
+GEN3D_COVAR(double, f64)
 
 }  // extern "C"
