@@ -197,20 +197,23 @@ def compare(n: int, size: int, reps: int, peer: Path | None):
         (img[0] * weights).sum().backward()
 
     times = {name: [] for name in paths}
+    cpu = {name: [] for name in paths}
     for name in paths:
         step(name)  # warm up (and build the native kernels once)
     for _ in range(reps):
         for name in paths:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step(name)
             times[name].append(1e3 * (time.perf_counter() - t0))
+            cpu[name].append(1e3 * (time.process_time() - c0))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {n} Gaussians at {size}x{size}, fwd+bwd, "
           f"median of {reps} interleaved rounds")
-    base = statistics.median(times["native"])
+    base, base_cpu = statistics.median(times["native"]), statistics.median(cpu["native"])
     for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:15} {med:9.1f} ms   {med / base:6.2f}x native   (rounds: {', '.join(f'{t:.0f}' for t in ts)})")
+        med, med_cpu = statistics.median(ts), statistics.median(cpu[name])
+        print(f"  {name:15} wall {med:9.1f} ms = {med / base:6.2f}x native; process CPU {med_cpu:9.1f} ms = "
+              f"{med_cpu / base_cpu:6.2f}x native   (wall rounds: {', '.join(f'{t:.0f}' for t in ts)})")
 
 
 def _devices():

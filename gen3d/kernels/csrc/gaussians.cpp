@@ -27,7 +27,8 @@ template <typename T> struct Exp;
 // (relative error below 2e-7 in float, 2e-16 in double); x is floored where 2^k would leave the normal range.
 template <> struct Exp<float> {
     static inline float eval(float x) {
-        float t = std::max(x * 1.44269504088896341f, -126.0f);
+        float t = x * 1.44269504088896341f;
+        t = t > -126.0f ? t : -126.0f;
         float k = (t + 12582912.0f) - 12582912.0f;  // round to nearest
         float r = (t - k) * 0.693147180559945309f;
         float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
@@ -40,7 +41,8 @@ template <> struct Exp<float> {
 
 template <> struct Exp<double> {
     static inline double eval(double x) {
-        double t = std::max(x * 1.4426950408889634074, -1022.0);
+        double t = x * 1.4426950408889634074;
+        t = t > -1022.0 ? t : -1022.0;
         double k = (t + 6755399441055744.0) - 6755399441055744.0;
         double r = (t - k) * 0.69314718055994530942;
         double p = 1.0 / 479001600;  // 1/12!
@@ -119,11 +121,12 @@ inline bool blend_step(const T* px, const T* py, int64_t np, T mx, T my, T a, T 
     for (int64_t i = 0; i < np; ++i) {
         T dx = px[i] - mx, dy = py[i] - my;
         T sigma = T(0.5) * (a * dx * dx + c * dy * dy) + b * dx * dy;
-        T alpha = std::min(T(kMaxAlpha), op * Exp<T>::eval(-sigma));
+        T raw = op * Exp<T>::eval(-sigma);
+        T alpha = raw < T(kMaxAlpha) ? raw : T(kMaxAlpha);
         T next = trans[i] * (T(1) - alpha);
-        bool use = live[i] != T(0) && alpha >= T(kMinAlpha);
-        bool stops = use && next <= T(kMinTransmittance);
-        bool blend = use && !stops;
+        bool use = (live[i] != T(0)) & (alpha >= T(kMinAlpha));
+        bool stops = use & (next <= T(kMinTransmittance));
+        bool blend = use & !stops;
         w[i] = blend ? alpha * trans[i] : T(0);
         live[i] = stops ? T(0) : live[i];
         trans[i] = blend ? next : trans[i];
@@ -228,14 +231,14 @@ void backward(const Plan& plan, const T* means2d, const T* conics, const T* opac
                 T sigma = T(0.5) * (a * dx * dx + c * dy * dy) + b * dx * dy;
                 T e = Exp<T>::eval(-sigma);
                 T raw = op * e;
-                T alpha = std::min(T(kMaxAlpha), raw);
-                bool blend = pos < lastpos[i] && alpha >= T(kMinAlpha);
+                T alpha = raw < T(kMaxAlpha) ? raw : T(kMaxAlpha);
+                bool blend = (pos < lastpos[i]) & (alpha >= T(kMinAlpha));
                 T wi = blend ? alpha * trans[i] : T(0);
                 T wv = wi * v[i];
                 prefix[i] += wv;
                 // dL/dalpha = T v - (sum of w v behind) / (1 - alpha); no gradient through the 0.99 clamp
                 T dalpha = trans[i] * v[i] - (total[i] - prefix[i]) / (T(1) - alpha);
-                T draw = (blend && raw < T(kMaxAlpha)) ? dalpha : T(0);
+                T draw = (blend & (raw < T(kMaxAlpha))) ? dalpha : T(0);
                 T dsigma = -draw * raw;
                 s_op += draw * e;
                 s_mx -= dsigma * (a * dx + b * dy);
