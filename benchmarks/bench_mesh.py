@@ -72,7 +72,7 @@ def dense_visibility(v, H: int, W: int, rows=None):
     for s in range(0, len(pix), chunk):
         p = pix[s:s + chunk]
         X, Y = (p % W).to(v.dtype)[:, None], (p // W).to(v.dtype)[:, None]
-        inside = ok[None].clone()
+        inside = ok[None].expand(len(p), -1).clone()
         for i in range(3):
             inside &= coef[None, :, i, 0] + coef[None, :, i, 1] * X + coef[None, :, i, 2] * Y >= 0
         depth = zplane[None, :, 0] + zplane[None, :, 1] * X + zplane[None, :, 2] * Y
@@ -99,7 +99,7 @@ def dense_rasterize(pos, tri, resolution, rows=None):
     uvz, db = mr.barycentrics(k.index_select(0, p), pix, H, W, True)
     tid = (face.index_select(0, p) + 1).to(pos.dtype)
     out = pos.new_zeros(B * H * W, 4).index_put((pix,), torch.cat([uvz, tid[:, None]], 1))
-    return out.view(B, H, W, 4), pos.new_zeros(B, H, W, 4).index_put((pix,), db)
+    return out.view(B, H, W, 4), pos.new_zeros(B * H * W, 4).index_put((pix,), db).view(B, H, W, 4)
 
 
 def _run_one(cfg: dict) -> dict:
