@@ -407,8 +407,8 @@ class _NativeComposite(torch.autograd.Function):
         out = means2d.new_zeros(plan.n_images, height, width, d + 1)
         last = torch.zeros(plan.n_images, height, width, dtype=torch.int32)
         fn = lib.gen3d_composite_forward_f32 if means2d.dtype == torch.float32 else lib.gen3d_composite_forward_f64
-        fn(*args, *_ptrs(means2d, conics, opacities, colors), ctypes.c_int64(d), *_ptrs(out, last),
-           ctypes.c_int(torch.get_num_threads()))
+        fn(*args, *_ptrs(means2d, conics, opacities, colors), ctypes.c_int64(d), ctypes.c_int64(means2d.shape[0]),
+           *_ptrs(out, last), ctypes.c_int(torch.get_num_threads()))
         ctx.plan, ctx.lib, ctx.args = plan, lib, args
         ctx.save_for_backward(means2d, conics, opacities, colors, out, last)
         return out

@@ -111,6 +111,27 @@ template <typename T> struct Scratch {
     std::vector<T> trans, live, stop, w, rows;
 };
 
+// Per splat, what decides cheaply that it blends into none of a tile's pixels: sigma >= lmin |p - mean|^2 / 2
+// (lmin = smallest eigenvalue of the conic), and alpha >= 1/255 needs sigma <= log(255 opacity) = reach.
+template <typename T> struct Reach {
+    std::vector<T> lmin, reach;
+    Reach(int64_t n, const T* conics, const T* opacities) : lmin(n), reach(n) {
+        for (int64_t g = 0; g < n; ++g) {
+            const T a = conics[3 * g], b = conics[3 * g + 1], c = conics[3 * g + 2], h = T(0.5) * (a - c);
+            lmin[g] = T(0.5) * (a + c) - std::sqrt(h * h + b * b);
+            reach[g] = opacities[g] >= T(kMinAlpha) ? std::log(opacities[g] / T(kMinAlpha)) : T(-1);
+        }
+    }
+    // true when splat g (mean mx, my) cannot reach alpha 1/255 at any pixel centre of the tile
+    bool misses(int64_t g, T mx, T my, const TilePixels<T>& pix, int64_t ts) const {
+        const T x0 = T(pix.x0) + T(0.5), x1 = T(pix.x0 + ts) - T(0.5);
+        const T y0 = T(pix.y0) + T(0.5), y1 = T(pix.y0 + ts) - T(0.5);
+        const T dx = mx < x0 ? x0 - mx : (mx > x1 ? mx - x1 : T(0));
+        const T dy = my < y0 ? y0 - my : (my > y1 ? my - y1 : T(0));
+        return T(0.5) * lmin[g] * (dx * dx + dy * dy) > reach[g];
+    }
+};
+
 // Blend weights of splat g at the tile's pixels: w (0 where not blended), updates trans / live / stop.
 // Returns whether any pixel of the tile is still live.
 template <typename T>
@@ -138,9 +159,10 @@ inline bool blend_step(const T* px, const T* py, int64_t np, T mx, T my, T a, T 
 
 template <typename T>
 void forward(const Plan& plan, const T* means2d, const T* conics, const T* opacities, const T* colors, int64_t d,
-             T* out, int32_t* last, int n_threads) {
+             int64_t n_splats, T* out, int32_t* last, int n_threads) {
     const int64_t np = plan.tile_size * plan.tile_size, ch = d + 1;
     std::vector<Scratch<T>> scratch(n_threads);
+    const Reach<T> reach(n_splats, conics, opacities);
     for_tiles(plan.n_tiles, n_threads, [&](int64_t tile, int worker) {
         const int64_t start = plan.offsets[tile], count = plan.counts[tile];
         if (count == 0) return;
@@ -155,6 +177,7 @@ void forward(const Plan& plan, const T* means2d, const T* conics, const T* opaci
         T* rows = s.rows.data();
         for (int64_t k = 0; k < count; ++k) {
             const int64_t g = plan.splat_ids[start + k];
+            if (reach.misses(g, means2d[2 * g], means2d[2 * g + 1], s.pix, plan.tile_size)) continue;
             bool alive = blend_step(s.pix.x.data(), s.pix.y.data(), np, means2d[2 * g], means2d[2 * g + 1],
                                     conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], opacities[g],
                                     static_cast<T>(k + 1), trans, live, stop, w);
@@ -184,6 +207,7 @@ void backward(const Plan& plan, const T* means2d, const T* conics, const T* opac
     const int64_t np = plan.tile_size * plan.tile_size, ch = d + 1, gw = 6 + d;
     std::vector<std::vector<T>> partial(n_threads);
     std::vector<Scratch<T>> scratch(n_threads);
+    const Reach<T> reach(n_splats, conics, opacities);
     for_tiles(plan.n_tiles, n_threads, [&](int64_t tile, int worker) {
         const int64_t start = plan.offsets[tile], count = plan.counts[tile];
         if (count == 0) return;
@@ -215,6 +239,7 @@ void backward(const Plan& plan, const T* means2d, const T* conics, const T* opac
         for (int64_t k = 0; k < depth; ++k) {
             const int64_t sid = plan.splat_ids[start + k];
             const T mx = means2d[2 * sid], my = means2d[2 * sid + 1];
+            if (reach.misses(sid, mx, my, s.pix, plan.tile_size)) continue;
             const T a = conics[3 * sid], b = conics[3 * sid + 1], c = conics[3 * sid + 2], op = opacities[sid];
             const T pos = static_cast<T>(k);
             const T* col = colors + sid * d;
@@ -512,7 +537,7 @@ Plan make_plan(const int64_t* dims, const int64_t* offsets, const int64_t* count
 // C entry points (ctypes). dims = [n_tiles, tile_size, tiles_x, tiles_y, width, height].
 extern "C" {
 
-int gen3d_composite_abi() { return 1; }
+int gen3d_composite_abi() { return 2; }
 
 void gen3d_bin_fill(int64_t n_visible, const int64_t* order, const int64_t* rect, int64_t splats_per_image,
                     int64_t tiles_x, int64_t tiles_per_image, int64_t* cursor, int64_t* isect_tiles,
@@ -523,10 +548,10 @@ void gen3d_bin_fill(int64_t n_visible, const int64_t* order, const int64_t* rect
 #define GEN3D_ENTRY(T, suffix)                                                                                    \
     void gen3d_composite_forward_##suffix(const int64_t* dims, const int64_t* offsets, const int64_t* counts,     \
                                           const int64_t* splat_ids, const T* means2d, const T* conics,             \
-                                          const T* opacities, const T* colors, int64_t d, T* out, int32_t* last,  \
-                                          int n_threads) {                                                        \
-        forward<T>(make_plan(dims, offsets, counts, splat_ids), means2d, conics, opacities, colors, d, out, last, \
-                   n_threads);                                                                                    \
+                                          const T* opacities, const T* colors, int64_t d, int64_t n_splats,       \
+                                          T* out, int32_t* last, int n_threads) {                                 \
+        forward<T>(make_plan(dims, offsets, counts, splat_ids), means2d, conics, opacities, colors, d, n_splats,  \
+                   out, last, n_threads);                                                                         \
     }                                                                                                             \
     void gen3d_composite_backward_##suffix(const int64_t* dims, const int64_t* offsets, const int64_t* counts,    \
                                            const int64_t* splat_ids, const T* means2d, const T* conics,            \
