@@ -145,7 +145,7 @@ class _NativeCovariances(torch.autograd.Function):
         quats, scales = quats.contiguous(), scales.contiguous()
         covars = quats.new_empty(quats.shape[0], 3, 3)
         fn = lib.gen3d_covariances_f32 if quats.dtype == torch.float32 else lib.gen3d_covariances_f64
-        fn(ctypes.c_int64(quats.shape[0]), *_ptrs(quats, scales, covars))
+        fn(ctypes.c_int64(quats.shape[0]), *_native.pointers(quats, scales, covars))
         ctx.lib = lib
         ctx.save_for_backward(quats, scales)
         return covars
@@ -156,12 +156,9 @@ class _NativeCovariances(torch.autograd.Function):
         d_quats, d_scales = torch.empty_like(quats), torch.empty_like(scales)
         fn = ctx.lib.gen3d_covariances_backward_f32 if quats.dtype == torch.float32 else \
             ctx.lib.gen3d_covariances_backward_f64
-        fn(ctypes.c_int64(quats.shape[0]), *_ptrs(quats, scales, g_cov.contiguous(), d_quats, d_scales))
+        g_cov = g_cov.contiguous()
+        fn(ctypes.c_int64(quats.shape[0]), *_native.pointers(quats, scales, g_cov, d_quats, d_scales))
         return d_quats, d_scales, None
-
-
-def _ptrs(*tensors):
-    return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
 
 
 class _NativeProject(torch.autograd.Function):
@@ -175,7 +172,7 @@ class _NativeProject(torch.autograd.Function):
         depths, opac = means.new_empty(c, n), means.new_empty(c, n)
         radii = torch.empty(c, n, 2, dtype=torch.int32)
         fn = lib.gen3d_project_f32 if means.dtype == torch.float32 else lib.gen3d_project_f64
-        fn(*_ptrs(sizes, params, settings, means, covars, opacities, means2d, depths, conics, opac, radii))
+        fn(*_native.pointers(sizes, params, settings, means, covars, opacities, means2d, depths, conics, opac, radii))
         ctx.lib, ctx.consts = lib, (sizes, params, settings)
         ctx.save_for_backward(means, covars, opacities)
         ctx.mark_non_differentiable(radii)
@@ -189,7 +186,7 @@ class _NativeProject(torch.autograd.Function):
                  for g, shape in zip((g_means2d, g_depths, g_conics, g_opac), ((c, n, 2), (c, n), (c, n, 3), (c, n)))]
         d_means, d_covars, d_opac = torch.empty_like(means), torch.empty_like(covars), torch.empty_like(opacities)
         fn = ctx.lib.gen3d_project_backward_f32 if means.dtype == torch.float32 else ctx.lib.gen3d_project_backward_f64
-        fn(*_ptrs(*ctx.consts, means, covars, opacities, *grads, d_means, d_covars, d_opac))
+        fn(*_native.pointers(*ctx.consts, means, covars, opacities, *grads, d_means, d_covars, d_opac))
         return d_means, d_covars, d_opac, None, None, None, None
 
 

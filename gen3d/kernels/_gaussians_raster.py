@@ -124,8 +124,10 @@ def _bin_native(lib, fid, n, x0, x1, y0, y1, n_img, tiles_x, tiles_y):
     tile, splat = torch.empty(total, dtype=torch.long), torch.empty(total, dtype=torch.long)
     cursor = torch.cumsum(counts, 0) - counts
     rect = torch.stack([x0, x1, y0, y1], dim=1).contiguous()
-    lib.gen3d_bin_fill(ctypes.c_int64(fid.numel()), *_ptrs(fid.contiguous(), rect), ctypes.c_int64(n),
-                       ctypes.c_int64(tiles_x), ctypes.c_int64(tiles_x * tiles_y), *_ptrs(cursor, tile, splat))
+    fid = fid.contiguous()
+    lib.gen3d_bin_fill(ctypes.c_int64(fid.numel()), *_native.pointers(fid, rect), ctypes.c_int64(n),
+                       ctypes.c_int64(tiles_x), ctypes.c_int64(tiles_x * tiles_y),
+                       *_native.pointers(cursor, tile, splat))
     return tile, splat, counts
 
 
@@ -407,8 +409,8 @@ class _NativeComposite(torch.autograd.Function):
         out = means2d.new_zeros(plan.n_images, height, width, d + 1)
         last = torch.zeros(plan.n_images, height, width, dtype=torch.int32)
         fn = lib.gen3d_composite_forward_f32 if means2d.dtype == torch.float32 else lib.gen3d_composite_forward_f64
-        fn(*args, *_ptrs(means2d, conics, opacities, colors), ctypes.c_int64(d), ctypes.c_int64(means2d.shape[0]),
-           *_ptrs(out, last), ctypes.c_int(torch.get_num_threads()))
+        fn(*args, *_native.pointers(means2d, conics, opacities, colors), ctypes.c_int64(d),
+           ctypes.c_int64(means2d.shape[0]), *_native.pointers(out, last), ctypes.c_int(torch.get_num_threads()))
         ctx.plan, ctx.lib, ctx.args = plan, lib, args
         ctx.save_for_backward(means2d, conics, opacities, colors, out, last)
         return out
@@ -420,21 +422,18 @@ class _NativeComposite(torch.autograd.Function):
         grads = means2d.new_empty(means2d.shape[0], 6 + d)
         lib = ctx.lib
         fn = lib.gen3d_composite_backward_f32 if means2d.dtype == torch.float32 else lib.gen3d_composite_backward_f64
-        fn(*ctx.args, *_ptrs(means2d, conics, opacities, colors), ctypes.c_int64(d),
-           *_ptrs(out, last, grad_out.contiguous()), ctypes.c_int64(means2d.shape[0]), *_ptrs(grads),
+        grad_out = grad_out.contiguous()
+        fn(*ctx.args, *_native.pointers(means2d, conics, opacities, colors), ctypes.c_int64(d),
+           *_native.pointers(out, last, grad_out), ctypes.c_int64(means2d.shape[0]), *_native.pointers(grads),
            ctypes.c_int(torch.get_num_threads()))
         return grads[:, :2], grads[:, 2:5], grads[:, 5], grads[:, 6:], None, None, None, None
-
-
-def _ptrs(*tensors):
-    return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
 
 
 def _native_plan(plan: TilePlan, width: int, height: int):
     """ctypes arguments describing the plan: dims, offsets, counts, splat ids (kept alive by the plan)."""
     dims = torch.tensor([plan.n_tiles, plan.tile_size, plan.tiles_x, plan.tiles_y, width, height], dtype=torch.int64)
     plan._native_dims = dims
-    return _ptrs(dims, plan.tile_offsets, plan.tile_counts, plan.isect_splats)
+    return _native.pointers(dims, plan.tile_offsets, plan.tile_counts, plan.isect_splats)
 
 
 def native_library(*tensors):

@@ -83,6 +83,15 @@ def _build(name: str, cxx: str) -> Path:
             os.remove(tmp)
 
 
+def pointers(*tensors) -> list:
+    """ctypes pointers to the data of contiguous CPU tensors. The caller keeps the tensors alive during the call
+    (a temporary such as ``t.contiguous()`` built inside the argument list would be freed before it)."""
+    for t in tensors:
+        if t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError(f"native kernels take contiguous CPU tensors, got {t.device} strides {t.stride()}")
+    return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
+
+
 def load(name: str) -> Optional[ctypes.CDLL]:
     """The compiled library ``csrc/<name>.cpp`` (built and cached on first use), or None when native kernels are
     disabled or cannot be built here (the reason is logged once)."""
