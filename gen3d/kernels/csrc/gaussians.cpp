@@ -23,15 +23,17 @@ namespace {
 
 template <typename T> struct Exp;
 
-// exp(x) for x <= 0: 2^k * p(r) with k = round(x log2 e), |r| <= 1/2, p a Taylor polynomial of exp(r ln 2)
-// (relative error below 2e-7 in float, 2e-16 in double); x is floored where 2^k would leave the normal range.
+// exp(x) (used for x <= 0): 2^k * p(r) with k = round(x log2 e), |r| <= 1/2, p a Taylor polynomial of exp(r ln 2)
+// (relative error below 2e-7 in float, 2e-16 in double); x is clamped where 2^k would leave the normal range.
 template <> struct Exp<float> {
     static inline float eval(float x) {
         float t = x * 1.44269504088896341f;
-        t = t > -126.0f ? t : -126.0f;
+        t = t > -126.0f ? (t < 126.0f ? t : 126.0f) : -126.0f;  // also maps NaN to -126
         float k = (t + 12582912.0f) - 12582912.0f;  // round to nearest
         float r = (t - k) * 0.693147180559945309f;
-        float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+        float p = 1.0f / 720;
+        p = 1.0f / 120 + r * p, p = 1.0f / 24 + r * p, p = 1.0f / 6 + r * p;
+        p = 0.5f + r * p, p = 1.0f + r * p, p = 1.0f + r * p;
         int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
         float scale;
         std::memcpy(&scale, &bits, sizeof scale);
@@ -42,7 +44,7 @@ template <> struct Exp<float> {
 template <> struct Exp<double> {
     static inline double eval(double x) {
         double t = x * 1.4426950408889634074;
-        t = t > -1022.0 ? t : -1022.0;
+        t = t > -1022.0 ? (t < 1022.0 ? t : 1022.0) : -1022.0;
         double k = (t + 6755399441055744.0) - 6755399441055744.0;
         double r = (t - k) * 0.69314718055994530942;
         double p = 1.0 / 479001600;  // 1/12!
