@@ -3,6 +3,7 @@
 The reference below is written from the 3DGS / gsplat image formation, not from the kernel: quaternions
 rotate by quaternion products, the 2D covariance is inverted by linalg.inv, and every pixel composites
 every Gaussian front to back in a plain loop with the 1/255 skip, the 0.99 clamp and the 1e-4 early stop.
+Every test runs on both CPU paths: the compiled kernels (gen3d.kernels._native) and the pure-torch fallback.
 """
 
 from __future__ import annotations
@@ -14,9 +15,20 @@ import pytest
 import torch
 from scipy.special import sph_harm_y
 
+from gen3d.kernels import _native
+from gen3d.kernels._gaussians_raster import native_library
 from gen3d.kernels.gaussians import rasterization, rasterize_projected, sh_basis
 
 DT = torch.float64
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def kernel_path(request, monkeypatch):
+    """Runs the test on the compiled kernels, then on the pure-torch fallback (GEN3D_NATIVE=0)."""
+    monkeypatch.setenv("GEN3D_NATIVE", "1" if request.param == "native" else "0")
+    if request.param == "native" and _native.load("gaussians") is None:
+        pytest.skip("no C++ compiler here: the native kernels cannot be built")
+    return request.param
 
 
 # ----------------------------------------------------------------------------- the dense reference
@@ -347,3 +359,21 @@ def test_backend_selection_on_cpu():
         rasterization(means, quats, scales, opac, colors, vms, Ks, 16, 12, backend="gsplat")
     with pytest.raises(NotImplementedError, match="absgrad"):
         rasterization(means, quats, scales, opac, colors, vms, Ks, 16, 12, absgrad=True)
+
+
+def test_native_switch_and_fallback_when_the_build_fails(kernel_path, monkeypatch, tmp_path, caplog):
+    x = torch.zeros(3, dtype=DT)
+    assert (native_library(x) is not None) == (kernel_path == "native")
+    assert native_library(x.float(), x) is None  # mixed dtypes: torch path
+    # a compiler that fails: one warning, then the pure-torch kernels, and the images are unchanged
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setattr(_native, "_compiler", lambda: "false")
+    monkeypatch.setenv("GEN3D_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("GEN3D_NATIVE", "1")
+    means, quats, scales, opac, colors, vms, Ks = _tiny_scene()
+    with caplog.at_level("WARNING", logger=_native.__name__):
+        img, _, _ = rasterization(means, quats, scales, opac, colors, vms, Ks, 16, 12)
+    assert native_library(x) is None and "using pure torch" in caplog.text
+    monkeypatch.setenv("GEN3D_NATIVE", "0")
+    ref, _, _ = rasterization(means, quats, scales, opac, colors, vms, Ks, 16, 12)
+    torch.testing.assert_close(img, ref)

@@ -7,10 +7,13 @@ half-integers, quaternions wxyz (need not be normalised), linear scales, opaciti
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import _native
 
 ALPHA_THRESHOLD = 1.0 / 255.0  # contributions below this alpha are skipped
 GAUSSIAN_EXTEND = 3.33  # radius cap in standard deviations
@@ -19,6 +22,9 @@ MIN_COMPENSATION = 0.005  # floor of the antialiasing compensation factor
 
 def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """World covariances ``R S S^T R^T`` [N,3,3] from quaternions [N,4] (wxyz) and scales [N,3]."""
+    lib = _native_library(quats, scales)
+    if lib is not None and quats.dim() == 2:
+        return _NativeCovariances.apply(quats, scales, lib)
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
     rot = torch.stack(
         [
@@ -71,6 +77,10 @@ def project_gaussians(
     opacity-aware box (extent min(3.33, sqrt(2 ln(255 opacity))) standard deviations per axis) misses
     the image.
     """
+    lib = _native_library(means, covars, opacities, cameras=(viewmats, Ks))
+    if lib is not None:
+        return _project_native(lib, means, covars, opacities, viewmats, Ks, width, height, eps2d, near_plane,
+                               far_plane, radius_clip, antialiased)
     rot = viewmats[:, :3, :3]  # [C,3,3]
     # camera-space means [C,N,3], written elementwise (batched 3x3 products are slow on CPU)
     means_c = (means[None, :, None, :] * rot[:, None]).sum(-1) + viewmats[:, None, :3, 3]
@@ -116,6 +126,81 @@ def project_gaussians(
         return torch.where(k, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
     return Projected(masked(means2d), masked(means_c[..., 2]), masked(conics), masked(opac), radii)
+
+
+def _native_library(*tensors, cameras=()):
+    """The compiled kernels when they apply: CPU float32/float64 tensors of one dtype, cameras without gradients."""
+    if any(t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) for t in tensors + cameras):
+        return None
+    if len({t.dtype for t in tensors}) != 1 or any(t.requires_grad for t in cameras):
+        return None
+    return _native.load("gaussians")
+
+
+class _NativeCovariances(torch.autograd.Function):
+    """quat_scale_to_covar by ``csrc/gaussians.cpp``."""
+
+    @staticmethod
+    def forward(ctx, quats, scales, lib):
+        quats, scales = quats.contiguous(), scales.contiguous()
+        covars = quats.new_empty(quats.shape[0], 3, 3)
+        fn = lib.gen3d_covariances_f32 if quats.dtype == torch.float32 else lib.gen3d_covariances_f64
+        fn(ctypes.c_int64(quats.shape[0]), *_native.pointers(quats, scales, covars))
+        ctx.lib = lib
+        ctx.save_for_backward(quats, scales)
+        return covars
+
+    @staticmethod
+    def backward(ctx, g_cov):
+        quats, scales = ctx.saved_tensors
+        d_quats, d_scales = torch.empty_like(quats), torch.empty_like(scales)
+        fn = ctx.lib.gen3d_covariances_backward_f32 if quats.dtype == torch.float32 else \
+            ctx.lib.gen3d_covariances_backward_f64
+        g_cov = g_cov.contiguous()
+        fn(ctypes.c_int64(quats.shape[0]), *_native.pointers(quats, scales, g_cov, d_quats, d_scales))
+        return d_quats, d_scales, None
+
+
+class _NativeProject(torch.autograd.Function):
+    """project_gaussians by ``csrc/gaussians.cpp`` (same rules; no gradient to the cameras)."""
+
+    @staticmethod
+    def forward(ctx, means, covars, opacities, lib, sizes, params, settings):
+        means, covars, opacities = (t.contiguous() for t in (means, covars, opacities))
+        c, n = int(sizes[0]), int(sizes[1])
+        means2d, conics = means.new_empty(c, n, 2), means.new_empty(c, n, 3)
+        depths, opac = means.new_empty(c, n), means.new_empty(c, n)
+        radii = torch.empty(c, n, 2, dtype=torch.int32)
+        fn = lib.gen3d_project_f32 if means.dtype == torch.float32 else lib.gen3d_project_f64
+        fn(*_native.pointers(sizes, params, settings, means, covars, opacities, means2d, depths, conics, opac, radii))
+        ctx.lib, ctx.consts = lib, (sizes, params, settings)
+        ctx.save_for_backward(means, covars, opacities)
+        ctx.mark_non_differentiable(radii)
+        return means2d, depths, conics, opac, radii
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_depths, g_conics, g_opac, _):
+        means, covars, opacities = ctx.saved_tensors
+        c, n = int(ctx.consts[0][0]), int(ctx.consts[0][1])
+        grads = [g.contiguous() if g is not None else means.new_zeros(shape)
+                 for g, shape in zip((g_means2d, g_depths, g_conics, g_opac), ((c, n, 2), (c, n), (c, n, 3), (c, n)))]
+        d_means, d_covars, d_opac = torch.empty_like(means), torch.empty_like(covars), torch.empty_like(opacities)
+        fn = ctx.lib.gen3d_project_backward_f32 if means.dtype == torch.float32 else ctx.lib.gen3d_project_backward_f64
+        fn(*_native.pointers(*ctx.consts, means, covars, opacities, *grads, d_means, d_covars, d_opac))
+        return d_means, d_covars, d_opac, None, None, None, None
+
+
+def _project_native(lib, means, covars, opacities, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+                    radius_clip, antialiased) -> Projected:
+    c, n = viewmats.shape[0], means.shape[0]
+    vm, K = viewmats.detach().to(torch.float64), Ks.detach().to(torch.float64)
+    params = torch.cat([vm[:, :3, :3].reshape(c, 9), vm[:, :3, 3], K[:, 0, 0, None], K[:, 1, 1, None],
+                        K[:, 0, 2, None], K[:, 1, 2, None]], dim=1).contiguous()
+    sizes = torch.tensor([c, n, width, height], dtype=torch.int64)
+    settings = torch.tensor([eps2d, near_plane, far_plane, radius_clip, float(antialiased)], dtype=torch.float64)
+    means2d, depths, conics, opac, radii = _NativeProject.apply(means, covars.reshape(n, 9), opacities, lib, sizes,
+                                                                params, settings)
+    return Projected(means2d, depths, conics, opac, radii)
 
 
 # Real spherical harmonics in the 3DGS / gsplat order and sign convention (Cartesian closed forms).

@@ -16,6 +16,8 @@ obtained from the forward's totals, as gsplat's kernels do.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -23,6 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import _native
 from ._gaussians_project import ALPHA_THRESHOLD
 
 MAX_ALPHA = 0.99
@@ -47,7 +50,6 @@ class TilePlan:
     tile_counts: torch.Tensor  # [n_tiles] int64
     tile_offsets: torch.Tensor  # [n_tiles] int64 start of each tile's run in the isect arrays
     tiles_per_splat: torch.Tensor  # [n_images * N] int64
-    groups: list  # of (tile ids [B], starts [B], counts [B], max count) with counts descending
 
     @property
     def n_tiles(self) -> int:
@@ -56,6 +58,11 @@ class TilePlan:
     @property
     def n_isects(self) -> int:
         return int(self.isect_tiles.numel())
+
+    @functools.cached_property
+    def groups(self) -> list:
+        """(tile ids [B], starts [B], counts [B], max count) groups of the torch compositor, counts descending."""
+        return _group_tiles(self.tile_counts, self.tile_offsets, self.tile_size * self.tile_size)
 
 
 @torch.no_grad()
@@ -79,6 +86,20 @@ def bin_splats(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
     tiles_per_splat = torch.zeros(n_img * n, dtype=torch.long, device=dev)
     tiles_per_splat[fid] = per_splat
 
+    n_tiles = n_img * tiles_x * tiles_y
+    lib = _native.load("gaussians") if dev.type == "cpu" else None
+    if lib is not None:
+        tile, splat, counts = _bin_native(lib, fid, n, x0, x1, y0, y1, n_img, tiles_x, tiles_y)
+    else:
+        tile, splat = _bin_torch(fid, n, x0, y0, span_x, per_splat, tiles_x, tiles_y)
+        counts = torch.bincount(tile, minlength=n_tiles)
+    offsets = torch.cumsum(counts, 0) - counts
+    return TilePlan(tile_size, tiles_x, tiles_y, n_img, tile, splat, counts, offsets, tiles_per_splat)
+
+
+def _bin_torch(fid, n, x0, y0, span_x, per_splat, tiles_x, tiles_y):
+    """(tile ids, splat ids) [M] sorted by tile, depth order kept inside each tile (fid is front to back)."""
+    dev = fid.device
     # one entry per (splat, tile), in splat order, enumerating each splat's tile rectangle row by row
     first = torch.div(fid, n, rounding_mode="floor") * (tiles_x * tiles_y) + y0 * tiles_x + x0
     owner = torch.repeat_interleave(torch.arange(fid.numel(), device=dev), per_splat)
@@ -87,14 +108,27 @@ def bin_splats(means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
     row = torch.div(local, sx, rounding_mode="floor")
     tile = first.index_select(0, owner) + row * tiles_x + (local - row * sx)
     order = torch.argsort(tile, stable=True)  # stable: keeps the depth order inside each tile
-    tile = tile.index_select(0, order)
-    splat = fid.index_select(0, owner.index_select(0, order))
+    return tile.index_select(0, order), fid.index_select(0, owner.index_select(0, order))
 
-    n_tiles = n_img * tiles_x * tiles_y
-    counts = torch.bincount(tile, minlength=n_tiles)
-    offsets = torch.cumsum(counts, 0) - counts
-    return TilePlan(tile_size, tiles_x, tiles_y, n_img, tile, splat, counts, offsets, tiles_per_splat,
-                    _group_tiles(counts, offsets, tile_size * tile_size))
+
+def _bin_native(lib, fid, n, x0, x1, y0, y1, n_img, tiles_x, tiles_y):
+    """As _bin_torch, plus the per-tile counts, by a counting sort: counts from a 2D difference array of the
+    rectangles, then the compiled fill walks the splats front to back."""
+    img = torch.div(fid, n, rounding_mode="floor")
+    grid = torch.zeros(n_img, tiles_y + 1, tiles_x + 1, dtype=torch.long)
+    ones = torch.ones_like(fid)
+    for ys, xs, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+        grid.index_put_((img, ys, xs), sign * ones, accumulate=True)
+    counts = grid.cumsum(1).cumsum(2)[:, :tiles_y, :tiles_x].reshape(-1)
+    total = int(counts.sum())
+    tile, splat = torch.empty(total, dtype=torch.long), torch.empty(total, dtype=torch.long)
+    cursor = torch.cumsum(counts, 0) - counts
+    rect = torch.stack([x0, x1, y0, y1], dim=1).contiguous()
+    fid = fid.contiguous()
+    lib.gen3d_bin_fill(ctypes.c_int64(fid.numel()), *_native.pointers(fid, rect), ctypes.c_int64(n),
+                       ctypes.c_int64(tiles_x), ctypes.c_int64(tiles_x * tiles_y),
+                       *_native.pointers(cursor, tile, splat))
+    return tile, splat, counts
 
 
 def _group_tiles(counts: torch.Tensor, offsets: torch.Tensor, pixels: int) -> list:
@@ -364,9 +398,61 @@ class _Composite(torch.autograd.Function):
         return (*grads, None)
 
 
+class _NativeComposite(torch.autograd.Function):
+    """The compositor of ``csrc/gaussians_composite.cpp`` (same rules, float32/float64 CPU tensors)."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, colors, plan, lib, width, height):
+        args = _native_plan(plan, width, height)
+        means2d, conics, opacities, colors = (t.contiguous() for t in (means2d, conics, opacities, colors))
+        d = colors.shape[1]
+        out = means2d.new_zeros(plan.n_images, height, width, d + 1)
+        last = torch.zeros(plan.n_images, height, width, dtype=torch.int32)
+        fn = lib.gen3d_composite_forward_f32 if means2d.dtype == torch.float32 else lib.gen3d_composite_forward_f64
+        fn(*args, *_native.pointers(means2d, conics, opacities, colors), ctypes.c_int64(d),
+           ctypes.c_int64(means2d.shape[0]), *_native.pointers(out, last), ctypes.c_int(torch.get_num_threads()))
+        ctx.plan, ctx.lib, ctx.args = plan, lib, args
+        ctx.save_for_backward(means2d, conics, opacities, colors, out, last)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        means2d, conics, opacities, colors, out, last = ctx.saved_tensors
+        d = colors.shape[1]
+        grads = means2d.new_empty(means2d.shape[0], 6 + d)
+        lib = ctx.lib
+        fn = lib.gen3d_composite_backward_f32 if means2d.dtype == torch.float32 else lib.gen3d_composite_backward_f64
+        grad_out = grad_out.contiguous()
+        fn(*ctx.args, *_native.pointers(means2d, conics, opacities, colors), ctypes.c_int64(d),
+           *_native.pointers(out, last, grad_out), ctypes.c_int64(means2d.shape[0]), *_native.pointers(grads),
+           ctypes.c_int(torch.get_num_threads()))
+        return grads[:, :2], grads[:, 2:5], grads[:, 5], grads[:, 6:], None, None, None, None
+
+
+def _native_plan(plan: TilePlan, width: int, height: int):
+    """ctypes arguments describing the plan: dims, offsets, counts, splat ids (kept alive by the plan)."""
+    dims = torch.tensor([plan.n_tiles, plan.tile_size, plan.tiles_x, plan.tiles_y, width, height], dtype=torch.int64)
+    plan._native_dims = dims
+    return _native.pointers(dims, plan.tile_offsets, plan.tile_counts, plan.isect_splats)
+
+
+def native_library(*tensors):
+    """The compiled compositor when it applies to these tensors (CPU, float32/float64) and could be built, else None."""
+    if any(t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) for t in tensors):
+        return None
+    if len({t.dtype for t in tensors}) != 1:
+        return None
+    return _native.load("gaussians")
+
+
 def composite(means2d, conics, opacities, colors, plan: TilePlan, width: int, height: int) -> torch.Tensor:
     """Differentiable blend of flat splats (means2d [S,2], conics [S,3], opacities [S], colors [S,D]) into
-    the images of ``plan`` -> [I,H,W,D+1] (colour sums without background, then alpha)."""
+    the images of ``plan`` -> [I,H,W,D+1] (colour sums without background, then alpha).
+
+    Runs the compiled compositor where it can (see ``_native``), else the torch one; both follow the same rules."""
+    lib = native_library(means2d, conics, opacities, colors)
+    if lib is not None:
+        return _NativeComposite.apply(means2d, conics, opacities, colors, plan, lib, width, height)
     log_op = torch.log(opacities.clamp_min(torch.finfo(opacities.dtype).tiny))
     acc = _Composite.apply(means2d, conics, log_op, colors, plan)  # [n_tiles, D+1, P]
     ts = plan.tile_size
