@@ -152,7 +152,8 @@ def shape_pull(args) -> dict:
         t_train = time.perf_counter() - t0
         losses = [json.loads(x)["loss"] for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
         mesh = spot_mesh(folder)
-        priors = {"trained_agp": AGPPrior(tmp / "run" / "weights" / "agp"), "untrained_agp": AGPPrior(tmp / "w" / "agp"),
+        priors = {"trained_agp": AGPPrior(tmp / "run" / "weights" / "agp"),
+                  "untrained_agp": AGPPrior(tmp / "w" / "agp"),
                   "oracle_agp": OracleAGP(args.resolution, 49.1, TexturedMesh(mesh.vertices, mesh.faces))}
         results = {"ball": shape_scores(ball_gaussians(2000, 0.5, torch.Generator().manual_seed(args.seed)), mesh)}
         t0 = time.perf_counter()
