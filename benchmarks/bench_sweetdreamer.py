@@ -3,15 +3,15 @@
     python benchmarks/bench_sweetdreamer.py                 # the shape pull (tiny AGP overfit to Spot) + speed
     python benchmarks/bench_sweetdreamer.py --skip-speed    # the shape pull only
 
-1. **Shape pull.** ``dataset multiview --passes rgba,ccm`` renders Spot (WORKBENCH, ``--views`` random views at
-   ``--resolution``, SweetDreamer's elevations -10..45°, distance 1.8-2.2); ``train agp --preset tiny`` overfits the
-   tiny AGP (initialised from the tiny SD 2.1) to them for ``--train-steps`` steps; then Gaussians from
+1. **Shape pull.** ``dataset multiview --passes rgba,ccm`` renders Spot (WORKBENCH, ``--views`` random views at 32
+   px, SweetDreamer's elevations -10..45°, distance 1.8-2.2); ``train agp --preset tiny`` overfits the tiny AGP
+   (initialised from the tiny SD 2.1) to them for ``--train-steps`` steps at ``--resolution``; then Gaussians from
    DreamGaussian's ball (radius 0.5) are optimised by CCM-SDS from that AGP **alone** (no appearance prior, prompt
-   "a 3D model of a cow", the method's t anneal and box updates) for ``--steps`` steps. Reported: the symmetric
-   Chamfer distance (mean of both directions) between the opaque Gaussians' centres and points sampled on Spot's
-   surface, before and after, and the same for an untrained AGP (the control): in the canonical frame of each
-   set's own box (the AGP constrains shape only up to a per-axis scale and shift: the CCM is normalised per axis)
-   and in world units (Spot's longest side is 1).
+   "a 3D model of a cow", weight 20, the method's t anneal and box updates) for ``--steps`` steps, at each
+   ``--guidance-scale``. Controls: the untrained tiny AGP, and the oracle AGP of ``tests/support/oracle.py`` (its
+   x0 is Spot's exact CCM at the conditioned camera: the best any AGP can do). Scores (:func:`shape_scores`):
+   silhouette IoU from 8 held-out views and the Chamfer distance between the surface the method would extract and
+   Spot's (world units; Spot's longest side is 1).
 2. **Speed** (``--skip-speed`` to skip; about 18 GB of memory): one optimiser step of the ``agp`` recipe and one
    CCM-SDS step of the method at real size (SD 2.1's UNet shape at 64x64 with 4 channels and the camera
    embedding, random weights, batch 1 for the method and ``--batch`` for the recipe), on this CPU.
@@ -141,7 +141,7 @@ def shape_pull(args) -> dict:
         weights.write_tiny("sd21-base", tmp / "w")
         weights.write_tiny("agp", tmp / "w")
         t0 = time.perf_counter()
-        folder = render_spot(tmp, args.views, args.resolution)
+        folder = render_spot(tmp, args.views, max(32, args.resolution))  # area-resized by the recipe
         t_render = time.perf_counter() - t0
         t0 = time.perf_counter()
         gen3d("train", "agp", "--data", str(tmp / "renders"), "--out", str(tmp / "run"), "--preset", "tiny",
@@ -152,14 +152,17 @@ def shape_pull(args) -> dict:
         t_train = time.perf_counter() - t0
         losses = [json.loads(x)["loss"] for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
         mesh = spot_mesh(folder)
-        priors = {"trained_agp": AGPPrior(tmp / "run" / "weights" / "agp"),
-                  "untrained_agp": AGPPrior(tmp / "w" / "agp"),
-                  "oracle_agp": OracleAGP(args.resolution, 49.1, TexturedMesh(mesh.vertices, mesh.faces))}
+        first = args.guidance_scale[0]
+        priors = {**{(f"trained_agp_cfg{s:g}", s): AGPPrior(tmp / "run" / "weights" / "agp")
+                     for s in args.guidance_scale},
+                  (f"untrained_agp_cfg{first:g}", first): AGPPrior(tmp / "w" / "agp"),
+                  ("oracle_agp", first): OracleAGP(args.resolution, 49.1, TexturedMesh(mesh.vertices, mesh.faces))}
         results = {"ball": shape_scores(ball_gaussians(2000, 0.5, torch.Generator().manual_seed(args.seed)), mesh)}
         t0 = time.perf_counter()
-        for name, prior in priors.items():
-            prior.guidance_scale = args.guidance_scale
+        for (name, scale), prior in priors.items():
+            prior.guidance_scale = scale
             results[name] = shape_scores(pull(prior, args.steps, args.seed, size=args.resolution), mesh)
+            print(name, results[name], flush=True)
         t_pull = (time.perf_counter() - t0) / len(priors)
     k = max(len(losses) // 10, 1)
     return {"train_loss_first": float(np.mean(losses[:k])), "train_loss_last": float(np.mean(losses[-k:])),
@@ -237,11 +240,12 @@ def speed(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--views", type=int, default=32)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--steps", type=int, default=300, help="Gaussian optimisation steps")
+    p.add_argument("--resolution", type=int, default=16, help="render, AGP and CCM-SDS size")
+    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=200, help="Gaussian optimisation steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance-scale", type=float, default=21.0, help="AGP CFG during the pull")
+    p.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0, 21.0],
+                   help="AGP CFG scales of the trained AGP's pulls (the first also for the controls)")
     p.add_argument("--batch", type=int, default=2, help="recipe batch for the speed row (BatchNorm: at least 2)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-pull", action="store_true")
