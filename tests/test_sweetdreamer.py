@@ -1,6 +1,7 @@
 """SweetDreamer: the AGP network against a hand-written reference, its SD initialisation, the ``agp`` recipe on
 Spot's bpy CCM renders (loss falls, the export loads through the method's loader), the method's schedules, the
-``agp_weight`` option of dreamgaussian-text and the missing-checkpoint error."""
+``agp_weight`` option of dreamgaussian-text, the missing-checkpoint error, and the whole method end to end with
+oracle priors (camera conventions between the CCM render and the AGP's condition)."""
 
 from __future__ import annotations
 
