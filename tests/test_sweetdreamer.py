@@ -123,6 +123,8 @@ def test_sweetdreamer_schedules():
 
     o = SweetDreamerOptions()
     assert (o.agp_weight_early, o.agp_weight, o.appearance_start) == (20.0, 1.0, 0.25)
+    # stage 2 (sweetdreamer-stage2.yaml): SD at CFG 100, CCM-SDS 0.5, t_max 0.98 -> 0.5 by 4001 of 10000 steps
+    assert (o.guidance_scale_stage2, o.agp_weight_stage2, o.t_anneal_end_stage2) == (100.0, 0.5, 0.4001)
     s = Uniform(o.t_range[0], o.t_range[1], t_max_end=o.t_max_end, anneal_end=o.t_anneal_end)
     assert s.bounds(0.0) == (20, 980) and s.bounds(5001 / 6000) == (20, 500) and s.bounds(1.0) == (20, 500)
     assert s.bounds(0.5)[1] == round(1000 * (0.98 - 0.48 * 0.5 * 6000 / 5001))
