@@ -3,15 +3,15 @@
     python benchmarks/bench_sweetdreamer.py                 # the shape pull (tiny AGP overfit to Spot) + speed
     python benchmarks/bench_sweetdreamer.py --skip-speed    # the shape pull only
 
-1. **Shape pull.** ``dataset multiview --passes rgba,ccm`` renders Spot (WORKBENCH, ``--views`` random views at
-   ``--resolution``, SweetDreamer's elevations -10..45°, distance 1.8-2.2); ``train agp --preset tiny`` overfits the
-   tiny AGP (initialised from the tiny SD 2.1) to them for ``--train-steps`` steps; then Gaussians from
+1. **Shape pull.** ``dataset multiview --passes rgba,ccm`` renders Spot (WORKBENCH, ``--views`` random views at 32
+   px, SweetDreamer's elevations -10..45°, distance 1.8-2.2); ``train agp --preset tiny`` overfits the tiny AGP
+   (initialised from the tiny SD 2.1) to them for ``--train-steps`` steps at ``--resolution``; then Gaussians from
    DreamGaussian's ball (radius 0.5) are optimised by CCM-SDS from that AGP **alone** (no appearance prior, prompt
-   "a 3D model of a cow", the method's t anneal and box updates) for ``--steps`` steps. Reported: the symmetric
-   Chamfer distance (mean of both directions) between the opaque Gaussians' centres and points sampled on Spot's
-   surface, before and after, and the same for an untrained AGP (the control): in the canonical frame of each
-   set's own box (the AGP constrains shape only up to a per-axis scale and shift: the CCM is normalised per axis)
-   and in world units (Spot's longest side is 1).
+   "a 3D model of a cow", weight 20, the method's t anneal and box updates) for ``--steps`` steps, at each
+   ``--guidance-scale``. Controls: the untrained tiny AGP, and the oracle AGP of ``tests/support/oracle.py`` (its
+   x0 is Spot's exact CCM at the conditioned camera: the best any AGP can do). Scores (:func:`shape_scores`):
+   silhouette IoU from 8 held-out views and the Chamfer distance between the surface the method would extract and
+   Spot's (world units; Spot's longest side is 1).
 2. **Speed** (``--skip-speed`` to skip; about 18 GB of memory): one optimiser step of the ``agp`` recipe and one
    CCM-SDS step of the method at real size (SD 2.1's UNet shape at 64x64 with 4 channels and the camera
    embedding, random weights, batch 1 for the method and ``--batch`` for the recipe), on this CPU.
@@ -57,78 +57,91 @@ def render_spot(out: Path, views: int, resolution: int) -> Path:
     return out / "renders" / "cow" / "spot"
 
 
-def spot_surface(folder: Path, n: int = 20_000) -> torch.Tensor:
-    """Points on Spot's surface in the renders' world (trimesh's OBJ, Y up -> Z up, the recorded normalisation)."""
+def spot_mesh(folder: Path):
+    """Spot in the renders' world (trimesh's OBJ, Y up -> Z up, the recorded normalisation)."""
     import trimesh
 
     meta = json.loads((folder / "transforms.json").read_text())["normalization"]
     mesh = trimesh.load(folder.parents[2] / "models" / "cow" / "spot.obj", force="mesh", process=False)
     v = mesh.vertices
     mesh.vertices = meta["scale"] * (np.stack([v[:, 0], -v[:, 2], v[:, 1]], -1) + np.array(meta["offset"]))
-    points, _ = trimesh.sample.sample_surface(mesh, n, seed=0)
-    return torch.tensor(points, dtype=torch.float32)
+    return mesh
 
 
-def chamfer(a: torch.Tensor, b: torch.Tensor) -> float:
+def chamfer(a: np.ndarray, b: np.ndarray) -> float:
     """Mean of the two mean nearest-neighbour distances between point sets ``a [N,3]`` and ``b [M,3]``."""
     from scipy.spatial import cKDTree
 
-    da, _ = cKDTree(b.numpy()).query(a.numpy())
-    db, _ = cKDTree(a.numpy()).query(b.numpy())
-    return float((da.mean() + db.mean()) / 2)
+    return float((cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()) / 2)
 
 
-def canonical(points: torch.Tensor) -> torch.Tensor:
-    """``points [N,3]`` in the CCM frame of their own box (0.5 % / 99.5 % quantiles per axis, margin 1.1): the AGP
-    sees shapes only up to a per-axis scale and shift, so its pull is measured there."""
-    from gen3d.backend.geometry.ccm import canonical_coordinates, ccm_frame
-
-    lo, hi = torch.quantile(points, 0.005, dim=0), torch.quantile(points, 0.995, dim=0)
-    return canonical_coordinates(points, *(torch.tensor(v, dtype=torch.float32) for v in ccm_frame(lo, hi)))
+#: held-out (elevation, azimuth) views for the silhouette score: the sides, front, back, above, below
+HELD_OUT = [(0.0, 90.0), (0.0, -90.0), (0.0, 180.0), (0.0, 0.0), (40.0, 135.0), (30.0, -60.0), (60.0, 0.0),
+            (-10.0, 45.0)]
 
 
-def opaque_centres(g, min_opacity: float = 0.5) -> torch.Tensor:
-    keep = g.opacities >= min_opacity
-    return g.means[keep].detach() if int(keep.sum()) >= 16 else g.means.detach()
+def shape_scores(g, mesh) -> dict:
+    """The Gaussians against Spot: silhouette IoU (alpha > 0.5 against the mesh's coverage) from the held-out views
+    (mean and worst), and the symmetric Chamfer distance between the surface of the mesh the method extracts from
+    them (:func:`extract_mesh`, 64 voxels) and Spot's surface (20k samples each; world units, Spot's longest side
+    is 1). Gaussian centres are not scored: a perfect solid Spot of centres is 0.042 from Spot's surface."""
+    import trimesh
+
+    from gen3d.backend.geometry.cameras import orbit_cameras
+    from gen3d.backend.pipelines.stages.ccm_render import mesh_ccm
+    from gen3d.backend.pipelines.stages.extract_mesh import MeshExtractConfig, extract_mesh
+    from gen3d.backend.pipelines.stages.fit_gaussians import render_gaussians
+
+    el, az = (torch.tensor(x) for x in zip(*HELD_OUT))
+    cams = orbit_cameras(el, az, 2.0, 49.1, 48, 48)
+    with torch.no_grad():
+        _, alpha, _ = render_gaussians(g, cams, torch.ones(len(cams), 3))
+        _, covered = mesh_ccm(torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces), cams,
+                              torch.zeros(3), torch.ones(3))
+    a, b = alpha > 0.5, covered > 0.5
+    iou = ((a & b).sum((1, 2, 3)) / (a | b).sum((1, 2, 3)).clamp_min(1)).numpy()
+    surface, _ = trimesh.sample.sample_surface(mesh, 20_000, seed=0)
+    extracted = extract_mesh(g.means, g.quats, g.scales, g.opacities, MeshExtractConfig(resolution=64, target_faces=0))
+    points, _ = trimesh.sample.sample_surface(extracted, 20_000, seed=0)
+    return {"iou_mean": float(iou.mean()), "iou_min": float(iou.min()), "mesh_chamfer": chamfer(points, surface)}
 
 
-def pull(agp_folder: Path, steps: int, seed: int = 0, guidance_scale: float = 21.0,
-         num_pts: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussians from the ball optimised by CCM-SDS alone: ``(centres before, opaque centres after)``."""
-    from gen3d.backend.guidance.priors.agp import AGPPrior
+def pull(prior, steps: int, seed: int = 0, num_pts: int = 2000, size: int = 32):
+    """Gaussians from the ball optimised by CCM-SDS from ``prior`` alone (the method's sampler, t anneal, weight 20
+    and box updates; no appearance prior); returns them."""
     from gen3d.backend.guidance.schedules import Uniform
     from gen3d.backend.pipelines.base import RunContext
     from gen3d.backend.pipelines.dreamgaussian_guidance import Guide, OrbitSampler
     from gen3d.backend.pipelines.stages.ccm_guidance import CCMGuidance
-    from gen3d.backend.pipelines.stages.distill_gaussians import (GaussianDistillOptions, ball_gaussians,
-                                                                  distill_gaussians)
+    from gen3d.backend.pipelines.stages.distill_gaussians import GaussianDistillOptions, distill_gaussians
     from gen3d.backend.pipelines.sweetdreamer import SweetDreamerOptions
 
     sd = SweetDreamerOptions()
-    opts = GaussianDistillOptions(iters=steps, num_pts=num_pts, render_sizes=(32, 32, 32), position_lr_max_steps=steps,
+    opts = GaussianDistillOptions(iters=steps, num_pts=num_pts, render_sizes=(size,) * 3, position_lr_max_steps=steps,
                                   density_start_iter=0, densification_interval=max(steps // 10, 1))
-    prior = AGPPrior(agp_folder)
-    prior.guidance_scale = guidance_scale
     gen = torch.Generator().manual_seed(seed)
     sampler = OrbitSampler(0.0, sd.radius, sd.fovy, sd.min_ver, sd.max_ver)
     schedule = Uniform(0.02, 0.98, t_max_end=sd.t_max_end, anneal_end=sd.t_anneal_end)
-    extra = CCMGuidance(prior, PROMPT, "", sampler, schedule, gen, init_radius=opts.init_radius,
-                        box_every=max(steps // 30, 1))
-    before = ball_gaussians(num_pts, opts.init_radius, torch.Generator().manual_seed(seed)).means
+    extra = CCMGuidance(prior, PROMPT, "", sampler, schedule, gen, weight=lambda progress: sd.agp_weight_early,
+                        init_radius=opts.init_radius, box_every=max(steps // 30, 1))
     g, _ = distill_gaussians(opts, Guide([], schedule, gen), sampler, gen, RunContext(Path(tempfile.gettempdir())),
                              extra_loss=extra)
-    return before, opaque_centres(g)
+    return g
 
 
 def shape_pull(args) -> dict:
     from gen3d.backend import weights
+    from gen3d.backend.guidance.priors.agp import AGPPrior
+    from gen3d.backend.pipelines.stages.distill_gaussians import ball_gaussians
+    from gen3d.backend.representations.mesh import TexturedMesh
+    from tests.support.oracle import OracleAGP
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         weights.write_tiny("sd21-base", tmp / "w")
         weights.write_tiny("agp", tmp / "w")
         t0 = time.perf_counter()
-        folder = render_spot(tmp, args.views, args.resolution)
+        folder = render_spot(tmp, args.views, max(32, args.resolution))  # area-resized by the recipe
         t_render = time.perf_counter() - t0
         t0 = time.perf_counter()
         gen3d("train", "agp", "--data", str(tmp / "renders"), "--out", str(tmp / "run"), "--preset", "tiny",
@@ -138,19 +151,23 @@ def shape_pull(args) -> dict:
               env={"GEN3D_WEIGHTS_DIR": str(tmp / "w")})
         t_train = time.perf_counter() - t0
         losses = [json.loads(x)["loss"] for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
-        surface = spot_surface(folder)
+        mesh = spot_mesh(folder)
+        first = args.guidance_scale[0]
+        priors = {**{(f"trained_agp_cfg{s:g}", s): AGPPrior(tmp / "run" / "weights" / "agp")
+                     for s in args.guidance_scale},
+                  (f"untrained_agp_cfg{first:g}", first): AGPPrior(tmp / "w" / "agp"),
+                  ("oracle_agp", first): OracleAGP(args.resolution, 49.1, TexturedMesh(mesh.vertices, mesh.faces))}
+        results = {"ball": shape_scores(ball_gaussians(2000, 0.5, torch.Generator().manual_seed(args.seed)), mesh)}
         t0 = time.perf_counter()
-        ball, trained = pull(tmp / "run" / "weights" / "agp", args.steps, args.seed)
-        t_pull = time.perf_counter() - t0
-        _, control = pull(tmp / "w" / "agp", args.steps, args.seed)
+        for (name, scale), prior in priors.items():
+            prior.guidance_scale = scale
+            results[name] = shape_scores(pull(prior, args.steps, args.seed, size=args.resolution), mesh)
+            print(name, results[name], flush=True)
+        t_pull = (time.perf_counter() - t0) / len(priors)
     k = max(len(losses) // 10, 1)
-    target = canonical(surface)
     return {"train_loss_first": float(np.mean(losses[:k])), "train_loss_last": float(np.mean(losses[-k:])),
-            **{f"canonical_chamfer_{name}": chamfer(canonical(points), target)
-               for name, points in (("ball", ball), ("trained_agp", trained), ("untrained_agp", control))},
-            **{f"world_chamfer_{name}": chamfer(points, surface)
-               for name, points in (("ball", ball), ("trained_agp", trained), ("untrained_agp", control))},
-            "gaussians_kept": len(trained), "render_s": t_render, "train_s": t_train, "pull_s": t_pull}
+            **{f"{metric}_{name}": value for name, scores in results.items() for metric, value in scores.items()},
+            "render_s": t_render, "train_s": t_train, "pull_s_each": t_pull}
 
 
 def speed(args) -> dict:
@@ -223,10 +240,12 @@ def speed(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--views", type=int, default=32)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--steps", type=int, default=300, help="Gaussian optimisation steps")
+    p.add_argument("--resolution", type=int, default=16, help="render, AGP and CCM-SDS size")
+    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=200, help="Gaussian optimisation steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0, 21.0],
+                   help="AGP CFG scales of the trained AGP's pulls (the first also for the controls)")
     p.add_argument("--batch", type=int, default=2, help="recipe batch for the speed row (BatchNorm: at least 2)")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-pull", action="store_true")

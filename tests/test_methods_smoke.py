@@ -25,8 +25,8 @@ GENERATIVE = [n for n in names() if get(n).weights]
 QUICK = {
     "dreamgaussian": ["iters=8", "iters_refine=2"],
     "dreamgaussian-text": ["iters=8", "iters_refine=2"],
-    "sweetdreamer": ["iters=4", "iters_refine=1", "mesh_resolution=32", "texture_size=64", "bake_size=32",
-                     "refine_size=32"],
+    "sweetdreamer": ["iters=4", "iters_stage2=2", "iters_refine=1", "mesh_resolution=32", "texture_size=64",
+                     "bake_size=32", "refine_size=32"],
     "texture": ["iters_refine=2", "texture_size=64"],
     "magic123": ["iters=8", "known_iters=2", "fine_iters=2", "tet_resolution=16", "color_resolution=8"],
     "instant3d": ["grid_size=128", "steps=2", "mesh_resolution=48", "texture_size=128",

@@ -22,6 +22,8 @@ How each oracle reads its camera (the published semantics, written here independ
   translation; the oracle puts that camera at ``radius``.
 - :class:`OracleImageDream`: as MVDream's, behind ImageDream's real ``_eps``; in ``pixel`` mode the reference
   frame must be each group's last, with an all-zero camera (its stand-in UNet refuses anything else).
+- :class:`OracleAGP`: SweetDreamer's 12-number camera, an OpenGL camera-to-world ``[:3,:4]`` in the Z-up world at
+  its true distance; its x0 is the canonical coordinate map (4 channels) of the object, not a colour render.
 - :class:`OracleText`: the prompt's view suffix (``", front view"`` ...), the only view information a text prior
   gets; each direction has one canonical camera (:data:`TEXT_DIRECTIONS`), a prompt without suffix is the front.
 
@@ -31,6 +33,7 @@ API (for the score-distillation methods to come)::
     # size: the "model's" resolution; radius, fovy: the orbit cameras it "was trained on" (match the method's)
     image = render_oracle(orbit_cameras(15.0, 0.0, 2.0, 49.1, 64, 64))[0]   # [H,W,4] a reference image
     use_oracle(monkeypatch, prior)   # every load_prior(...) of the methods returns it; then run the method for real
+    use_oracle_agp(monkeypatch, OracleAGP(size=32))   # SweetDreamer's AGP (load_agp), beside an OracleText
     cams, ref = oracle_views(elevations, azimuths, 2.0, 49.1, 48)           # held-out views, [N,H,W,4]
     silhouette_iou(alpha, ref[..., 3:]), colour_error(rgba, ref)             # against the method's renders
 
@@ -52,6 +55,8 @@ import torch
 from torch import nn
 
 from gen3d.backend.geometry.cameras import Cameras, intrinsics_from_fov, orbit_cameras
+from gen3d.backend.geometry.ccm import agp_input, ccm_frame
+from gen3d.backend.guidance.priors.agp import AGPPrior
 from gen3d.backend.guidance.priors.base import Condition, DiffusionPrior
 from gen3d.backend.guidance.priors.mvdream import ImageDreamPrior, MVDreamPrior
 from gen3d.backend.guidance.priors.sd import StableDiffusionPrior
@@ -182,6 +187,10 @@ class OraclePrior(DiffusionPrior):
     def target_cameras(self, **inputs) -> Cameras:
         raise NotImplementedError
 
+    def oracle_x0(self, cameras: Cameras) -> torch.Tensor:
+        """The x0 the oracle predicts at ``cameras``: its render in the model's space, ``[B,C,S,S]``."""
+        return render_oracle(cameras)[..., :3].permute(0, 3, 1, 2) * 2 - 1
+
     def predict(self, z_t, t, cond: Condition, branches) -> list[torch.Tensor]:
         """The ε of the cond branch's oracle render, for every requested branch (module docstring)."""
         return [self.oracle_eps(z_t, t, self.target_cameras(**cond.branches["cond"]))] * len(branches)
@@ -189,7 +198,7 @@ class OraclePrior(DiffusionPrior):
     def oracle_eps(self, z_t: torch.Tensor, t: torch.Tensor, cams: Cameras) -> torch.Tensor:
         """``ε = (z_t − √ᾱ·x0) / √(1 − ᾱ)`` with x0 the oracle's render from ``cams`` (recorded in ``seen``)."""
         self.seen.append(cams.c2w)
-        x0 = render_oracle(cams)[..., :3].permute(0, 3, 1, 2).to(z_t) * 2 - 1
+        x0 = self.oracle_x0(cams).to(z_t)
         a = self.alphas_cumprod[t.reshape(-1).expand(z_t.shape[0]).to(self.device)].view(-1, 1, 1, 1)
         return (z_t.float() - a.sqrt() * x0) / (1 - a).sqrt()
 
@@ -324,6 +333,39 @@ class OracleText(OraclePrior, StableDiffusionPrior):
         return self._orbit(angles[:, 0], angles[:, 1], self.radius)
 
 
+class OracleAGP(OraclePrior, AGPPrior):
+    """SweetDreamer's AGP oracle: the real ``condition`` (view-dependent prompts and the 12-number camera,
+    :func:`~gen3d.backend.geometry.ccm.agp_camera`); its x0 is the canonical coordinate map (4 channels, the AGP's
+    :func:`~gen3d.backend.geometry.ccm.agp_input`) of ``mesh`` (default :func:`oracle_object`) in the CCM box of
+    its own bounds, seen from the camera those 12 numbers are (OpenGL c2w ``[:3,:4]``, read back as written in the
+    paper: Blender's world, unit scale) at ``fovy``."""
+
+    encode, decode = AGPPrior.encode, AGPPrior.decode
+    latent_channels = 4
+
+    def __init__(self, size: int = 32, fovy: float = 49.1, mesh: TexturedMesh | None = None,
+                 guidance_scale: float | None = None):
+        super().__init__(size, 0.0, fovy, guidance_scale)
+        self.text = _TextIndex()
+        self.mesh = mesh or _object()
+        lo, hi = self.mesh.vertices.min(0).values, self.mesh.vertices.max(0).values
+        self.box = tuple(torch.tensor(v, dtype=torch.float32) for v in ccm_frame(lo.numpy(), hi.numpy()))
+
+    def target_cameras(self, encoder_hidden_states, class_labels) -> Cameras:
+        gl = torch.eye(4).repeat(len(class_labels), 1, 1)
+        gl[:, :3, :4] = class_labels.float().cpu().view(-1, 3, 4)
+        c2w = gl @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))     # OpenGL -> OpenCV camera axes
+        return Cameras(intrinsics_from_fov(self.fovy, self.size, self.size).expand(len(c2w), 3, 3), c2w,
+                       self.size, self.size)
+
+    def oracle_x0(self, cameras: Cameras) -> torch.Tensor:
+        from gen3d.backend.pipelines.stages.ccm_render import mesh_ccm
+
+        with torch.no_grad():
+            rgb, covered = mesh_ccm(self.mesh.vertices, self.mesh.faces, cameras, *self.box)
+        return agp_input((rgb * covered).permute(0, 3, 1, 2), covered.permute(0, 3, 1, 2))
+
+
 def use_oracle(monkeypatch, prior: OraclePrior) -> None:
     """Every prior the methods load through ``dreamgaussian_guidance.load_prior`` becomes ``prior`` (for this test):
     the function is replaced in every method module holding it (they import it by name); meta.json then names
@@ -345,6 +387,18 @@ def use_oracle(monkeypatch, prior: OraclePrior) -> None:
             monkeypatch.setattr(module, "load_prior", load_prior)
 
 
+def use_oracle_agp(monkeypatch, prior: OracleAGP) -> None:
+    """SweetDreamer's AGP (``stages.ccm_guidance.load_agp``, used by ``sweetdreamer`` and ``dreamgaussian-text``'s
+    ``agp_weight``) becomes ``prior`` for this test; meta.json then names ``oracle-agp``."""
+    from gen3d.backend.pipelines.stages import ccm_guidance
+
+    def load_agp(ctx, path, guidance_scale):
+        prior.guidance_scale = guidance_scale or type(prior).guidance_scale
+        return prior, {"name": "oracle-agp", "path": "", "tiny": False, "license": "test"}
+
+    monkeypatch.setattr(ccm_guidance, "load_agp", load_agp)
+
+
 def oracle_views(elevations, azimuths, radius: float, fovy: float, size: int) -> tuple[Cameras, torch.Tensor]:
     """Held-out evaluation views: ``(cameras, rgba [N,size,size,4])`` of the oracle object on white."""
     cams = orbit_cameras(torch.as_tensor(elevations, dtype=torch.float32),
@@ -352,5 +406,6 @@ def oracle_views(elevations, azimuths, radius: float, fovy: float, size: int) ->
     return cams, render_oracle(cams)
 
 
-__all__ = ["use_oracle", "OracleZero123", "OracleMVDream", "OracleImageDream", "OracleText", "OraclePrior",
-           "oracle_object", "render_oracle", "oracle_views", "silhouette_iou", "colour_error", "TEXT_DIRECTIONS"]
+__all__ = ["use_oracle", "use_oracle_agp", "OracleZero123", "OracleMVDream", "OracleImageDream", "OracleText",
+           "OracleAGP", "OraclePrior", "oracle_object", "render_oracle", "oracle_views", "silhouette_iou",
+           "colour_error", "TEXT_DIRECTIONS"]

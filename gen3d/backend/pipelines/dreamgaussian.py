@@ -163,6 +163,11 @@ class _DreamGaussian(Pipeline):
         return CCMGuidance(agp, request.prompt or "", request.negative_prompt or "", sampler, guide.schedule, gen,
                            weight=lambda progress: weight, init_radius=opts.init_radius)
 
+    def _refine_gaussians(self, gaussians, opts, ctx: RunContext, gen: torch.Generator, guide: Guide,
+                          sampler: OrbitSampler, extra_loss) -> tuple[object, dict]:
+        """A further stage on the Gaussians before they are meshed (SweetDreamer's stage 2); none here."""
+        return gaussians, {}
+
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView
 
@@ -180,6 +185,8 @@ class _DreamGaussian(Pipeline):
             target = None if reference is None else ReferenceView(reference, opts.lambda_rgb, opts.lambda_mask,
                                                                   opts.warmup_rgb_loss)
             gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, target, extra_loss)
+        gaussians, refine_metrics = self._refine_gaussians(gaussians, opts, ctx, gen, guide, sampler, extra_loss)
+        metrics.update(refine_metrics)
         artifacts, asset_metrics = gaussians_to_asset(
             gaussians, opts, guide, sampler, gen, ctx, request,
             CanonicalView(getattr(opts, "elevation", 0.0), opts.radius, opts.fovy),

@@ -10,9 +10,10 @@ mesh/UV/bake/refine/export stages, with the official schedule:
   SDS (SD 2.1-base; the official uses DeepFloyd IF at CFG 20, not available here) plus CCM-SDS at weight 1; the
   maximum timestep of both falls linearly 0.98 -> 0.5 by 5001/6000 of the steps; the CCM box follows the shape
   (:mod:`.stages.ccm_guidance`);
-- stage 2: SD 2.1-base at CFG 100 (the official stage-2 prior and scale) refines the texture in UV space
-  (DreamGaussian's stage 2). The official stage 2 also refines the geometry with CCM-SDS at 0.5; our stage 2 holds
-  the mesh fixed, so that term has nothing to act on and is not applied.
+- stage 2 (``sweetdreamer-stage2.yaml``: the same volume, geometry still free, SD 2.1-base SDS at CFG 100 plus
+  CCM-SDS at weight 0.5, maximum timestep 0.98 -> 0.5 by 4001 of 10000 steps): the stage-1 Gaussians continue
+  for ``iters_stage2`` steps at the largest render size with exactly those terms (0 skips it);
+- then DreamGaussian's mesh, UV bake and UV texture refinement (SD 2.1-base SDEdit; geometry fixed) and export.
 
 Cameras: elevations -10..45° as the official random cameras, at the radius and field of view of the AGP's
 training renders (``dataset multiview`` default: distance 1.5–2.2, 49.1°), so the camera condition stays in the
@@ -21,7 +22,7 @@ distribution it was trained on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import Field
@@ -37,6 +38,8 @@ class SweetDreamerOptions(DreamGaussianTextOptions):
     radius: float = Field(2.0, gt=0.5, le=10, description="orbit radius (inside the AGP's training distances)")
     min_ver: int = Field(-45, ge=-90, le=0, description="lowest elevation offset (DreamGaussian's sign: -45 = 45° up)")
     max_ver: int = Field(10, ge=0, le=90, description="highest elevation offset (10 = 10° below)")
+    view_dependent_prompt: bool = Field(True, description=(
+        "append ', front/side/back view' to the appearance prompt (the official prompt processor does)"))
     timestep_schedule: Literal["uniform"] = Field("uniform", description="t ~ U[t_min, t_max(progress)]")
     t_max_end: float = Field(0.5, gt=0, le=1, description="maximum timestep fraction at the end of its anneal")
     t_anneal_end: float = Field(5001 / 6000, gt=0, le=1, description="share of the steps over which t_max falls")
@@ -44,6 +47,15 @@ class SweetDreamerOptions(DreamGaussianTextOptions):
     agp_weight_early: float = Field(20.0, ge=0, description="CCM-SDS weight while it acts alone")
     agp_weight: float = Field(1.0, ge=0, description="CCM-SDS weight once the appearance SDS has started")
     box_every: int = Field(20, ge=1, description="re-estimate the CCM box every this many steps")
+    iters_stage2: int = Field(300, ge=0, le=20000, description=(
+        "stage-2 steps on the Gaussians (geometry and colour; the official runs 10000 after 6000; 0 = none)"))
+    guidance_scale_stage2: float = Field(100.0, gt=0, description="appearance CFG in stage 2 (official 100)")
+    agp_weight_stage2: float = Field(0.5, ge=0, description="CCM-SDS weight in stage 2 (official 0.5)")
+    t_anneal_end_stage2: float = Field(4001 / 10000, gt=0, le=1, description=(
+        "share of the stage-2 steps over which t_max falls to t_max_end"))
+
+    presets = {name: dict(values) for name, values in DreamGaussianTextOptions.presets.items()}
+    presets["fast"]["iters_stage2"] = 30
 
 
 @dataclass
@@ -67,9 +79,10 @@ class SweetDreamer(DreamGaussianText):
                    "python -m gen3d train agp), on Gaussians, then mesh, UV texture and refinement.")
     Options = SweetDreamerOptions
     weights = ("sd21-base", "agp")
-    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28)
-    stage_shares = {"preprocess": 0.001, "load": 0.044, "gaussians": 0.622, "mesh": 0.122, "uv_unwrap": 0.057,
-                    "bake": 0.114, "refine": 0.03, "export": 0.01}
+    #: from meta.json stage timings of a ``fast`` run on smoke-test weights (2-core CPU, one thread; issue 28);
+    #: ``gaussians_stage2`` estimated from its steps (30 against stage 1's 50 in ``fast``), the rest rescaled
+    stage_shares = {"preprocess": 0.001, "load": 0.032, "gaussians": 0.453, "gaussians_stage2": 0.272,
+                    "mesh": 0.089, "uv_unwrap": 0.042, "bake": 0.083, "refine": 0.022, "export": 0.007}
 
     def _guide(self, opts, request, ctx, gen, reference) -> Guide:
         from ..guidance.schedules import Uniform
@@ -78,6 +91,27 @@ class SweetDreamer(DreamGaussianText):
         schedule = Uniform(opts.t_range[0], opts.t_range[1], t_max_end=opts.t_max_end, anneal_end=opts.t_anneal_end,
                            num_train_timesteps=guide.terms[0].prior.num_train_timesteps)
         return RampedGuide(guide.terms, schedule, gen, start=opts.appearance_start)
+
+    def _refine_gaussians(self, gaussians, opts, ctx, gen, guide, sampler, extra_loss):
+        """The official stage 2 on our Gaussians (module docstring)."""
+        from ..guidance.schedules import Uniform
+        from .stages.distill_gaussians import distill_gaussians
+
+        if opts.iters_stage2 == 0:
+            return gaussians, {}
+        n, size = opts.iters_stage2, opts.render_sizes[-1]
+        stage2 = opts.model_copy(update={"iters": n, "render_sizes": (size,) * 3, "position_lr_max_steps": n,
+                                         "position_lr": (opts.position_lr[1],) * 2})
+        schedule = Uniform(opts.t_range[0], opts.t_range[1], t_max_end=opts.t_max_end,
+                           anneal_end=opts.t_anneal_end_stage2, num_train_timesteps=guide.schedule.T)
+        terms = [replace(term, distillation=replace(term.distillation, guidance_scale=opts.guidance_scale_stage2))
+                 for term in guide.terms]
+        weight = opts.agp_weight_stage2
+        ccm = replace(extra_loss, schedule=schedule, weight=lambda progress: weight)
+        with ctx.stage("gaussians_stage2"):
+            gaussians, metrics = distill_gaussians(stage2, Guide(terms, schedule, gen), sampler, gen, ctx,
+                                                   extra_loss=ccm, init=gaussians, stage="gaussians_stage2")
+        return gaussians, {f"stage2_{k}": v for k, v in metrics.items()}
 
     def _extra_loss(self, opts, request, ctx, gen, guide, sampler):
         from .stages.ccm_guidance import CCMGuidance, load_agp

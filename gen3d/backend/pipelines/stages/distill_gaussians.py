@@ -138,15 +138,17 @@ def screen_grad_stats(meta: dict, width: int, height: int) -> tuple[torch.Tensor
 
 
 def distill_gaussians(opts: GaussianDistillOptions, guide, sampler, generator: torch.Generator, ctx: RunContext,
-                      reference: ReferenceView | None = None, extra_loss: ExtraLoss | None = None):
-    """Optimise Gaussians from a ball by ``guide.losses`` on renders of ``sampler.sample(size, generator)``
-    (``(cameras, elevations, azimuths)``), plus the reference-view losses and ``extra_loss``. Reports progress as
-    stage ``gaussians`` with a preview every tenth of the steps. Returns ``(Gaussians, metrics)``."""
+                      reference: ReferenceView | None = None, extra_loss: ExtraLoss | None = None,
+                      init=None, stage: str = "gaussians"):
+    """Optimise Gaussians from a ball (or from the Gaussians ``init``, a later stage's start) by ``guide.losses``
+    on renders of ``sampler.sample(size, generator)`` (``(cameras, elevations, azimuths)``), plus the
+    reference-view losses and ``extra_loss``. Reports progress as ``stage`` with a preview every tenth of the
+    steps. Returns ``(Gaussians, metrics)``."""
     from ...representations.gaussians import Gaussians
     from .fit_gaussians import FitConfig, GaussianOptimizer, densify_and_prune, render_gaussians
 
     dev = ctx.device
-    g = ball_gaussians(opts.num_pts, opts.init_radius, generator).to(dev)
+    g = (ball_gaussians(opts.num_pts, opts.init_radius, generator) if init is None else init).to(dev)
     opt = GaussianOptimizer(g, {"means": opts.position_lr[0], "quats": opts.rotation_lr,
                                 "log_scales": opts.scaling_lr, "opacity_logits": opts.opacity_lr,
                                 "sh": opts.feature_lr})
@@ -192,8 +194,8 @@ def distill_gaussians(opts: GaussianDistillOptions, guide, sampler, generator: t
             loss = loss + extra
             logs.update(extra_logs)
         if not torch.isfinite(loss):
-            raise NumericalError(f"stage 1 diverged at step {step} (loss {float(loss)})", {"stage": "gaussians",
-                                                                                        "step": step})
+            raise NumericalError(f"{stage} diverged at step {step} (loss {float(loss)})", {"stage": stage,
+                                                                                      "step": step})
         opt.opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.opt.step()
@@ -212,12 +214,12 @@ def distill_gaussians(opts: GaussianDistillOptions, guide, sampler, generator: t
         preview = None
         if step == opts.iters or step % max(1, opts.iters // 10) == 0:
             preview = (images[0].detach().permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
-        ctx.progress("gaussians", step, opts.iters, preview)
+        ctx.progress(stage, step, opts.iters, preview)
     with torch.no_grad():  # DreamGaussian's last prune: opacity < 0.01 or world size > 0.1
         g = opt.gaussians()
         keep = (g.opacities >= opts.min_opacity) & (g.scales.max(-1).values <= 0.1)
         if not keep.any():
-            raise NumericalError("stage 1 left no Gaussian opaque enough to keep", {"stage": "gaussians"})
+            raise NumericalError(f"{stage} left no Gaussian opaque enough to keep", {"stage": stage})
         g = Gaussians(*(getattr(g, k)[keep].detach() for k in ("means", "quats", "log_scales", "opacity_logits",
                                                               "sh")))
     return g, {"gaussians": len(g), **{f"final_{k}": v for k, v in logs.items()}}
