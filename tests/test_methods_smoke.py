@@ -29,6 +29,8 @@ QUICK = {
                      "refine_size=32"],
     "texture": ["iters_refine=2", "texture_size=64"],
     "magic123": ["iters=8", "known_iters=2", "fine_iters=2", "tet_resolution=16", "color_resolution=8"],
+    "dreamcraft3d": ["iters=8", "fine_iters=2", "tet_resolution=16", "color_resolution=8", "texture_iters=3",
+                     "texture_render_size=32", "only_pretrain_step=5", "augment_steps=2", "lambda_depth=0"],
     "instant3d": ["grid_size=128", "steps=2", "mesh_resolution=48", "texture_size=128",
                   "target_faces=4000"],
     "syncdreamer": ["sample_steps=1", "samples=2", "fit_steps=20", "num_points=1000", "mesh_resolution=48",

@@ -210,6 +210,7 @@ class DreamCraft3D(Pipeline):
         with ctx.stage("load"):
             guide, info = _guide(opts, ctx, gen, rgba, request.prompt, request.negative_prompt or "")
         ctx.cache["_meta_extra"] = {"weights": info + depth_info}
+        torch.manual_seed(request.seed)  # the same draws whether the models were loaded now or cached
         sampler = OpeningOrbitSampler(opts.elevation, opts.radius, opts.fovy, opts.elevation_range,
                                       opts.opening_steps / opts.iters)
 
