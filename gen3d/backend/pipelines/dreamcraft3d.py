@@ -108,19 +108,23 @@ class DreamCraft3DOptions(GaussianDistillOptions, DMTetOptions, BSDOptions):
 
 
 def _guide(opts: DreamCraft3DOptions, ctx: RunContext, generator, rgba: torch.Tensor, prompt: str, negative: str):
-    """SD (view-dependent prompt) + Zero123 on the reference, the coarse annealed schedule; ``(guide, info)``."""
+    """SD (view-dependent prompt; loaded when the 2D SDS or the texture stage is on) + Zero123 on the reference,
+    the coarse annealed schedule; ``(guide, text prior or None, info)``."""
     from ..guidance.schedules import Uniform
 
     z123, w3 = load_prior(ctx, "zero123", opts.prior_3d, opts.zero123_weights_path, opts.guidance_scale_3d)
     z123.set_reference(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]), elevation=opts.elevation, azimuth=0.0,
                        radius=opts.radius)
-    sd, w2 = load_prior(ctx, "sd", opts.prior_2d, opts.sd_weights_path, opts.guidance_scale_2d)
-    terms = [Term("sd", sd, opts.lambda_2d, prompt=prompt, negative_prompt=negative, view_dependent=True),
-             Term("zero123", z123, opts.lambda_3d, radius=opts.radius)]
+    terms, info = [Term("zero123", z123, opts.lambda_3d, radius=opts.radius)], [w3]
+    sd = None
+    if opts.lambda_2d > 0 or opts.texture_iters > 0:
+        sd, w2 = load_prior(ctx, "sd", opts.prior_2d, opts.sd_weights_path, opts.guidance_scale_2d)
+        terms.append(Term("sd", sd, opts.lambda_2d, prompt=prompt, negative_prompt=negative, view_dependent=True))
+        info.insert(0, w2)
     opening = opts.opening_steps / opts.iters
     schedule = Uniform(opts.coarse_t_min[0], opts.coarse_t_max[0], opts.coarse_t_min[1], opts.coarse_t_max[1],
                        anneal_end=opening, num_train_timesteps=z123.num_train_timesteps)
-    return Guide(terms, schedule, generator), [w2, w3]
+    return Guide(terms, schedule, generator), sd, info
 
 
 # --- what each stage's checkpoint keeps
@@ -208,7 +212,7 @@ class DreamCraft3D(Pipeline):
                 depth = model.predict(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
         reference = ReferenceView(rgba, opts.lambda_rgb, opts.lambda_mask, False, depth, opts.lambda_depth, 0, 2)
         with ctx.stage("load"):
-            guide, info = _guide(opts, ctx, gen, rgba, request.prompt, request.negative_prompt or "")
+            guide, text_prior, info = _guide(opts, ctx, gen, rgba, request.prompt, request.negative_prompt or "")
         ctx.cache["_meta_extra"] = {"weights": info + depth_info}
         torch.manual_seed(request.seed)  # the same draws whether the models were loaded now or cached
         sampler = OpeningOrbitSampler(opts.elevation, opts.radius, opts.fovy, opts.elevation_range,
@@ -232,9 +236,9 @@ class DreamCraft3D(Pipeline):
             colors = ColorVolume.from_points(gaussians.means, gaussians.colors, opts.color_resolution,
                                              dmtet.scale).to(ctx.device)
             sampler.opening = 0.0
-            sd, z123 = guide.terms
-            sd.schedule = Uniform(*opts.geometry_t_2d, num_train_timesteps=sd.prior.num_train_timesteps)
-            z123.schedule = Uniform(*opts.geometry_t_3d, num_train_timesteps=z123.prior.num_train_timesteps)
+            for term in guide.terms:
+                t_range = opts.geometry_t_2d if term.kind == "sd" else opts.geometry_t_3d
+                term.schedule = Uniform(*t_range, num_train_timesteps=term.prior.num_train_timesteps)
             every_step = resized_reference(reference, opts.fine_render_size)
             every_step.interval = 0  # ref_or_guidance "accumulate"
             metrics.update(refine_dmtet(opts, dmtet, colors, guide, sampler, gen, ctx, every_step))
@@ -246,7 +250,9 @@ class DreamCraft3D(Pipeline):
         def texture():
             mesh = textured_surface(dmtet, colors, opts.texture_size, opts.target_faces)
             sampler.opening = 0.0
-            boosted, m = bootstrapped_texture(mesh, opts, guide.terms[0].prior, request.prompt,
+            if opts.texture_iters == 0:
+                return mesh
+            boosted, m = bootstrapped_texture(mesh, opts, text_prior, request.prompt,
                                               request.negative_prompt or "", sampler, gen, ctx,
                                               resized_reference(reference, opts.texture_render_size))
             metrics.update(m)

@@ -1,8 +1,9 @@
 """Texture boosting by Bootstrapped Score Distillation (DreamCraft3D stage 3) on a fixed, UV-mapped mesh.
 
 The texture image is optimised directly (logits, rendered through ``gen3d.kernels.mesh``) while a personalised copy of
-the 2D prior is bootstrapped from the asset itself (:class:`~gen3d.backend.guidance.distillation.BSD`: the teacher
-and the VSD estimator are LoRA adapters with camera embeddings on the frozen UNet). Every ``only_pretrain_step``
+the 2D prior is bootstrapped from the asset itself (:class:`~gen3d.backend.guidance.distillation.BSD`: the VSD
+estimator is a LoRA adapter on the frozen UNet, the teacher another one or, with ``personalise=full``, a full copy;
+each has a camera embedding). Every ``only_pretrain_step``
 steps (official ``configs/dreamcraft3d-texture.yaml``: 1000) the first fifth is the *DreamBooth phase*: every
 ``per_update_pretrain_step`` (25) steps a render of a random view is augmented by SDEdit with the frozen prior from
 the current ``t_max`` (diffusers' strength ``t_max / T``; DDIM instead of the official 25 DPM-Solver steps, CFG 7.5)
@@ -16,6 +17,7 @@ update moves only its own parameters.
 from __future__ import annotations
 
 from collections import deque
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -43,12 +45,12 @@ class BSDOptions(Options):
     lambda_sd: float = Field(0.01, ge=0, description="weight of the BSD loss on the texture")
     lambda_lora: float = Field(0.1, ge=0, description="weight of the estimator's diffusion loss")
     lambda_pretrain: float = Field(0.1, ge=0, description="weight of the teacher's diffusion loss")
-    personalise: str = Field("lora", pattern="^lora$", description=(
-        "how the teacher is fine-tuned: lora (peft adapters on the frozen UNet; the official full fine-tune of a "
-        "UNet copy is not built)"))
+    personalise: Literal["lora", "full"] = Field("lora", description=(
+        "how the teacher is fine-tuned: lora (a peft adapter on the frozen UNet, memory-friendly) or full (the "
+        "official: every weight of a float32 UNet copy)"))
     teacher_rank: int = Field(16, ge=1, le=256, description="LoRA rank of the personalised teacher")
     estimator_rank: int = Field(4, ge=1, le=256, description="LoRA rank of the VSD estimator")
-    teacher_lr: float = Field(1e-4, gt=0, description="teacher learning rate (official full fine-tune: 1e-5)")
+    teacher_lr: float | None = Field(None, gt=0, description="teacher learning rate (None: 1e-4 LoRA, 1e-5 full)")
     estimator_lr: float = Field(1e-4, gt=0, description="estimator learning rate (official full fine-tune: 1e-5)")
 
 
@@ -69,9 +71,11 @@ class Personalisation:
         from ...guidance.distillation import BSD
 
         self.prior, self.opts, self.prompt, self.negative = prior, opts, prompt, negative
+        full = opts.personalise == "full"
         self.bsd = BSD(prior, guidance_scale=opts.bsd_guidance_scale, teacher_rank=opts.teacher_rank,
-                       lora_rank=opts.estimator_rank)
-        self.teacher_opt = torch.optim.AdamW(self.bsd.teacher_parameters(prior), lr=opts.teacher_lr)
+                       full_teacher=full, lora_rank=opts.estimator_rank)
+        lr = opts.teacher_lr or (1e-5 if full else 1e-4)
+        self.teacher_opt = torch.optim.AdamW(self.bsd.teacher_parameters(prior), lr=lr)
         self.estimator_opt = torch.optim.AdamW(self.bsd.trainable_parameters(prior), lr=opts.estimator_lr)
         self.cache: deque = deque(maxlen=opts.cache_size)
 
