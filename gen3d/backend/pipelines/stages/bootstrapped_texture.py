@@ -142,8 +142,8 @@ def bootstrapped_texture(mesh: TexturedMesh, opts: BSDOptions, prior, prompt: st
                 images, logs["loss_ref"] = out.rgb, float(loss.detach())
             else:
                 out = render_mesh(mesh, cams, white, texture=torch.sigmoid(logits))
-                schedule = Uniform(opts.bsd_t_min, max(top, opts.bsd_t_min), num_train_timesteps=prior.num_train_timesteps)
-                t = schedule(r, 1, generator=generator).to(prior.device)
+                t = Uniform(opts.bsd_t_min, max(top, opts.bsd_t_min), num_train_timesteps=prior.num_train_timesteps)(
+                    r, 1, generator=generator).to(prior.device)
                 losses = prior(out.rgb.permute(0, 3, 1, 2), bsd.condition(el, az), t, bsd.bsd, progress=r,
                                cameras=cams.c2w.to(prior.device))
                 loss = opts.lambda_sd * losses["loss_vsd"] + opts.lambda_lora * losses["loss_lora"]
