@@ -210,7 +210,8 @@ class DreamCraft3D(Pipeline):
             if opts.lambda_depth > 0:
                 model, depth_info = load_depth(ctx, opts.depth_weights_path)
                 depth = model.predict(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
-        reference = ReferenceView(rgba, opts.lambda_rgb, opts.lambda_mask, False, depth, opts.lambda_depth, 0, 2)
+        reference = ReferenceView(rgba, opts.lambda_rgb, opts.lambda_mask, warmup=False, depth=depth,
+                                  lambda_depth=opts.lambda_depth, interval=2)  # ref_or_guidance "alternate"
         with ctx.stage("load"):
             guide, text_prior, info = _guide(opts, ctx, gen, rgba, request.prompt, request.negative_prompt or "")
         ctx.cache["_meta_extra"] = {"weights": info + depth_info}
