@@ -72,7 +72,8 @@ def bench_geometry(device, repeats: int) -> list[tuple[str, float, str]]:
     return rows
 
 
-def bench_priors(device, repeats: int, root: Path, full: bool) -> list[tuple[str, float, str]]:
+def bench_priors(device, repeats: int, root: Path, full: bool):
+    """Yields its rows as they are measured (the slow ones)."""
     import numpy as np
     import trimesh
     from bench_dreamgaussian import write_real_size
@@ -84,21 +85,20 @@ def bench_priors(device, repeats: int, root: Path, full: bool) -> list[tuple[str
     from gen3d.backend.pipelines.stages.mesh_render import render_mesh
     from gen3d.backend.pipelines.stages.uv_unwrap import UnwrapConfig, uv_unwrap
 
-    rows = []
     t = torch.tensor([400], device=device)
     z = Zero123Prior(write_real_size("zero123-xl", root), device=device)
     z.set_reference(torch.rand(1, 3, 256, 256), elevation=0.0, radius=3.8)
     zc = z.condition(torch.tensor([10.0]), torch.tensor([60.0]), 3.8)
     image = torch.rand(1, 3, 256, 256, device=device, requires_grad=True)
-    rows.append(("Zero123-XL SDS 256 (CFG, + VAE-encoder backward)", timed(
-        lambda: sum(v for k, v in z(image, zc, t).items() if k.startswith("loss_")).backward(), repeats), ""))
+    yield ("Zero123-XL SDS 256 (CFG, + VAE-encoder backward)", timed(
+        lambda: sum(v for k, v in z(image, zc, t).items() if k.startswith("loss_")).backward(), repeats), "")
     del z
     sd = StableDiffusionPrior(write_real_size("sd21-base", root), device=device)
     cams = orbit_cameras(torch.tensor([15.0]), torch.tensor([40.0]), 3.8, 20.0, 512, 512).to(device)
     cond = sd.condition("a hamburger", elevation=torch.tensor([15.0]), azimuth=torch.tensor([40.0]))
     image = torch.rand(1, 3, 512, 512, device=device, requires_grad=True)
-    rows.append(("SD 2.1-base SDS 512 (CFG, + VAE-encoder backward)", timed(
-        lambda: sum(v for k, v in sd(image, cond, t).items() if k.startswith("loss_")).backward(), repeats), ""))
+    yield ("SD 2.1-base SDS 512 (CFG, + VAE-encoder backward)", timed(
+        lambda: sum(v for k, v in sd(image, cond, t).items() if k.startswith("loss_")).backward(), repeats), "")
 
     sphere = trimesh.creation.icosphere(5, 0.5)
     mesh = uv_unwrap(np.asarray(sphere.vertices), np.asarray(sphere.faces), UnwrapConfig(resolution=1024)).to(device)
@@ -110,19 +110,18 @@ def bench_priors(device, repeats: int, root: Path, full: bool) -> list[tuple[str
                 out = render_mesh(mesh, cams, torch.ones(1, 3, device=device), texture=torch.sigmoid(texture))
                 losses = sd(out.rgb.permute(0, 3, 1, 2), cond, t, bsd.bsd, cameras=cams.c2w)
                 (0.01 * losses["loss_vsd"] + 0.1 * losses["loss_lora"]).backward()
-            rows.append(("texture BSD step 512 (render, teacher CFG, estimator, backward)", timed(texture_step,
-                                                                                                  repeats), ""))
+            yield ("texture BSD step 512 (render, teacher CFG, estimator, backward)", timed(texture_step, repeats),
+                   "")
             render = torch.rand(1, 3, 512, 512, device=device)
             gen = torch.Generator(device).manual_seed(0)
-            rows.append(("BSD augmentation (SDEdit, 25 DDIM steps from strength 0.5)", timed(
-                lambda: bsd.augment(render, cams.c2w, torch.tensor([15.0]), torch.tensor([40.0]), 0.5, gen), 1), ""))
+            yield ("BSD augmentation (SDEdit, 25 DDIM steps from strength 0.5)", timed(
+                lambda: bsd.augment(render, cams.c2w, torch.tensor([15.0]), torch.tensor([40.0]), 0.5, gen), 1), "")
         else:
             bsd.cache.append((torch.rand(1, 3, 512, 512), cams.c2w.cpu(), torch.tensor([15.0]), torch.tensor([40.0])))
         n = sum(p.numel() for p in bsd.bsd.teacher_parameters(sd))
-        rows.append((f"BSD DreamBooth step ({mode}) 512", timed(lambda: bsd.teacher_step(torch.Generator()), repeats),
-                     f"{n / 1e6:.1f} M trained parameters"))
+        yield (f"BSD DreamBooth step ({mode}) 512", timed(lambda: bsd.teacher_step(torch.Generator()), repeats),
+               f"{n / 1e6:.1f} M trained parameters")
         bsd.remove()
-    return rows
 
 
 def main() -> int:
