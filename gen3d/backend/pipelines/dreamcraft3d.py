@@ -183,6 +183,9 @@ class DreamCraft3D(Pipeline):
     Options = DreamCraft3DOptions
     #: the defaults; other priors are resolved when chosen, the depth model when lambda_depth > 0
     weights = ("zero123-xl", "sd21-base", "depth-anything-v2-small")
+    #: ``standard``'s step counts times benchmarks/bench_dreamcraft3d.py's CPU per-step costs (no GPU measurement)
+    stage_shares = {"preprocess": 0.002, "load": 0.003, "gaussians": 0.26, "dmtet": 0.435, "texture": 0.298,
+                    "export": 0.002}
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView, record_placement
