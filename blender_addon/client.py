@@ -235,6 +235,9 @@ class Client:
     def cancel(self, job_id: str) -> dict | None:
         return self._json("POST", self._job_path(job_id, "cancel"))
 
+    def resume(self, job_id: str) -> dict:
+        return self._json("POST", self._job_path(job_id, "resume"))
+
     def delete(self, job_id: str) -> None:
         self._json("DELETE", self._job_path(job_id))
 

@@ -60,6 +60,7 @@ class JobRecord:
     preview_image: str = ""
     objects: list[str] = field(default_factory=list)
     cancel_requested: bool = False
+    resumable: bool = False  # failed or cancelled with stage checkpoints on the backend
     started: float = field(default_factory=time.time)
     history: bool = False  # from the backend's job list (GET /v1/jobs), not submitted in this session
 
@@ -207,6 +208,13 @@ class JobManager:
         else:
             threading.Thread(target=self._send_cancel, args=(rec.key, client, rec.job_id), daemon=True).start()
 
+    def resume(self, rec: JobRecord, client: Client) -> None:
+        """Continue a failed or cancelled job from its last finished stage and follow it as :meth:`start` does."""
+        rec.state, rec.error, rec.error_code, rec.resumable, rec.message = "queued", "", "", False, "resuming"
+        self._clients[rec.key] = client
+        threading.Thread(target=self._resume, args=(rec.key, client, rec.job_id, rec.out_dir),
+                         name=f"gen3d-job-{rec.key}", daemon=True).start()
+
     def remove(self, rec: JobRecord) -> None:
         self.records.pop(rec.key, None)
         self._clients.pop(rec.key, None)
@@ -261,6 +269,12 @@ class JobManager:
             if rec is not None and rec.cancel_requested:
                 client.cancel(str(job["id"]))
             self._follow(key, client, str(job["id"]), out_dir, deadline)
+
+    def _resume(self, key: int, client: Client, job_id: str, out_dir: str) -> None:
+        """Resume the job on the backend and follow it to its imported result."""
+        with self._failures_reported(key, out_dir):
+            self.queue.put(("job", key, client.resume(job_id)))
+            self._follow(key, client, job_id, out_dir, None)
 
     def _watch(self, key: int, client: Client, job_id: str) -> None:
         """Follow a job adopted from the backend's list: live progress, then its final state."""
@@ -452,6 +466,7 @@ def apply_snapshot(rec: JobRecord, job: dict) -> None:
             setattr(rec, attr, int(job[attr]))
     if isinstance(job.get("progress"), (int, float)):
         rec.fraction = float(job["progress"])
+    rec.resumable = bool(job.get("resumable"))
     eta = job.get("eta_s", job.get("eta"))
     rec.eta = float(eta) if isinstance(eta, (int, float)) else None
     if job.get("artifacts"):

@@ -699,6 +699,26 @@ class GEN3D_OT_remove_task(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class GEN3D_OT_resume_job(bpy.types.Operator):
+    bl_idname = "gen3d.resume_job"
+    bl_label = "Resume"
+    bl_description = "Continue the failed or cancelled job on the backend from its last finished stage"
+    bl_options = {"INTERNAL"}
+
+    key: IntProperty()
+
+    def execute(self, context):
+        rec = manager.records.get(self.key)
+        if rec is None or not rec.resumable or not rec.job_id:
+            self.report({"WARNING"}, "only a failed or cancelled job with stage checkpoints can resume")
+            return {"CANCELLED"}
+        if not rec.out_dir:
+            rec.out_dir = os.path.join(output_dir(get_prefs(context)), f"{rec.job_id}-{rec.kind}")
+            os.makedirs(rec.out_dir, exist_ok=True)
+        manager.resume(rec, client_for(context))
+        return {"FINISHED"}
+
+
 class GEN3D_OT_remove_job(bpy.types.Operator):
     bl_idname = "gen3d.remove_job"
     bl_label = "Remove Job"
@@ -818,7 +838,7 @@ class GEN3D_OT_import_result(bpy.types.Operator):
 CLASSES = (GEN3D_OT_refresh, GEN3D_OT_launch_backend, GEN3D_OT_stop_backend, GEN3D_OT_show_log, GEN3D_OT_unload,
            GEN3D_OT_copy_command, GEN3D_OT_generate, GEN3D_OT_reconstruct, GEN3D_OT_refine_texture,
            GEN3D_OT_download_weights, GEN3D_OT_render_dataset, GEN3D_OT_cancel, GEN3D_OT_remove_job, GEN3D_OT_fetch_job,
-           GEN3D_OT_import_result, GEN3D_OT_cancel_task, GEN3D_OT_remove_task)
+           GEN3D_OT_import_result, GEN3D_OT_cancel_task, GEN3D_OT_remove_task, GEN3D_OT_resume_job)
 
 
 def register() -> None:

@@ -203,6 +203,8 @@ class GEN3D_PT_jobs(_Gen3DPanel, bpy.types.Panel):
                     r.operator("gen3d.copy_command", text="", icon="COPYDOWN").command = rec.error_hint
             else:
                 box.label(text=rec.status_text() + (f" · {', '.join(rec.objects)}" if rec.objects else ""))
+            if rec.resumable and not rec.active:
+                box.operator("gen3d.resume_job", icon="PLAY").key = rec.key
             if rec.state == "succeeded" and rec.job_id and views_only(rec.artifacts):
                 if not rec.preview_image:
                     box.operator("gen3d.fetch_job", text="Show Views", icon="IMAGE_DATA").key = rec.key

@@ -172,6 +172,33 @@ def test_cancel_running_and_queued(srv):
     assert srv.wait(srv.submit(sleepy(steps=1))["id"])["state"] == "succeeded"  # the worker carries on
 
 
+def test_resume_continues_a_cancelled_job_from_its_last_finished_stage(srv):
+    job = srv.submit({"method": "staged", "prompt": "a cat", "seed": 5, "options": {"steps": 150, "step_s": 0.02}})
+    deadline = time.monotonic() + 60
+    while srv.job(job["id"]).get("stage") != "two" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert_error(srv.client.post(job["urls"]["resume"]), 409, "conflict")  # still running
+    srv.client.post(job["urls"]["cancel"])
+    cancelled = srv.wait(job["id"], timeout=30)
+    assert cancelled["state"] == "cancelled" and cancelled["resumable"] is True
+    resumed = srv.client.post(job["urls"]["resume"]).json()
+    assert resumed["state"] in ("queued", "running") and resumed["resumable"] is False
+    done = srv.wait(job["id"], timeout=60)
+    assert done["state"] == "succeeded" and not done["resumable"]
+    result = srv.client.get(f"{job['urls']['self']}/artifacts/result.json").json()
+    import torch
+
+    gen = torch.Generator().manual_seed(5)  # what an uninterrupted run draws
+    assert result["values"] == [float(torch.rand(1, generator=gen)), float(torch.rand(1, generator=gen))]
+    assert result["computed"] == ["two"]                    # stage one came from its checkpoint
+    assert_error(srv.client.post(job["urls"]["resume"]), 409, "conflict")  # succeeded
+    plain = srv.submit(sleepy(steps=10_000, step_s=0.05))
+    srv.wait(plain["id"], states=("running",))
+    srv.client.post(plain["urls"]["cancel"])
+    assert not srv.wait(plain["id"], timeout=30)["resumable"]
+    assert_error(srv.client.post(plain["urls"]["resume"]), 409, "not_resumable")
+
+
 def test_worker_killed_mid_job_fails_it_and_a_fresh_worker_runs_the_next(srv):
     job = srv.submit(sleepy(steps=10_000, step_s=0.05))
     srv.wait(job["id"], states=("running",))

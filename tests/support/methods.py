@@ -4,6 +4,8 @@
 - ``sleepy``: ``steps`` steps of ``step_s`` seconds with progress, a cancellation check and optional previews;
   writes ``result.json`` (what it received: prompt, seed, the size and SHA-256 of each input file) and keeps a
   fake model in ``ctx.cache`` so loaded models and unloading can be observed.
+- ``staged``: resumable; two checkpointed stages (``one``, ``two``) of ``steps`` sleeps, each drawing a number
+  from the method's generator; ``result.json`` has both numbers and the stages this run computed.
 """
 
 from __future__ import annotations
@@ -60,6 +62,45 @@ class Sleepy(Pipeline):
                 ctx.progress("sleep", i + 1, opts.steps, preview)
         result = {"prompt": request.prompt, "seed": request.seed, "steps": opts.steps,
                   "files": {role: file_digest(Path(p)) for role, p in request.files.items()}}
+        return {"result.json": write_json(ctx.out_dir / "result.json", result)}
+
+
+class StagedOptions(Options):
+    steps: int = Field(3, ge=1, le=100_000, description="steps per stage")
+    step_s: float = Field(0.02, ge=0.0, le=10.0, description="seconds per step")
+
+
+@register
+class Staged(Pipeline):
+    name = "staged"
+    title = "Staged (test)"
+    inputs = {"prompt": "any text"}
+    required_inputs = ("prompt",)
+    resumable = True
+    Options = StagedOptions
+
+    def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
+        import torch
+
+        from gen3d.backend.pipelines.stages.checkpoints import StageCheckpoints
+
+        opts = StagedOptions(**request.options)
+        gen = torch.Generator().manual_seed(request.seed)
+        stages, computed = StageCheckpoints(ctx, request, gen), []
+
+        def stage(name):
+            def compute():
+                for i in range(opts.steps):
+                    ctx.check_cancelled()
+                    time.sleep(opts.step_s)
+                    ctx.progress(name, i + 1, opts.steps)
+                computed.append(name)
+                return {"x": torch.rand(1, generator=gen)}
+            with ctx.stage(name):
+                return float(stages.run(name, compute, lambda v: v, lambda v: v)["x"])
+
+        values = [stage("one"), stage("two")]
+        result = {"values": values, "computed": computed}
         return {"result.json": write_json(ctx.out_dir / "result.json", result)}
 
 

@@ -344,6 +344,13 @@ def cancel_job(job: JobDep, svc: Svc) -> dict[str, Any]:
     return schemas.public_job(svc.scheduler.cancel(job["id"]))
 
 
+@router.post("/v1/jobs/{job_id}/resume", response_model=schemas.Job, tags=["jobs"])
+def resume_job(job: JobDep, svc: Svc) -> dict[str, Any]:
+    """Queue a failed or cancelled job again; it continues from its last finished stage (409 when the job is not
+    failed or cancelled, or its method left no stage checkpoints)."""
+    return schemas.public_job(svc.scheduler.resume(job["id"]))
+
+
 @router.get("/v1/jobs/{job_id}/artifacts/{name:path}", response_class=FileResponse, tags=["jobs"],
             responses={200: {"description": "the file", "content": {"application/octet-stream": {}}}})
 def get_artifact(job: JobDep, name: str, svc: Svc) -> FileResponse:

@@ -16,6 +16,7 @@ from multiprocessing import Pipe
 from multiprocessing.connection import wait
 from typing import Any
 
+from ..errors import Conflict
 from .settings import Settings
 from .store import JobStore
 from .worker import WorkerProcess
@@ -57,6 +58,22 @@ class Scheduler:
             if worker is not None and worker.job_id == job_id and self._cancel_at is None:
                 worker.cancel.set()
                 self._cancel_at = time.monotonic()
+        self.wake()
+        return job
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """Queue a failed or cancelled job again to continue from its stage checkpoints (409 otherwise); it runs
+        before newer queued jobs (the queue is in submission order)."""
+        with self.store.lock:
+            job = self.store.get(job_id)
+            if job["state"] not in ("failed", "cancelled"):
+                raise Conflict(f"job {job_id} is {job['state']}; only a failed or cancelled job can resume",
+                               {"job": job_id, "state": job["state"]})
+            if not self.store.has_checkpoints(job_id):
+                raise Conflict(f"job {job_id} ({job['method']}) left no stage checkpoints to resume from",
+                               {"job": job_id, "method": job["method"]}, code="not_resumable")
+            job = self.store.update(job_id, state="queued", resume=True, resumable=False, error=None, finished=None,
+                                    cancel_requested=False, progress=0.0, eta_s=None, message="queued to resume")
         self.wake()
         return job
 
@@ -133,7 +150,7 @@ class Scheduler:
         request["files"] = {role: str(job_dir / rel) for role, rel in request.get("files", {}).items()}
         w.cancel.clear()
         w.job_id, self._cancel_at = job["id"], None
-        w.send("run", job["id"], request, str(self.store.out_dir(job["id"])))
+        w.send("run", job["id"], request, str(self.store.out_dir(job["id"])), bool(job.get("resume")))
         log.info("job %s (%s) started", job["id"], job["method"])
 
     def _drain(self, w: WorkerProcess) -> None:
@@ -178,6 +195,7 @@ class Scheduler:
     def _finish(self, job_id: str, state: str, **fields: Any) -> None:
         self._cancel_at = None
         fields.setdefault("eta_s", None)
+        fields["resumable"] = state in ("failed", "cancelled") and self.store.has_checkpoints(job_id)
         self._update(job_id, state=state, finished=time.time(), updated=time.time(), **fields)
         log.info("job %s %s", job_id, state)
 

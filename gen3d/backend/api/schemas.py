@@ -43,12 +43,14 @@ class Job(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     preview_url: str | None = Field(None, description="latest preview image while running")
     cancel_requested: bool = False
+    resumable: bool = Field(False, description="failed or cancelled with stage checkpoints: POST urls.resume "
+                            "continues it from its last finished stage")
     created: float = Field(description="Unix time")
     started: float | None = None
     finished: float | None = None
     updated: float | None = Field(None, description="Unix time of the last change (the worker's clock for progress)")
     request: dict[str, Any] = Field(description="the request as accepted; files are paths inside the job folder")
-    urls: dict[str, str] = Field(description="self, events, cancel")
+    urls: dict[str, str] = Field(description="self, events, cancel, resume")
 
 
 class JobList(BaseModel):
@@ -129,11 +131,13 @@ def public_job(job: dict[str, Any]) -> dict[str, Any]:
     out = {k: job.get(k) for k in ("id", "method", "state", "stage", "step", "total", "progress", "eta_s", "message",
                                    "error",
                                    "cancel_requested", "created", "started", "finished", "updated", "request")}
+    out["resumable"] = bool(job.get("resumable"))
     out["progress"] = out["progress"] or 0.0  # jobs stored before whole-job progress existed
     out["artifacts"] = [{"name": a["name"], "url": artifact_url(jid, a["name"]), "size": a.get("size")}
                         for a in job.get("artifacts") or []]
     out["preview_url"] = preview_url(job)
-    out["urls"] = {"self": job_url(jid), "events": f"{job_url(jid)}/events", "cancel": f"{job_url(jid)}/cancel"}
+    out["urls"] = {"self": job_url(jid), "events": f"{job_url(jid)}/events", "cancel": f"{job_url(jid)}/cancel",
+                   "resume": f"{job_url(jid)}/resume"}
     return out
 
 

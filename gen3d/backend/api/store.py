@@ -6,7 +6,8 @@ next event anyway). Listeners registered with :meth:`JobStore.listen` hear every
 ``lock`` is held (so a reader holding ``lock`` sees no change between its read and its subscription).
 
 Restart rules (:meth:`JobStore.open`): finished jobs stay as they are, queued ones stay queued in their original
-order, and a job that was running is marked failed with ``interrupted by restart``.
+order, and a job that was running is marked failed with ``interrupted by restart`` (``resumable`` when its method
+left stage checkpoints).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class JobStore:
         for job in list(store._jobs.values()):
             if job["state"] == "running":
                 store.update(job["id"], state="failed", finished=time.time(), message="interrupted by restart",
+                             resumable=store.has_checkpoints(job["id"]),
                              error={"code": "interrupted", "message": "interrupted by restart",
                                     "detail": {"stage": job["stage"], "step": job["step"]}})
         log.info("job store %s: %d jobs, %d queued", db_path, len(store._jobs), store.queue_length())
@@ -93,6 +95,10 @@ class JobStore:
     def out_dir(self, job_id: str) -> Path:
         """Where the pipeline writes; artifact names are paths relative to it."""
         return self.job_dir(job_id) / "out"
+
+    def has_checkpoints(self, job_id: str) -> bool:
+        """Whether the job's pipeline left stage checkpoints to resume from (``pipelines.stages.checkpoints``)."""
+        return (self.out_dir(job_id) / "checkpoints" / "request.json").is_file()
 
     @staticmethod
     def new_id() -> str:

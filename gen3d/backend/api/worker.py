@@ -4,7 +4,7 @@ It is started with the ``spawn`` context (no forked CUDA or thread state) and ta
 duplex pipe. Loaded models live in the worker's ``cache`` dict and survive between jobs until ``unload``.
 Cancellation is a shared event the pipeline polls through ``ctx.check_cancelled()``.
 
-Messages, server -> worker: ``("run", job_id, request_dict, out_dir)``, ``("unload",)``, ``("stop",)``.
+Messages, server -> worker: ``("run", job_id, request_dict, out_dir, resume)``, ``("unload",)``, ``("stop",)``.
 Worker -> server: ``("ready", pid, device, state)``, ``("progress", job_id, stage, step, total, t, whole)``,
 ``("preview", job_id, name, t)``, ``("done", job_id, artifact_names, state)``,
 ``("failed", job_id, error_dict, state)``, ``("cancelled", job_id, state)``, ``("unloaded", state)``;
@@ -92,7 +92,7 @@ def _state(cache: dict[str, Any], device) -> dict[str, Any]:
 
 
 def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Path | None,
-             job_id: str, request: dict, out_dir: str) -> None:
+             job_id: str, request: dict, out_dir: str, resume: bool = False) -> None:
     from ..errors import Cancelled, Gen3DError, InternalError
     from ..pipelines import JobRequest, RunContext
     from .uploads import upload_names
@@ -102,7 +102,7 @@ def _run_one(conn: Connection, cancel: Any, cache: dict, device, weights_dir: Pa
     out.mkdir(parents=True, exist_ok=True)
     reporter = _Reporter(conn, job_id, out)
     ctx = reporter.ctx = RunContext(out_dir=out, device=device, progress_fn=reporter, cancelled_fn=cancel.is_set,
-                                    weights_dir=weights_dir, cache=cache)
+                                    weights_dir=weights_dir, cache=cache, resume=resume)
     try:
         artifacts = run_job(JobRequest.model_validate(request), ctx)
     except Cancelled:

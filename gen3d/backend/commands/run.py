@@ -143,8 +143,11 @@ def _run(args) -> int:
     request = job_request(method=args.method, prompt=args.prompt, negative_prompt=args.negative_prompt,
                          seed=args.seed, preset=args.preset, options=parse_set(args.set), files=files,
                          cameras=cameras)
+    if args.resume and not out.is_dir():
+        raise BadInput(f"--resume: {args.out} does not exist; nothing to resume", {"field": "resume",
+                                                                                   "path": args.out})
     ctx = RunContext(out_dir=out, device=pick_device(args.device),
-                     weights_dir=Path(args.weights_dir) if args.weights_dir else None)
+                     weights_dir=Path(args.weights_dir) if args.weights_dir else None, resume=args.resume)
     artifacts = run_with_progress(request, ctx)
     print(f"wrote {len(artifacts)} artifacts to {args.out}:")
     for name in sorted(artifacts):
@@ -167,4 +170,6 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--weights-dir", help="folder of weights (overrides GEN3D_WEIGHTS_DIR)")
+    p.add_argument("--resume", action="store_true", help=(
+        "continue an interrupted run in --out from its last finished stage (same flags; resumable methods)"))
     p.set_defaults(func=_run)

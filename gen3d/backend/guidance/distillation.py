@@ -11,7 +11,8 @@ as the loss ``0.5·‖z − sg(z − g)‖²_sum / B`` (``sg`` = detach), whose 
   term ``s·(ε_cond − ε_null)`` of SDS.
 - :class:`VSD` (ProlificDreamer): ``g = w(t)·(ε̂_pretrained_cfg − ε̂_φ)``; ε_φ is the same UNet with a LoRA adapter
   (peft) and a camera embedding added to the timestep embedding, trained by ``loss_lora`` on the renders.
-- :class:`BSD` (DreamCraft3D): VSD whose "pretrained" side is itself fine-tuned (a second adapter with its own camera
+- :class:`BSD` (DreamCraft3D): VSD whose "pretrained" side is itself fine-tuned (a second adapter, or a full UNet
+  copy, with its own camera
   embedding trained by ``loss_pretrain`` on SDEdit-augmented renders).
 - :class:`X0Reconstruction` (MVDream): ``0.5·‖z − sg(x̂0)‖²`` with the CFG x0 prediction std-rescaled toward the
   unguided one per group of views.
@@ -278,20 +279,44 @@ class VSD(nn.Module):
 class BSD(VSD):
     """Bootstrapped Score Distillation: VSD whose teacher is the prior fine-tuned on augmented renders.
 
-    The teacher is a second adapter (``bsd_teacher``, default rank 16) with its own camera embedding, trained with
-    :meth:`teacher_loss` (``loss_pretrain``) on renders augmented by ``prior.refine`` (DreamCraft3D's "DreamBooth"
-    phase: SDEdit with the frozen prior from the current render). DreamCraft3D fine-tunes full UNet copies (lr 1e-5);
-    low-rank adapters on the shared UNet are this implementation's memory-saving substitute. Defaults: CFG 2.0.
+    The teacher has its own camera embedding and is trained with :meth:`teacher_loss` (``loss_pretrain``) on renders
+    augmented by ``prior.refine`` (DreamCraft3D's "DreamBooth" phase: SDEdit with the frozen prior from the current
+    render). By default it is a second LoRA adapter (``bsd_teacher``, rank 16) on the shared, frozen UNet: the
+    memory-saving substitute. ``full_teacher=True`` is DreamCraft3D's own choice: a full float32 copy of the UNet,
+    every weight trained (official lr 1e-5), at the cost of a second UNet and its optimiser state. Defaults: CFG 2.0.
     """
 
     teacher = "bsd_teacher"
 
-    def __init__(self, prior: DiffusionPrior, guidance_scale: float = 2.0, teacher_rank: int = 16, **kw):
+    def __init__(self, prior: DiffusionPrior, guidance_scale: float = 2.0, teacher_rank: int = 16,
+                 full_teacher: bool = False, **kw):
+        import copy
+
+        teacher_unet = copy.deepcopy(prior.unet).float().requires_grad_(True) if full_teacher else None
         super().__init__(prior, guidance_scale=guidance_scale, **kw)
-        self.teacher_embedding = self._add_adapter(prior, self.teacher, teacher_rank, 16)
+        self.teacher_unet = teacher_unet
+        if teacher_unet is None:
+            self.teacher_embedding = self._add_adapter(prior, self.teacher, teacher_rank, 16)
+        else:
+            self.teacher_embedding = CameraEmbedding(_embed_width(prior), 16).to(prior.device)
+            self._teacher_hook = teacher_unet.time_embedding.register_forward_hook(self._add_camera)
 
     def teacher_parameters(self, prior: DiffusionPrior) -> list[nn.Parameter]:
-        return self.lora_parameters(prior, self.teacher) + list(self.teacher_embedding.parameters())
+        weights = self.lora_parameters(prior, self.teacher) if self.teacher_unet is None else list(
+            self.teacher_unet.parameters())
+        return weights + list(self.teacher_embedding.parameters())
+
+    def _eps_with(self, prior: DiffusionPrior, adapter: str, embedding: CameraEmbedding, z_t, t, cond,
+                  branches: Sequence[str], cameras: torch.Tensor) -> list[torch.Tensor]:
+        if adapter != self.teacher or self.teacher_unet is None:
+            return super()._eps_with(prior, adapter, embedding, z_t, t, cond, branches, cameras)
+        frozen, dtype = prior.unet, prior.dtype
+        prior.unet, prior.dtype = self.teacher_unet, torch.float32  # the copy, in float32 (it trains)
+        self._hook_camera = embedding(cameras.float())
+        try:
+            return prior.predict(z_t, t, cond, branches)
+        finally:
+            prior.unet, prior.dtype, self._hook_camera = frozen, dtype, None
 
     def _teacher_eps(self, prior, z_t, t, cond, cameras) -> torch.Tensor:
         cam = cameras.flatten(1)
@@ -308,8 +333,13 @@ class BSD(VSD):
                                                      "cond")}
 
     def _adapter_parameters(self, prior: DiffusionPrior) -> list[nn.Parameter]:
-        return self.lora_parameters(prior, self.adapter) + self.lora_parameters(prior, self.teacher)
+        teacher = self.lora_parameters(prior, self.teacher) if self.teacher_unet is None else []
+        return self.lora_parameters(prior, self.adapter) + teacher
 
     def remove(self, prior: DiffusionPrior) -> None:
         super().remove(prior)
-        prior.unet.delete_adapters([self.teacher])
+        if self.teacher_unet is None:
+            prior.unet.delete_adapters([self.teacher])
+        else:
+            self._teacher_hook.remove()
+            self.teacher_unet = None

@@ -15,7 +15,8 @@ METHOD_MODULES: list[str] = ["gen3d.backend.pipelines.reconstruct", "gen3d.backe
                               "gen3d.backend.pipelines.magic123",
                               "gen3d.backend.pipelines.instant3d",
                               "gen3d.backend.pipelines.dmv3d", "gen3d.backend.pipelines.syncdreamer",
-                              "gen3d.backend.pipelines.mvdream", "gen3d.backend.pipelines.sweetdreamer"]
+                              "gen3d.backend.pipelines.mvdream", "gen3d.backend.pipelines.sweetdreamer",
+                              "gen3d.backend.pipelines.dreamcraft3d"]
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False

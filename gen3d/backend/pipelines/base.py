@@ -105,6 +105,8 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)
     #: whole-job progress (fraction, ETA, message) from the stages and steps; the runner sets the method's shares
     job: JobProgress = field(default_factory=JobProgress)
+    #: continue an interrupted job from the stage checkpoints in ``out_dir`` (methods with ``resumable``)
+    resume: bool = False
 
     def progress(self, stage: str, step: int, total: int, preview: np.ndarray | None = None) -> None:
         self.job.report(stage, step, total)
@@ -151,6 +153,8 @@ class Pipeline:
     Options: ClassVar[type[Options]] = Options
     #: names of entries of the weights registry this method needs
     weights: ClassVar[tuple[str, ...]] = ()
+    #: its stages checkpoint to the job folder and ``ctx.resume`` continues from them (``stages.checkpoints``)
+    resumable: ClassVar[bool] = False
     #: ``ctx.stage`` name -> its share of a run's time (from measured stage timings), for whole-job progress
     stage_shares: ClassVar[dict[str, float]] = {}
 

@@ -45,8 +45,10 @@ class OrbitSampler:
         hi = min(max(self.max_ver, self.max_ver - e), self.max_abs_elevation - e)
         return int(round(lo)), int(round(hi))
 
-    def sample(self, size: int, generator: torch.Generator) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
-        """``(cameras [views], elevations [views], azimuths [views])`` (degrees, ours) at ``size x size`` pixels."""
+    def sample(self, size: int, generator: torch.Generator, progress: float = 1.0
+               ) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+        """``(cameras [views], elevations [views], azimuths [views])`` (degrees, ours) at ``size x size`` pixels
+        (``progress``, the stage's fraction done, matters to :class:`OpeningOrbitSampler` only)."""
         lo, hi = self.elevation_range()
         ver = int(torch.randint(lo, max(hi, lo + 1), (1,), generator=generator))
         hor = int(torch.randint(-180, 180, (1,), generator=generator))
@@ -56,6 +58,33 @@ class OrbitSampler:
 
     def reference(self, size: int) -> Cameras:
         """The input view's camera: the input elevation, azimuth 0 (the object's front faces -Y)."""
+        return orbit_cameras(self.elevation, 0.0, self.radius, self.fovy, size, size)
+
+
+@dataclass
+class OpeningOrbitSampler:
+    """threestudio's progressive random cameras (DreamCraft3D): one camera at a fixed ``radius``/``fovy``, elevation
+    ~ U[``elevation_range``] and azimuth ~ U[-180, 180), both ranges widening linearly from the input view
+    (``elevation``, azimuth 0) to their full size by ``progress = opening`` (``progressive_until`` / steps)."""
+
+    elevation: float = 0.0
+    radius: float = 3.8
+    fovy: float = 20.0
+    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    opening: float = 0.0
+
+    def sample(self, size: int, generator: torch.Generator, progress: float = 1.0
+               ) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+        """``(cameras [1], elevations [1], azimuths [1])`` (degrees, ours) at ``size x size`` pixels."""
+        r = min(progress / self.opening, 1.0) if self.opening > 0 else 1.0
+        lo, hi = ((1 - r) * self.elevation + r * e for e in self.elevation_range)
+        u = torch.rand(2, generator=generator)
+        el = (lo + (hi - lo) * u[:1]).float()
+        az = (r * (360.0 * u[1:] - 180.0)).float()
+        return orbit_cameras(el, az, self.radius, self.fovy, size, size), el, az
+
+    def reference(self, size: int) -> Cameras:
+        """The input view's camera: the input elevation, azimuth 0."""
         return orbit_cameras(self.elevation, 0.0, self.radius, self.fovy, size, size)
 
 
@@ -76,7 +105,8 @@ class MultiViewSampler:
     low_res: int = 64
     low_res_groups: int = 2
 
-    def sample(self, size: int, generator: torch.Generator) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+    def sample(self, size: int, generator: torch.Generator, progress: float = 1.0
+               ) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
         """``(cameras [G·views], elevations, azimuths)`` (degrees, ours) at ``size x size`` pixels, groups of
         ``views`` consecutive."""
         groups = self.low_res_groups if size <= self.low_res else 1
@@ -111,6 +141,8 @@ class Term:
     negative_prompt: str = ""
     view_dependent: bool = False
     radius: float = 0.0
+    #: this term's own timestep schedule (None = the guide's)
+    schedule: object | None = None
     #: Zero123 only: scale the loss by the angle between the view and the prior's reference view over 180°
     #: (Magic123's default ``zero123_grad_scale: angle``; the mean over the batch, which is 1 view there)
     angle_scaled: bool = False
@@ -152,7 +184,7 @@ class Guide:
                 continue
             cond = self._condition(term, cams, el, az)
             # one timestep for the whole batch (DreamGaussian); MVDream repeats it over each group of views
-            t = self.schedule(progress, 1, generator=self.generator)
+            t = (term.schedule or self.schedule)(progress, 1, generator=self.generator)
             t = t if term.kind == "mvdream" else t.expand(len(el))
             out = term.prior(images, cond, t, term.distillation, progress=progress)
             loss = sum(v for k, v in out.items() if k.startswith("loss_"))

@@ -35,7 +35,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from . import register
@@ -155,35 +154,6 @@ def opacity_entropy(weight: float):
     return loss
 
 
-def _load_depth(ctx: RunContext, path: str | None):
-    """The monocular depth model (cached in ``ctx.cache``) and its weights info for meta.json; a missing model
-    raises MissingWeights naming its download command."""
-    from .. import weights
-    from ..guidance.depth import MonocularDepth
-
-    name = "depth-anything-v2-small"
-    folder = weights.resolve(name, path)
-    key = f"depth:{folder.resolve()}:{ctx.device}"
-    if key not in ctx.cache:
-        ctx.cache[key] = MonocularDepth(folder, ctx.device)
-    return ctx.cache[key], [{"name": name, "path": str(folder), "tiny": weights.is_tiny(folder),
-                             "license": weights.get_entry(name).license}]
-
-
-def _resized(reference: ReferenceView, size: int) -> ReferenceView:
-    """The same reference target at ``size x size`` (each stage's reference render size)."""
-    from dataclasses import replace
-
-    def rs(x):
-        if x is None or x.shape[-1] == size:
-            return x
-        return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-
-    rgba = rs(torch.cat([reference.rgba[:, :3] * reference.rgba[:, 3:], reference.rgba[:, 3:]], 1))  # premultiplied
-    rgba = torch.cat([rgba[:, :3] / rgba[:, 3:].clamp_min(1e-6), rgba[:, 3:]], 1).clamp(0, 1)
-    return replace(reference, rgba=rgba, depth=rs(reference.depth))
-
-
 @register
 class Magic123(Pipeline):
     name = "magic123"
@@ -209,7 +179,7 @@ class Magic123(Pipeline):
         from .stages.export import export_results
         from .stages.extract_mesh import MeshExtractConfig, extract_mesh
         from .stages.textual_inversion import PROMPT, TextualInversionConfig, learn_token
-        from .stages.views import reference_input
+        from .stages.views import load_depth, reference_input, resized_reference
 
         opts = self.Options(**request.options)
         gen = torch.Generator().manual_seed(request.seed)
@@ -220,7 +190,7 @@ class Magic123(Pipeline):
             out.update(written)
             depth, depth_info = None, []
             if opts.lambda_depth > 0:
-                model, depth_info = _load_depth(ctx, opts.depth_weights_path)
+                model, depth_info = load_depth(ctx, opts.depth_weights_path)
                 depth = model.predict(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
         reference = ReferenceView(rgba, opts.lambda_rgb, opts.lambda_mask, False, depth, opts.lambda_depth,
                                   opts.known_iters, opts.known_view_interval)
@@ -238,8 +208,8 @@ class Magic123(Pipeline):
         sampler = OrbitSampler(opts.elevation, opts.radius, opts.fovy, opts.min_ver, opts.max_ver)
         with ctx.stage("gaussians"):
             entropy = opacity_entropy(opts.lambda_entropy) if opts.lambda_entropy else None
-            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx, _resized(reference, opts.ref_size),
-                                                   entropy)
+            gaussians, metrics = distill_gaussians(opts, guide, sampler, gen, ctx,
+                                                   resized_reference(reference, opts.ref_size), entropy)
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
             coarse = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
@@ -254,7 +224,7 @@ class Magic123(Pipeline):
             for term in guide.terms:
                 term.weight = opts.lambda_2d_fine if term.kind == "sd" else opts.lambda_3d_fine
             metrics.update(refine_dmtet(opts, dmtet, colors, guide, sampler, gen, ctx,
-                                        _resized(reference, opts.fine_render_size)))
+                                        resized_reference(reference, opts.fine_render_size)))
         with ctx.stage("texture"):
             mesh = textured_surface(dmtet, colors, opts.texture_size, opts.target_faces)
         with ctx.stage("export"):

@@ -1,7 +1,7 @@
 """Run one job: the single code path behind ``python -m gen3d run`` and the server's worker.
 
 It validates the request, seeds everything, runs the pipeline and writes ``meta.json`` last, so a folder
-with a ``meta.json`` is a finished result.
+with a ``meta.json`` is a finished result (a resumable method's stage checkpoints are removed then).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import Gen3DError, InternalError
+from ..errors import BadInput, Gen3DError, InternalError
 from ..files import write_json
 from . import get, seed_everything
 from .base import JobRequest, RunContext
@@ -43,6 +43,10 @@ def run_job(request: JobRequest, ctx: RunContext) -> dict[str, Path]:
     """
     pipeline = get(request.method)
     options = pipeline.validate(request)  # before anything is written
+    if ctx.resume and not pipeline.resumable:
+        raise BadInput(f"method {request.method!r} cannot resume (it keeps no stage checkpoints)", {"field": "resume"})
+    if ctx.resume and (ctx.out_dir / "meta.json").is_file():
+        raise BadInput(f"nothing to resume: {ctx.out_dir} holds a finished result", {"field": "resume"})
     created = not ctx.out_dir.exists()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(request.seed)
@@ -82,6 +86,10 @@ def run_job(request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         if "preview.png" in artifacts:
             stamp_preview(artifacts["preview.png"])
     artifacts["meta.json"] = write_json(ctx.out_dir / "meta.json", meta)
+    if pipeline.resumable:
+        from .stages.checkpoints import finished
+
+        finished(ctx.out_dir)
     ctx.job.finish()
     return artifacts
 

@@ -180,7 +180,7 @@ def distill_gaussians(opts: GaussianDistillOptions, guide, sampler, generator: t
                 cams = ref_cam
         if use_guide:
             size = render_size(r, opts.render_sizes)
-            cams, el, az = sampler.sample(size, generator)
+            cams, el, az = sampler.sample(size, generator, r)
             cams = cams.to(dev)
             black = float(torch.rand((), generator=generator)) < opts.invert_bg_prob
             bg = (torch.zeros if black else torch.ones)(len(cams), 3, device=dev)

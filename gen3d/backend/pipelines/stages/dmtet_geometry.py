@@ -48,6 +48,10 @@ class DMTetOptions(Options):
     lambda_laplacian: float = Field(0.1, ge=0, description="weight of the uniform Laplacian smoothness")
     normal_iter_ratio: float = Field(0.0, ge=0, le=1, description=(
         "share of the first fine steps rendered with normal shading (geometry only; Magic123's DMTet stage: 0)"))
+    rgb_interval: int = Field(0, ge=0, description=(
+        "after those, normal shading except every this-many-th step in colour (DreamCraft3D's n_rgb; 0 = colour)"))
+    normal_consistency_ramp: tuple[int, float, float, int] | None = Field(None, description=(
+        "threestudio's [start_step, start, end, end_step] for the normal-consistency weight (overrides the constant)"))
 
 
 def dmtet_from_mesh(vertices: np.ndarray, faces: np.ndarray, resolution: int, steps: int,
@@ -87,6 +91,15 @@ def laplacian_smoothness(vertices: torch.Tensor, faces: torch.Tensor) -> torch.T
     return (vertices - total / degree).norm(dim=-1).mean()
 
 
+def ramp(value: float, schedule: tuple[int, float, float, int] | None, step: int) -> float:
+    """threestudio's ``C(value)``: ``value``, or with ``schedule = [s0, v0, v1, s1]`` ``v0`` before ``s0``, ``v1``
+    from ``s1``, linear between."""
+    if schedule is None:
+        return value
+    s0, v0, v1, s1 = schedule
+    return v0 + (v1 - v0) * min(max((step - s0) / max(s1 - s0, 1), 0.0), 1.0)
+
+
 def render_dmtet(dmtet: DMTet, colors: ColorVolume, cameras, background: torch.Tensor, normal_shading: bool = False):
     """Extract the surface and render it into ``cameras`` (:class:`MeshRender`: rgb, alpha, depth), coloured by
     the volume or, with ``normal_shading``, by its world normals ``(n + 1) / 2``. Returns ``(render, vertices,
@@ -115,7 +128,7 @@ def refine_dmtet(opts: DMTetOptions, dmtet: DMTet, colors: ColorVolume, guide, s
     for step in range(1, opts.fine_iters + 1):
         ctx.check_cancelled()
         r = step / opts.fine_iters
-        normal_shading = r <= opts.normal_iter_ratio
+        normal_shading = r <= opts.normal_iter_ratio or (opts.rgb_interval > 0 and step % opts.rgb_interval != 0)
         use_ref, use_guide = reference.schedule(step) if reference is not None else (False, True)
         loss = torch.zeros((), device=dev)
         if use_ref:
@@ -123,13 +136,14 @@ def refine_dmtet(opts: DMTetOptions, dmtet: DMTet, colors: ColorVolume, guide, s
             loss = loss + reference.loss(out.rgb, out.alpha, out.depth)
             images = out.rgb
         if use_guide:
-            cams, el, az = sampler.sample(opts.fine_render_size, generator)
+            cams, el, az = sampler.sample(opts.fine_render_size, generator, r)
             cams = cams.to(dev)
             out, verts, faces = render_dmtet(dmtet, colors, cams, white.expand(len(cams), 3), normal_shading)
             images = out.rgb
             guidance, logs = guide.losses(images.permute(0, 3, 1, 2), cams, el, az, r)
             loss = loss + guidance
-        loss = loss + opts.lambda_normal_consistency * normal_consistency(verts, faces)
+        loss = loss + ramp(opts.lambda_normal_consistency, opts.normal_consistency_ramp, step) * normal_consistency(
+            verts, faces)
         loss = loss + opts.lambda_laplacian * laplacian_smoothness(verts, faces)
         if not torch.isfinite(loss):
             raise NumericalError(f"the DMTet stage diverged at step {step} (loss {float(loss)})",

@@ -1,5 +1,5 @@
-"""Views shared by the stages: an image method's reference input, a resized copy of a set of posed views, and a
-shuffled cycle through them."""
+"""Views shared by the stages: an image method's reference input (and its monocular depth model, and its target
+resized per stage), a resized copy of a set of posed views, and a shuffled cycle through them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,36 @@ def reference_input(path, size: int, border_ratio: float, recenter: bool, rembg_
     on_white = rgba[..., :3] * rgba[..., 3:] + 1 - rgba[..., 3:]
     written = write_png(out_dir / "input.png", (np.clip(on_white, 0, 1) * 255 + 0.5).astype(np.uint8))
     return torch.from_numpy(rgba).permute(2, 0, 1)[None].contiguous(), {"input.png": written}
+
+
+def load_depth(ctx, path: str | None):
+    """The monocular depth model (cached in ``ctx.cache``) and its weights info for meta.json; a missing model
+    raises MissingWeights naming its download command."""
+    from ... import weights
+    from ...guidance.depth import MonocularDepth
+
+    name = "depth-anything-v2-small"
+    folder = weights.resolve(name, path)
+    key = f"depth:{folder.resolve()}:{ctx.device}"
+    if key not in ctx.cache:
+        ctx.cache[key] = MonocularDepth(folder, ctx.device)
+    return ctx.cache[key], [{"name": name, "path": str(folder), "tiny": weights.is_tiny(folder),
+                             "license": weights.get_entry(name).license}]
+
+
+def resized_reference(reference, size: int):
+    """The same :class:`~.distill_gaussians.ReferenceView` target at ``size x size`` (each stage's reference render
+    size; colour resized premultiplied)."""
+    from dataclasses import replace
+
+    def rs(x):
+        if x is None or x.shape[-1] == size:
+            return x
+        return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+
+    rgba = rs(torch.cat([reference.rgba[:, :3] * reference.rgba[:, 3:], reference.rgba[:, 3:]], 1))
+    rgba = torch.cat([rgba[:, :3] / rgba[:, 3:].clamp_min(1e-6), rgba[:, 3:]], 1).clamp(0, 1)
+    return replace(reference, rgba=rgba, depth=rs(reference.depth))
 
 
 def resized_views(cameras: Cameras, images: torch.Tensor, fraction: float) -> tuple[Cameras, torch.Tensor]:
