@@ -97,6 +97,12 @@ def assert_bbox(got, want, tol):
         assert abs(g - w) <= tol, (got, want)
 
 
+def test_resume_continues_a_cancelled_job_from_its_finished_stage(story):
+    r = story["resume"]
+    assert r["cancelled"] == "cancelled" and r["resumable"] and r["drawn"] and r["op"] == ["FINISHED"]
+    assert r["server_state"] == "succeeded" and r["computed"] == ["two"] and not r["resumable_after"]
+
+
 def test_generate_imports_at_the_cursor(story):
     s = story["generate"]
     assert_imported(s, "box_glb", "generate")
@@ -347,7 +353,7 @@ def _draw_panels(bpy, panels) -> dict:
     UI to draw into, and a typo there only shows up when a user opens the sidebar)."""
     rna = bpy.types.UILayout.bl_rna
     icons = set(rna.functions["prop"].parameters["icon"].enum_items.keys())
-    errors, calls, props = [], [], []
+    errors, calls, props, operators = [], [], [], []
 
     class OpProps:
         def __init__(self, idname):
@@ -376,6 +382,7 @@ def _draw_panels(bpy, panels) -> dict:
                 if name in ("prop", "prop_enum", "template_ID") and args[1] not in args[0].bl_rna.properties:
                     errors.append(f"{type(args[0]).__name__} has no property {args[1]!r}")
                 if name == "operator":
+                    operators.append(args[0])
                     try:
                         return OpProps(args[0])
                     except AttributeError:
@@ -392,7 +399,7 @@ def _draw_panels(bpy, panels) -> dict:
             panel.draw(Self(), bpy.context)
         except Exception as e:  # report, not crash: the test names the panel
             errors.append(f"{panel.__name__}: {type(e).__name__}: {e}")
-    return {"errors": errors, "calls": sorted(set(calls)), "props": props}
+    return {"errors": errors, "calls": sorted(set(calls)), "props": props, "operators": operators}
 
 
 def _describe(bpy, names: list[str]) -> dict:
@@ -511,6 +518,26 @@ def scenario_story(zip_path: str, tmp: str) -> dict:
     _pump_until(manager, lambda: not rec.active)
     out["cancel"] = {"seen_running": seen_running, "state": rec.state, "steps_done": rec.step, "steps_total": steps,
                      "server_state": ops_mod.client_for(bpy.context).job(rec.job_id)["state"]}
+
+    # -- resume: a cancelled staged job continues on the backend from its finished stage (the panel's Resume) ----
+    settings.method = "staged"
+    bpy.ops.gen3d.generate(mode="ASYNC", options_json=json.dumps({"steps": 40, "step_s": 0.05}))
+    rec = list(manager.records.values())[-1]
+    _pump_until(manager, lambda: rec.job_id and ops_mod.client_for(bpy.context).job(rec.job_id).get("stage") == "two")
+    bpy.ops.gen3d.cancel(key=rec.key)
+    _pump_until(manager, lambda: not rec.active)
+    resume = {"cancelled": rec.state, "resumable": rec.resumable,
+              "drawn": "gen3d.resume_job" in _draw_panels(bpy, [panel_mod.GEN3D_PT_jobs])["operators"]}
+    resume["op"] = sorted(bpy.ops.gen3d.resume_job(key=rec.key))
+    _pump_until(manager, lambda: not rec.active)
+    job = ops_mod.client_for(bpy.context).job(rec.job_id)
+    result = {}
+    if job["state"] == "succeeded":
+        path = ops_mod.client_for(bpy.context).download(rec.job_id, "result.json", os.path.join(tmp, "resumed.json"))
+        result = json.load(open(path))
+    out["resume"] = {**resume, "server_state": job["state"], "computed": result.get("computed"),
+                     "resumable_after": rec.resumable}
+    settings.method = "sleepy"
 
     # -- generate: a textured box comes in at the 3D cursor ---------------------------------------------------------
     settings.method = "box_glb"
