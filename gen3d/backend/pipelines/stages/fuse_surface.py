@@ -83,12 +83,13 @@ class Observations:
         return (origins + dirs * t[..., None])[self.surface]
 
 
-def sphere_cameras(count: int, center: torch.Tensor, radius: float, fov_deg: float, size: int) -> Cameras:
+def sphere_cameras(count: int, center: torch.Tensor, radius: float, fov_deg: float, width: int,
+                   height: int) -> Cameras:
     """``count`` cameras on a Fibonacci sphere (elevations within +-80 degrees) looking at ``center``."""
     i = torch.arange(count, dtype=torch.float32) + 0.5
     el = torch.rad2deg(torch.asin(1 - 2 * i / count)).clamp(-80, 80)
     az = (i * 180.0 * (3 - math.sqrt(5))) % 360.0
-    return orbit_cameras(el, az, radius, fov_deg, size, size, target=tuple(center.tolist()))
+    return orbit_cameras(el, az, radius, fov_deg, width, height, target=tuple(center.tolist()))
 
 
 def _depth_cosine(cameras: Cameras, depth: torch.Tensor, surface: torch.Tensor) -> torch.Tensor:
@@ -114,19 +115,20 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
     ``cfg.extra_views`` sphere cameras at the same distance and field of view."""
     from .fit_gaussians import render_gaussians
 
-    center = gaussians.means[gaussians.opacities > 0.5].median(0).values.cpu() if len(gaussians) else torch.zeros(3)
+    opaque = gaussians.opacities > 0.5
+    center = gaussians.means[opaque if opaque.any() else slice(None)].detach().median(0).values.cpu()
     radius = float((cameras.centers.cpu() - center).norm(dim=-1).mean())
     fov = float(torch.rad2deg(2 * torch.atan(0.5 * cameras.height / cameras.K[0, 1, 1])))
-    size = min(cameras.width, cfg.max_view_size)
-    given_empty = None
-    if images is not None and cameras.width > cfg.max_view_size:
-        cameras, images = cameras.resized(size, round(cameras.height * size / cameras.width)), \
-            F.interpolate(images.permute(0, 3, 1, 2), (round(cameras.height * size / cameras.width), size),
-                          mode="area").permute(0, 2, 3, 1)
-    if images is not None:
-        given_empty = images[..., 3].cpu() < cfg.empty_alpha
-    all_cams = [cameras.to("cpu"), sphere_cameras(cfg.extra_views, center, radius, fov, size)] \
-        if cfg.extra_views else [cameras.to("cpu")]
+    if cameras.width > cfg.max_view_size:
+        size = cfg.max_view_size
+        height = round(cameras.height * size / cameras.width)
+        cameras = cameras.resized(size, height)
+        if images is not None:
+            images = F.interpolate(images.permute(0, 3, 1, 2), (height, size), mode="area").permute(0, 2, 3, 1)
+    given_empty = images[..., 3].cpu() < cfg.empty_alpha if images is not None else None
+    all_cams = [cameras.to("cpu")]
+    if cfg.extra_views:
+        all_cams.append(sphere_cameras(cfg.extra_views, center, radius, fov, cameras.width, cameras.height))
     out = []
     for cams in all_cams:
         depth, alpha = [], []
@@ -144,8 +146,6 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
     if len(out) == 1:
         return out[0]
     a, b = out
-    if (a.cameras.width, a.cameras.height) != (b.cameras.width, b.cameras.height):
-        return a  # unusual aspect: fuse the given views only
     return Observations(Cameras(torch.cat([a.cameras.K, b.cameras.K]), torch.cat([a.cameras.c2w, b.cameras.c2w]),
                                 a.cameras.width, a.cameras.height),
                         *(torch.cat([getattr(a, k), getattr(b, k)]) for k in ("depth", "surface", "empty", "cos")))
@@ -265,9 +265,9 @@ def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, su
                     closed_cfg: MeshExtractConfig, cfg: FuseConfig,
                     match_level: bool = True) -> tuple[trimesh.Trimesh, dict]:
     """The mesh of ``gaussians``: ``surface="closed"`` the density iso-surface (:func:`extract_mesh`; its level
-    matched to the masks of ``images [N,H,W,4]`` when given and ``match_level``), ``"open"`` the fused one, ``"auto"`` the fused one
-    when the object is thin (module docstring). ``cameras`` (with ``images``, the views the Gaussians were fitted
-    to) set the fusion views. Returns ``(mesh, metrics)``."""
+    matched to the masks of ``images [N,H,W,4]`` when given and ``match_level``), ``"open"`` the fused one,
+    ``"auto"`` the fused one when the object is thin (module docstring). ``cameras`` (with ``images``, the views the
+    Gaussians were fitted to) set the fusion views. Returns ``(mesh, metrics)``."""
     if surface not in SURFACES:
         raise ValueError(f"surface must be one of {SURFACES}, got {surface!r}")
     metrics: dict = {}
