@@ -164,37 +164,58 @@ class FusedField:
     counts: np.ndarray
 
 
-def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int, int], cfg: FuseConfig,
-         chunk: int = 4) -> FusedField:
-    """Fuse ``obs`` on the grid (module docstring)."""
+def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseConfig) -> torch.Tensor:
+    """The fused distance (voxels, module docstring) at world points ``pts [P,3]``."""
     T = cfg.truncation
-    axes = [lo[i] + voxel * torch.arange(dims[i], dtype=torch.float32) for i in range(3)]
-    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    top = torch.full((cfg.free_votes, len(pts)), -math.inf)
+    # per pixel: depth x cos (+inf where empty, NaN where ambiguous) and cos, so one gather each per view
+    cos = obs.cos.clamp_min(0.1)
+    scaled = torch.where(obs.surface, obs.depth * cos, torch.where(obs.empty, math.inf, math.nan)).flatten(1)
+    cos = cos.flatten(1)
     W, H = obs.cameras.width, obs.cameras.height
-    for s in range(0, len(obs.cameras), chunk):
-        cams = obs.cameras[s:s + chunk]
-        uv, z = cams.project(pts)                                                       # [B,P,2], [B,P]
-        px = uv.floor().long()
-        inside = (px[..., 0] >= 0) & (px[..., 0] < W) & (px[..., 1] >= 0) & (px[..., 1] < H) & (z > 0)
-        b = torch.arange(len(cams))[:, None].expand_as(z)
-        idx = (b, px[..., 1].clamp(0, H - 1), px[..., 0].clamp(0, W - 1))
-        depth, cos = obs.depth[s:s + chunk][idx], obs.cos[s:s + chunk][idx].clamp_min(0.1)
-        d = (depth - z) * cos / voxel
-        val = torch.full_like(z, -math.inf)
-        val = torch.where(obs.surface[s:s + chunk][idx] & (d > -T), d.clamp_max(T), val)
-        val = torch.where(obs.empty[s:s + chunk][idx], torch.full_like(z, T), val)
-        val = torch.where(inside, val, torch.full_like(z, -math.inf))
-        top = torch.cat([top, val]).topk(cfg.free_votes, dim=0).values
-    field = top[-1].clamp(-T, T)  # never seen by enough views: solid (-T), like the inside of a closed object
-    field = torch.where(torch.isfinite(top[-1]), field, torch.full_like(field, -T))
+    w2c, K = obs.cameras.viewmats(), obs.cameras.K
+    # running k largest values per point (k = free_votes), largest first
+    top = [torch.full((len(pts),), -math.inf) for _ in range(cfg.free_votes)]
+    for i in range(len(obs.cameras)):
+        cam = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
+        z = cam[:, 2]
+        u = (K[i, 0, 0] * cam[:, 0] + K[i, 0, 2] * z) / z
+        v = (K[i, 1, 1] * cam[:, 1] + K[i, 1, 2] * z) / z
+        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
+        lin = (v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long())
+        c = cos[i][lin]
+        d = (scaled[i][lin] - z * c) / voxel
+        val = torch.where(inside & (d > -T), d.clamp_max(T), -math.inf)   # NaN (ambiguous) compares False
+        for k in range(cfg.free_votes):
+            top[k], val = torch.maximum(top[k], val), torch.minimum(top[k], val)
+    return torch.where(torch.isfinite(top[-1]), top[-1].clamp(-T, T), -T)  # too few views: solid (-T)
+
+
+def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int, int], cfg: FuseConfig,
+         coarse: int = 4) -> FusedField:
+    """Fuse ``obs`` on the grid (module docstring): exactly within ``truncation + 1`` voxels of the observed
+    points, elsewhere (farther than the truncation from any surface, so only the side matters) from a grid
+    ``coarse`` times coarser."""
     cloud = obs.points().double()
     key = torch.floor((cloud - lo) / (0.5 * voxel)).long()
     _, inv = torch.unique(key, dim=0, return_inverse=True)
     counts = torch.bincount(inv).double()
     means = torch.zeros(int(inv.max()) + 1 if len(inv) else 0, 3, dtype=torch.float64).index_add_(0, inv, cloud)
-    return FusedField(field.reshape(dims).numpy(), lo.numpy(), voxel, (means / counts[:, None]).float().numpy(),
-                      counts.float().numpy())
+    points = (means / counts[:, None]).float()
+
+    def grid(stride):
+        axes = [lo[i] + voxel * torch.arange(0, dims[i], stride, dtype=torch.float32) for i in range(3)]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+
+    rough = fused_values(obs, grid(coarse).reshape(-1, 3), voxel, cfg).reshape(grid(coarse).shape[:3])
+    field = rough.repeat_interleave(coarse, 0).repeat_interleave(coarse, 1).repeat_interleave(coarse, 2)
+    field = field[:dims[0], :dims[1], :dims[2]].contiguous()
+    band = np.zeros(dims, dtype=bool)
+    idx = torch.round((points - lo) / voxel).long()
+    idx = idx[((idx >= 0) & (idx < torch.tensor(dims))).all(1)]
+    band[tuple(idx.T.numpy())] = True
+    band = torch.from_numpy(ndimage.binary_dilation(band, iterations=int(math.ceil(cfg.truncation)) + 1))
+    field[band] = fused_values(obs, grid(1)[band], voxel, cfg)
+    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy())
 
 
 def thin_share(fused: FusedField, cfg: FuseConfig) -> float:
