@@ -298,9 +298,14 @@ def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, su
         share = thin_share(fused, cfg)
         metrics["thin_share"] = round(share, 4)
         if surface == "open" or share > cfg.open_share:
-            mesh = open_surface_mesh(fused, cfg)
-            log.info("surface: open (thin share %.2f), %d faces", share, len(mesh.faces))
-            return mesh, {**metrics, "surface": "open"}
+            try:
+                mesh = open_surface_mesh(fused, cfg)
+                log.info("surface: open (thin share %.2f), %d faces", share, len(mesh.faces))
+                return mesh, {**metrics, "surface": "open"}
+            except NumericalError:
+                if surface == "open":
+                    raise
+                log.warning("surface: the fused depth has no usable surface; using the closed one")
         log.info("surface: closed (thin share %.2f)", share)
     masks = images[..., 3] > 0.5 if images is not None and match_level else None
     mesh = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities, closed_cfg,
