@@ -179,8 +179,9 @@ def prepare(name: str, root: Path, size: int):
     return views, held, held_imgs, torch.as_tensor(points).numpy(), diag
 
 
-def closed_from_same_fit(auto_out: Path, views: Path, out: Path, preset: str) -> dict:
-    """The "before" row: ``surface=closed`` on the Gaussians of the ``auto`` run, through the same later stages."""
+def from_same_fit(auto_out: Path, views: Path, out: Path, preset: str, surface: str = "closed") -> dict:
+    """Another row on the Gaussians of the ``auto`` run, through the same later stages: ``surface=closed`` is the
+    "before" row, ``open`` shows the fused surface where ``auto`` did not choose it."""
     import torch
 
     from gen3d.backend.geometry.transforms import load_transforms
@@ -189,7 +190,7 @@ def closed_from_same_fit(auto_out: Path, views: Path, out: Path, preset: str) ->
     from gen3d.backend.pipelines.stages.export import export_results
     from gen3d.backend.representations.gaussians import load_ply
 
-    opts = ReconstructOptions(**{**ReconstructOptions.presets[preset], "surface": "closed"})
+    opts = ReconstructOptions(**{**ReconstructOptions.presets[preset], "surface": surface})
     cameras, images = load_transforms(views)
     gaussians = load_ply(auto_out / "gaussians.ply")
     ctx = RunContext(out_dir=out)
@@ -206,6 +207,7 @@ def main() -> None:
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--keep", help="folder to keep inputs and results in (default: a temporary one)")
+    ap.add_argument("--forced-open", action="store_true", help="also mesh with surface=open where auto chose closed")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -224,13 +226,18 @@ def main() -> None:
                  "surface": meta.get("metrics", {}).get("surface"),
                  "thin_share": meta.get("metrics", {}).get("thin_share")}
         closed = root / name / "out_closed"
-        before_run = closed_from_same_fit(auto, views, closed, args.preset)
+        before_run = from_same_fit(auto, views, closed, args.preset)
         before = {**evaluate(closed, held, held_imgs, points, diag),
                   "total_s": run["timings"].get("load", 0) + run["timings"]["fit"]
                   + sum(before_run["timings"].values())}
         rows.append((name, before, after, run["timings"], before_run["timings"]))
         print(json.dumps({"object": name, "before": before, "after": after, "timings_after": run["timings"],
                           "timings_before_after_fit": before_run["timings"]}), flush=True)
+        if args.forced_open and after["surface"] != "open":
+            forced = root / name / "out_open"
+            open_run = from_same_fit(auto, views, forced, args.preset, "open")
+            opened = evaluate(forced, held, held_imgs, points, diag)
+            print(json.dumps({"object": name, "forced_open": opened, "timings": open_run["timings"]}), flush=True)
 
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; preset {args.preset}; files in {root}")
     print("| object | surface (auto) | thin share | PSNR before | PSNR after | IoU before | IoU after "
