@@ -179,7 +179,8 @@ def prepare(name: str, root: Path, size: int):
     return views, held, held_imgs, torch.as_tensor(points).numpy(), diag
 
 
-def from_same_fit(auto_out: Path, views: Path, out: Path, preset: str, surface: str = "closed") -> dict:
+def from_same_fit(auto_out: Path, views: Path, out: Path, preset: str, surface: str = "closed",
+                  overrides: dict | None = None) -> dict:
     """Another row on the Gaussians of the ``auto`` run, through the same later stages: ``surface=closed`` is the
     "before" row, ``open`` shows the fused surface where ``auto`` did not choose it."""
     import torch
@@ -190,7 +191,7 @@ def from_same_fit(auto_out: Path, views: Path, out: Path, preset: str, surface: 
     from gen3d.backend.pipelines.stages.export import export_results
     from gen3d.backend.representations.gaussians import load_ply
 
-    opts = ReconstructOptions(**{**ReconstructOptions.presets[preset], "surface": surface})
+    opts = ReconstructOptions(**{**ReconstructOptions.presets[preset], **(overrides or {}), "surface": surface})
     cameras, images = load_transforms(views)
     gaussians = load_ply(auto_out / "gaussians.ply")
     ctx = RunContext(out_dir=out)
@@ -230,6 +231,7 @@ def main() -> None:
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--keep", help="folder to keep inputs and results in (default: a temporary one)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="option override for every run")
     ap.add_argument("--oracle", action="store_true", help="Gaussians laid on the true surface instead of fitted "
                     "ones: judges the surface extraction alone")
     ap.add_argument("--forced-open", action="store_true", help="also mesh with surface=open where auto chose closed")
@@ -238,6 +240,9 @@ def main() -> None:
 
     from bench_reconstruct import evaluate, run_preset
 
+    from gen3d.backend.commands.run import parse_set
+
+    sets = parse_set(args.set)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_open_surfaces_"))
     rows = []
     for name in args.objects:
@@ -249,17 +254,17 @@ def main() -> None:
             from gen3d.backend.representations.gaussians import save_ply
             auto.mkdir(parents=True, exist_ok=True)
             save_ply(surfels_on(make_object(name)[0]), auto / "gaussians.ply")
-            oracle = from_same_fit(auto, views, auto, args.preset, "auto")
+            oracle = from_same_fit(auto, views, auto, args.preset, "auto", sets)
             (auto / "meta.json").write_text(json.dumps({"metrics": oracle["metrics"]}))
             run = {"timings": {**oracle["timings"], "fit": 0.0, "total": sum(oracle["timings"].values())}}
         else:
-            run = run_preset(args.preset, views, auto, {"surface": "auto"})
+            run = run_preset(args.preset, views, auto, {**sets, "surface": "auto"})
         meta = json.loads((auto / "meta.json").read_text())
         after = {**evaluate(auto, held, held_imgs, points, diag), "total_s": run["timings"]["total"],
                  "surface": meta.get("metrics", {}).get("surface"),
                  "thin_share": meta.get("metrics", {}).get("thin_share")}
         closed = root / name / "out_closed"
-        before_run = from_same_fit(auto, views, closed, args.preset)
+        before_run = from_same_fit(auto, views, closed, args.preset, "closed", sets)
         before = {**evaluate(closed, held, held_imgs, points, diag),
                   "total_s": run["timings"].get("load", 0) + run["timings"]["fit"]
                   + sum(before_run["timings"].values())}
@@ -268,11 +273,12 @@ def main() -> None:
                           "timings_before_after_fit": before_run["timings"]}), flush=True)
         if args.forced_open and after["surface"] != "open":
             forced = root / name / "out_open"
-            open_run = from_same_fit(auto, views, forced, args.preset, "open")
+            open_run = from_same_fit(auto, views, forced, args.preset, "open", sets)
             opened = evaluate(forced, held, held_imgs, points, diag)
             print(json.dumps({"object": name, "forced_open": opened, "timings": open_run["timings"]}), flush=True)
 
-    print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; preset {args.preset}; files in {root}")
+    print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; preset {args.preset} {sets or ''}"
+          f"{' oracle Gaussians' if args.oracle else ''}; files in {root}")
     print("| object | surface (auto) | thin share | PSNR before | PSNR after | IoU before | IoU after "
           "| Chamfer % before | Chamfer % after | GS PSNR | mesh s before | mesh s after | total s before "
           "| total s after |")
