@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 
@@ -18,7 +20,8 @@ from . import register
 from .base import JobRequest, Options, Pipeline, RunContext
 from .stages.bake_texture import BakeConfig, bake_texture
 from .stages.export import export_results
-from .stages.extract_mesh import MeshExtractConfig, extract_mesh
+from .stages.fuse_surface import SURFACES, FuseConfig, extract_surface
+from .stages.extract_mesh import MeshExtractConfig
 from .stages.fit_gaussians import FitConfig, check_views, fit_gaussians, render_gaussians
 from .stages.refine_texture import RefineConfig, images_as_targets, photometric_error, refine_texture
 from .stages.uv_unwrap import UnwrapConfig, uv_unwrap
@@ -43,6 +46,9 @@ class ReconstructOptions(Options):
                                      "the level whose silhouettes best match the input masks)")
     target_faces: int = Field(50_000, ge=500, le=2_000_000, description="decimate to this many faces")
     smooth_iterations: int = Field(5, ge=0, le=100, description="Taubin smoothing iterations")
+    surface: Literal[SURFACES] = Field("auto", description=(
+        "closed: density iso-surface (watertight); open: fused depth of the Gaussians (holes stay holes, a sheet "
+        "is two coincident layers textured per side); auto: open when the object is thin"))
     # stages 3-5: UV, bake, refine
     texture_resolution: int = Field(1024, ge=64, le=8192, description="texture size in texels")
     uv_padding: int = Field(4, ge=0, le=64, description="texels between UV charts")
@@ -100,13 +106,22 @@ def reconstruct_views(cameras: Cameras, images: torch.Tensor, o: ReconstructOpti
                                      progress=lambda s, n, p: ctx.progress("fit", s, n, p),
                                      check_cancelled=ctx.check_cancelled, device=ctx.device)
         metrics.update(m)
+    return mesh_from_gaussians(gaussians, cameras, images, o, ctx, gen), gaussians
+
+
+def mesh_from_gaussians(gaussians, cameras: Cameras, images: torch.Tensor, o: ReconstructOptions, ctx: RunContext,
+                        gen: torch.Generator):
+    """Stages mesh -> UV unwrap -> bake -> refine on Gaussians fitted to ``images [N,H,W,4]`` seen by ``cameras``;
+    returns the TexturedMesh (metrics to ``ctx.cache["_metrics"]``)."""
+    metrics = ctx.cache.setdefault("_metrics", {})
     with ctx.stage("mesh"):
         ctx.progress("mesh", 0, 1)
-        masks = images[..., 3] > 0.5 if o.mesh_level is None else None  # no level given: match the masks
-        tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
-                          MeshExtractConfig(resolution=o.mesh_resolution, level=o.mesh_level or 0.5,
-                                            target_faces=o.target_faces, smooth_iterations=o.smooth_iterations),
-                          cameras, masks)
+        closed = MeshExtractConfig(resolution=o.mesh_resolution, level=o.mesh_level or 0.5,
+                                   target_faces=o.target_faces, smooth_iterations=o.smooth_iterations)
+        tm, m = extract_surface(gaussians, cameras, images, o.surface, closed,
+                                FuseConfig(resolution=o.mesh_resolution, target_faces=o.target_faces),
+                                match_level=o.mesh_level is None)
+        metrics.update(m)
         metrics["mesh_faces"], metrics["mesh_vertices"] = len(tm.faces), len(tm.vertices)
         metrics["mesh_watertight"] = bool(tm.is_watertight)
         ctx.progress("mesh", 1, 1)
@@ -139,7 +154,7 @@ def reconstruct_views(cameras: Cameras, images: torch.Tensor, o: ReconstructOpti
             metrics.update(m)
             metrics["refine_mse_before"] = round(before, 6)
             metrics["refine_mse_after"] = round(photometric_error(mesh, r_cams, r_imgs), 6)
-    return mesh, gaussians
+    return mesh
 
 
 @register

@@ -121,8 +121,9 @@ def _drop_nonmanifold_faces(mesh: trimesh.Trimesh) -> None:
 
 
 def cleanup_mesh(mesh: trimesh.Trimesh, merge_distance: float, min_component_ratio: float,
-                 smooth_iterations: int, target_faces: int) -> trimesh.Trimesh:
-    """Merge close vertices, drop small components and non-manifold faces, smooth (Taubin), decimate."""
+                 smooth_iterations: int, target_faces: int, close_holes: bool = True) -> trimesh.Trimesh:
+    """Merge close vertices, drop small components and non-manifold faces, smooth (Taubin), decimate (closing the
+    small holes decimation leaves when ``close_holes``; an open surface keeps its boundary)."""
     if merge_distance > 0:
         key = np.round(mesh.vertices / merge_distance).astype(np.int64)
         _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
@@ -144,7 +145,8 @@ def cleanup_mesh(mesh: trimesh.Trimesh, merge_distance: float, min_component_rat
         mesh = mesh.simplify_quadric_decimation(face_count=target_faces)
         # quadric collapse can fold a few faces onto non-manifold edges: drop them and close the small holes
         _drop_nonmanifold_faces(mesh)
-        trimesh.repair.fill_holes(mesh)
+        if close_holes:
+            trimesh.repair.fill_holes(mesh)
     mesh.fix_normals()
     return mesh
 

@@ -1,5 +1,6 @@
 """Everything after a Gaussian stage 1, shared by the methods that distil a prior into Gaussians (DreamGaussian,
-MVDream, ImageDream): marching cubes on the Gaussians' density, UV unwrap, a bake from renders of the Gaussians
+MVDream, ImageDream): the surface (:mod:`.fuse_surface`: marching cubes on the Gaussians' density, or their fused
+depth for open and thin objects), UV unwrap, a bake from renders of the Gaussians
 around the object, the UV-space refinement against the run's priors, the export and the placement record.
 
 The options live here too (:class:`AssetOptions`, defaults DreamGaussian's), so every such method exposes the same
@@ -9,6 +10,7 @@ knobs; a method's presets override them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from pydantic import Field
 
 from ...geometry.placement import CanonicalView
 from ..base import Options, RunContext
+from .fuse_surface import SURFACES
 
 
 class AssetOptions(Options):
@@ -24,6 +27,9 @@ class AssetOptions(Options):
 
     mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes voxels along the longest side")
     mesh_level: float = Field(1.0, gt=0, description="density iso level of the mesh")
+    surface: Literal[SURFACES] = Field("auto", description=(
+        "closed: density iso-surface (watertight); open: fused depth of the Gaussians (holes stay holes, a sheet "
+        "is two coincident layers textured per side); auto: open when the object is thin"))
     target_faces: int = Field(100_000, ge=0, le=2_000_000, description="decimate to this many faces (0 = keep)")
     texture_size: int = Field(1024, ge=64, le=4096, description="texture side in pixels")
     bake_size: int = Field(512, ge=32, le=2048, description="render size of the bake views")
@@ -51,20 +57,22 @@ def gaussians_to_asset(gaussians, opts: AssetOptions, guide, sampler, generator,
     from ...geometry.placement import record_placement
     from .bake_texture import bake_from_gaussians, orbit_bake_cameras
     from .export import export_results
-    from .extract_mesh import MeshExtractConfig, extract_mesh
+    from .extract_mesh import MeshExtractConfig
+    from .fuse_surface import FuseConfig, extract_surface
     from .prior_refine import PriorRefineConfig, ReferenceView, refine_with_prior
     from .uv_unwrap import UnwrapConfig, uv_unwrap
 
     with ctx.stage("mesh"):
         ctx.progress("mesh", 0, 1)
-        tm = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
-                          MeshExtractConfig(resolution=opts.mesh_resolution, level=opts.mesh_level,
-                                            target_faces=opts.target_faces))
+        cams = orbit_bake_cameras(view.radius, view.fov, opts.bake_size, opts.bake_elevations, opts.bake_azimuths)
+        tm, surface_metrics = extract_surface(
+            gaussians, cams, None, opts.surface,
+            MeshExtractConfig(resolution=opts.mesh_resolution, level=opts.mesh_level, target_faces=opts.target_faces),
+            FuseConfig(resolution=opts.mesh_resolution, target_faces=opts.target_faces))
         ctx.progress("mesh", 1, 1)
     with ctx.stage("uv_unwrap"):
         mesh = uv_unwrap(np.asarray(tm.vertices), np.asarray(tm.faces), UnwrapConfig(resolution=opts.texture_size))
     with ctx.stage("bake"):
-        cams = orbit_bake_cameras(view.radius, view.fov, opts.bake_size, opts.bake_elevations, opts.bake_azimuths)
         mesh, bake_metrics = bake_from_gaussians(gaussians, mesh, cams, opts.texture_size, ctx)
     with ctx.stage("refine"):
         size, fixed = opts.refine_size, None
@@ -77,4 +85,5 @@ def gaussians_to_asset(gaussians, opts: AssetOptions, guide, sampler, generator,
     with ctx.stage("export"):
         out = export_results(ctx.out_dir, mesh, gaussians, opts.preview_views, opts.preview_size)
         out.update(record_placement(request, ctx, mesh.vertices, view))
-    return out, {**bake_metrics, **refine_metrics, "faces": int(len(mesh.faces)), "vertices": int(len(mesh.vertices))}
+    return out, {**surface_metrics, **bake_metrics, **refine_metrics, "faces": int(len(mesh.faces)),
+                 "vertices": int(len(mesh.vertices))}

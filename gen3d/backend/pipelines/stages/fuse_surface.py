@@ -1,0 +1,313 @@
+"""Stage 2 for open and thin surfaces: fuse the Gaussians' rendered depth and opacity into a distance field.
+
+The density iso-surface of :mod:`.extract_mesh` is watertight: it closes holes and turns a sheet into a slab. Here
+the Gaussians are rendered (expected depth ``ED`` and opacity) from the input cameras and from extra cameras spread
+over a sphere, and every voxel gets, per view, its signed distance to the observed surface along the view ray,
+scaled to a point-to-plane distance by the depth map's normal (``(D - z) |cos|``): ``+T`` where the pixel is empty
+(free space, from the input masks where there are any), nothing where the voxel is outside the view, the pixel is
+ambiguous (opacity between ``empty_alpha`` and ``surface_alpha``) or the voxel is more than ``T`` behind the
+surface. The fused value is the ``free_votes``-th largest over the views (space carving that needs two witnesses),
+so a sheet seen from both sides is carved down to it from both sides, holes seen through stay empty, and the inside
+of a closed object (no view carves it) stays solid.
+
+Marching cubes at ``level`` voxels gives a closed surface around everything not carved: for a sheet, a thin slab of
+two layers about ``level`` off the surface. The surface is then cut where no observed surface point lies within
+``level + support`` voxels (faces around unobserved space), and each vertex is moved along its normal onto the
+plane of its nearest observed points plus ``layer_offset`` voxels: a sheet becomes two nearly coincident layers
+with outward normals (each baked from the views on its side), a closed surface lands on the observations.
+
+``surface="auto"`` measures how thin the carved solid is (share of observed boundary voxels whose local thickness
+is at most ``thin_voxels``) and uses this extraction when the share exceeds ``open_share``, else the density
+iso-surface (unchanged for closed objects).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import mcubes
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from ...errors import NumericalError
+from ...geometry.cameras import Cameras, orbit_cameras
+from .extract_mesh import MeshExtractConfig, cleanup_mesh, extract_mesh
+
+log = logging.getLogger(__name__)
+
+SURFACES = ("auto", "closed", "open")
+
+
+@dataclass
+class FuseConfig:
+    resolution: int = 128          #: voxels along the longest side of the opaque Gaussians' bounding box
+    extra_views: int = 48          #: cameras on a Fibonacci sphere added to the given ones
+    max_view_size: int = 256       #: fusion renders are at most this many pixels wide
+    level: float = 1.0             #: voxels: marching-cubes level of the fused distance
+    truncation: float = 4.0        #: voxels
+    layer_offset: float = 0.3      #: voxels: each layer of a sheet lies this far off the observed surface
+    surface_alpha: float = 0.5     #: rendered opacity above which a pixel observes a surface
+    empty_alpha: float = 0.05      #: opacity below which a pixel observes free space
+    free_votes: int = 2            #: a voxel is as free as the ``free_votes``-th most convinced view says
+    support: float = 1.5           #: voxels beyond ``level``: faces farther from every observed point are cut
+    neighbours: int = 128          #: nearest observed points searched when moving a vertex onto the surface
+    thin_voxels: float = 2.5       #: local half-thickness (voxels) of the carved solid counted as thin
+    open_share: float = 0.3        #: auto: open extraction when more of the observed boundary is thin
+    target_faces: int = 50_000
+    smooth_iterations: int = 3
+    min_component_ratio: float = 0.02
+
+
+@dataclass
+class Observations:
+    """Depth maps of the Gaussians: camera ``depth``, ``surface`` and ``empty`` masks and ``cos`` (|normal . ray|,
+    from the depth map) per pixel, all ``[N,H,W]``, seen by ``cameras``."""
+
+    cameras: Cameras
+    depth: torch.Tensor
+    surface: torch.Tensor
+    empty: torch.Tensor
+    cos: torch.Tensor
+
+    def points(self) -> torch.Tensor:
+        """World positions ``[P,3]`` of the surface pixels."""
+        origins, dirs = self.cameras.pixel_rays()
+        forward = self.cameras.c2w[:, None, None, :3, 2]
+        t = self.depth / (dirs * forward).sum(-1).clamp_min(1e-6)    # z-depth -> distance along the unit ray
+        return (origins + dirs * t[..., None])[self.surface]
+
+
+def sphere_cameras(count: int, center: torch.Tensor, radius: float, fov_deg: float, width: int,
+                   height: int) -> Cameras:
+    """``count`` cameras on a Fibonacci sphere (elevations within +-80 degrees) looking at ``center``."""
+    i = torch.arange(count, dtype=torch.float32) + 0.5
+    el = torch.rad2deg(torch.asin(1 - 2 * i / count)).clamp(-80, 80)
+    az = (i * 180.0 * (3 - math.sqrt(5))) % 360.0
+    return orbit_cameras(el, az, radius, fov_deg, width, height, target=tuple(center.tolist()))
+
+
+def _depth_cosine(cameras: Cameras, depth: torch.Tensor, surface: torch.Tensor) -> torch.Tensor:
+    """|cos| between each surface pixel's ray and the normal of the back-projected depth map ``[N,H,W]`` (1 where a
+    neighbour is not a surface pixel)."""
+    H, W = depth.shape[1:]
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    K = cameras.K
+    x = (u - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
+    y = (v - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    p = torch.stack([x, y, torch.ones_like(x)], -1) * depth[..., None]                   # camera frame [N,H,W,3]
+    du = F.pad((p[:, :, 2:] - p[:, :, :-2]).permute(0, 3, 1, 2), (1, 1)).permute(0, 2, 3, 1)
+    dv = F.pad((p[:, 2:] - p[:, :-2]).permute(0, 3, 1, 2), (0, 0, 1, 1)).permute(0, 2, 3, 1)
+    n = F.normalize(torch.cross(du, dv, dim=-1), dim=-1)
+    cos = (n * F.normalize(p, dim=-1)).sum(-1).abs()
+    ok = surface & F.max_pool2d((~surface).float()[:, None], 3, 1, 1)[:, 0].eq(0)
+    return torch.where(ok, cos, torch.ones_like(cos))
+
+
+def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor | None = None,
+            chunk: int = 4) -> Observations:
+    """Render ``gaussians`` from ``cameras`` (with ``images [N,H,W,4]``: their masks also mark free space) and
+    ``cfg.extra_views`` sphere cameras at the same distance and field of view."""
+    from .fit_gaussians import render_gaussians
+
+    opaque = gaussians.opacities > 0.5
+    center = gaussians.means[opaque if opaque.any() else slice(None)].detach().median(0).values.cpu()
+    radius = float((cameras.centers.cpu() - center).norm(dim=-1).mean())
+    fov = float(torch.rad2deg(2 * torch.atan(0.5 * cameras.height / cameras.K[0, 1, 1])))
+    if cameras.width > cfg.max_view_size:
+        size = cfg.max_view_size
+        height = round(cameras.height * size / cameras.width)
+        cameras = cameras.resized(size, height)
+        if images is not None:
+            images = F.interpolate(images.permute(0, 3, 1, 2), (height, size), mode="area").permute(0, 2, 3, 1)
+    given_empty = images[..., 3].cpu() < cfg.empty_alpha if images is not None else None
+    all_cams = [cameras.to("cpu")]
+    if cfg.extra_views:
+        all_cams.append(sphere_cameras(cfg.extra_views, center, radius, fov, cameras.width, cameras.height))
+    out = []
+    for cams in all_cams:
+        depth, alpha = [], []
+        with torch.no_grad():
+            for s in range(0, len(cams), chunk):
+                sub = cams[s:s + chunk].to(gaussians.device)
+                rgbd, a, _ = render_gaussians(gaussians, sub, render_mode="RGB+ED")
+                depth.append(rgbd[..., 3].cpu()), alpha.append(a[..., 0].cpu())
+        depth, alpha = torch.cat(depth), torch.cat(alpha)
+        surface = alpha > cfg.surface_alpha
+        empty = alpha < cfg.empty_alpha
+        if given_empty is not None and cams is all_cams[0]:
+            empty, surface = given_empty, surface & ~given_empty
+        out.append(Observations(cams, depth, surface, empty, _depth_cosine(cams, depth, surface)))
+    if len(out) == 1:
+        return out[0]
+    a, b = out
+    return Observations(Cameras(torch.cat([a.cameras.K, b.cameras.K]), torch.cat([a.cameras.c2w, b.cameras.c2w]),
+                                a.cameras.width, a.cameras.height),
+                        *(torch.cat([getattr(a, k), getattr(b, k)]) for k in ("depth", "surface", "empty", "cos")))
+
+
+@dataclass
+class FusedField:
+    """The fused distance ``field [X,Y,Z]`` (voxels, clamped to +-truncation) at ``lo + voxel * (i, j, k)`` and the
+    observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell, and their ``counts
+    [P]``."""
+
+    field: np.ndarray
+    lo: np.ndarray
+    voxel: float
+    points: np.ndarray
+    counts: np.ndarray
+
+
+def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseConfig) -> torch.Tensor:
+    """The fused distance (voxels, module docstring) at world points ``pts [P,3]``."""
+    T = cfg.truncation
+    # per pixel: depth x cos (+inf where empty, NaN where ambiguous) and cos, so one gather each per view
+    cos = obs.cos.clamp_min(0.1)
+    scaled = torch.where(obs.surface, obs.depth * cos, torch.where(obs.empty, math.inf, math.nan)).flatten(1)
+    cos = cos.flatten(1)
+    W, H = obs.cameras.width, obs.cameras.height
+    w2c, K = obs.cameras.viewmats(), obs.cameras.K
+    # running k largest values per point (k = free_votes), largest first
+    top = [torch.full((len(pts),), -math.inf) for _ in range(cfg.free_votes)]
+    for i in range(len(obs.cameras)):
+        cam = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
+        z = cam[:, 2]
+        u = (K[i, 0, 0] * cam[:, 0] + K[i, 0, 2] * z) / z
+        v = (K[i, 1, 1] * cam[:, 1] + K[i, 1, 2] * z) / z
+        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
+        lin = (v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long())
+        c = cos[i][lin]
+        d = (scaled[i][lin] - z * c) / voxel
+        val = torch.where(inside & (d > -T), d.clamp_max(T), -math.inf)   # NaN (ambiguous) compares False
+        for k in range(cfg.free_votes):
+            top[k], val = torch.maximum(top[k], val), torch.minimum(top[k], val)
+    return torch.where(torch.isfinite(top[-1]), top[-1].clamp(-T, T), -T)  # too few views: solid (-T)
+
+
+def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int, int], cfg: FuseConfig,
+         coarse: int = 4) -> FusedField:
+    """Fuse ``obs`` on the grid (module docstring): exactly within ``truncation + 1`` voxels of the observed
+    points, elsewhere (farther than the truncation from any surface, so only the side matters) from a grid
+    ``coarse`` times coarser."""
+    cloud = obs.points().double()
+    key = torch.floor((cloud - lo) / (0.5 * voxel)).long()
+    _, inv = torch.unique(key, dim=0, return_inverse=True)
+    counts = torch.bincount(inv).double()
+    means = torch.zeros(int(inv.max()) + 1 if len(inv) else 0, 3, dtype=torch.float64).index_add_(0, inv, cloud)
+    points = (means / counts[:, None]).float()
+
+    def grid(stride):
+        axes = [lo[i] + voxel * torch.arange(0, dims[i], stride, dtype=torch.float32) for i in range(3)]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+
+    rough = fused_values(obs, grid(coarse).reshape(-1, 3), voxel, cfg).reshape(grid(coarse).shape[:3])
+    field = rough.repeat_interleave(coarse, 0).repeat_interleave(coarse, 1).repeat_interleave(coarse, 2)
+    field = field[:dims[0], :dims[1], :dims[2]].contiguous()
+    band = np.zeros(dims, dtype=bool)
+    idx = torch.round((points - lo) / voxel).long()
+    idx = idx[((idx >= 0) & (idx < torch.tensor(dims))).all(1)]
+    band[tuple(idx.T.numpy())] = True
+    band = torch.from_numpy(ndimage.binary_dilation(band, iterations=int(math.ceil(cfg.truncation)) + 1))
+    field[band] = fused_values(obs, grid(1)[band], voxel, cfg)
+    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy())
+
+
+def thin_share(fused: FusedField, cfg: FuseConfig) -> float:
+    """Share of the carved solid's boundary voxels near observed points whose local half-thickness (largest
+    distance to free space within ``thin_voxels + 1`` voxels) is at most ``thin_voxels``."""
+    solid = fused.field < cfg.level
+    boundary = solid & ~ndimage.binary_erosion(solid)
+    observed = np.zeros_like(solid)
+    idx = np.round((fused.points - fused.lo) / fused.voxel).astype(np.int64)
+    idx = idx[((idx >= 0) & (idx < solid.shape)).all(1)]
+    observed[tuple(idx.T)] = True
+    observed = ndimage.binary_dilation(observed, iterations=int(math.ceil(cfg.level + cfg.support)))
+    boundary &= observed
+    if not boundary.any():
+        return 0.0
+    radius = int(math.ceil(cfg.thin_voxels)) + 1
+    local = ndimage.maximum_filter(ndimage.distance_transform_edt(solid), size=2 * radius + 1)
+    return float((local[boundary] <= cfg.thin_voxels).mean())
+
+
+def grid_for(gaussians, resolution: int) -> tuple[torch.Tensor, float, tuple[int, int, int]]:
+    """Grid origin, voxel size and dims covering the opaque Gaussians (0.1 % outliers left out) with a margin."""
+    keep = gaussians.opacities > 0.05
+    means, scales = gaussians.means[keep].detach().cpu(), gaussians.scales[keep].detach().cpu()
+    if len(means) == 0:
+        raise NumericalError("no Gaussian is opaque enough to mesh", {"min_opacity": 0.05})
+    q = (lambda p: torch.quantile(means, p, dim=0)) if len(means) > 1000 else None
+    pmin = q(0.001) if q else means.min(0).values
+    pmax = q(0.999) if q else means.max(0).values
+    margin = 3.0 * float(scales.max(-1).values.median())
+    voxel = float((pmax - pmin).max() + 2 * margin) / resolution
+    lo = pmin - margin - 4 * voxel
+    dims = tuple(int(x) for x in torch.ceil((pmax - pmin + 2 * margin) / voxel).long() + 9)
+    return lo, voxel, dims
+
+
+def open_surface_mesh(fused: FusedField, cfg: FuseConfig) -> trimesh.Trimesh:
+    """Marching cubes of the carved solid, cut where nothing was observed, moved onto the observations."""
+    verts, faces = mcubes.marching_cubes(-fused.field, -cfg.level)   # solid (field < level) is "inside"
+    if len(faces) == 0:
+        raise NumericalError("the fused depth has no surface", {"level": cfg.level})
+    vox = fused.voxel
+    mesh = trimesh.Trimesh(verts * vox + fused.lo, faces.astype(np.int64), process=False)
+    tree = cKDTree(fused.points)
+    far = tree.query(mesh.triangles_center, distance_upper_bound=(cfg.level + cfg.support) * vox)[0]
+    mesh.update_faces(np.isfinite(far))
+    mesh.remove_unreferenced_vertices()
+    if len(mesh.faces) == 0:
+        raise NumericalError("no fused surface lies near the observed depth", {"level": cfg.level})
+    mesh = cleanup_mesh(mesh, 0.01 * vox, cfg.min_component_ratio, cfg.smooth_iterations, cfg.target_faces,
+                        close_holes=False)
+    # onto the observed points on the vertex's normal line (within a voxel of it: the nearest points alone would
+    # be biased towards the vertex's side of the noisy observations), then layer_offset outwards
+    normals = np.asarray(mesh.vertex_normals)
+    _, nn = tree.query(mesh.vertices, k=min(cfg.neighbours, len(fused.points)))
+    nn = nn.reshape(len(mesh.vertices), -1)
+    rel = fused.points[nn] - mesh.vertices[:, None]
+    along = (rel * normals[:, None]).sum(-1)
+    across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1)
+    w = fused.counts[nn] * (across < vox)
+    step = np.where(w.sum(1) > 0, (along * w).sum(1) / np.maximum(w.sum(1), 1e-9), 0.0)
+    step = np.clip(step, -(cfg.level + cfg.support) * vox, vox) + cfg.layer_offset * vox
+    mesh = trimesh.Trimesh(mesh.vertices + step[:, None] * normals, mesh.faces, process=False)
+    return mesh
+
+
+def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, surface: str,
+                    closed_cfg: MeshExtractConfig, cfg: FuseConfig,
+                    match_level: bool = True) -> tuple[trimesh.Trimesh, dict]:
+    """The mesh of ``gaussians``: ``surface="closed"`` the density iso-surface (:func:`extract_mesh`; its level
+    matched to the masks of ``images [N,H,W,4]`` when given and ``match_level``), ``"open"`` the fused one,
+    ``"auto"`` the fused one when the object is thin (module docstring). ``cameras`` (with ``images``, the views the
+    Gaussians were fitted to) set the fusion views. Returns ``(mesh, metrics)``."""
+    if surface not in SURFACES:
+        raise ValueError(f"surface must be one of {SURFACES}, got {surface!r}")
+    metrics: dict = {}
+    if surface != "closed":
+        lo, voxel, dims = grid_for(gaussians, cfg.resolution)
+        fused = fuse(observe(gaussians, cameras, cfg, images), lo, voxel, dims, cfg)
+        share = thin_share(fused, cfg)
+        metrics["thin_share"] = round(share, 4)
+        if surface == "open" or share > cfg.open_share:
+            try:
+                mesh = open_surface_mesh(fused, cfg)
+                log.info("surface: open (thin share %.2f), %d faces", share, len(mesh.faces))
+                return mesh, {**metrics, "surface": "open"}
+            except NumericalError:
+                if surface == "open":
+                    raise
+                log.warning("surface: the fused depth has no usable surface; using the closed one")
+        log.info("surface: closed (thin share %.2f)", share)
+    masks = images[..., 3] > 0.5 if images is not None and match_level else None
+    mesh = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities, closed_cfg,
+                        cameras if masks is not None else None, masks)
+    return mesh, {**metrics, "surface": "closed"}
