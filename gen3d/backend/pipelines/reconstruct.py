@@ -46,9 +46,10 @@ class ReconstructOptions(Options):
                                      "the level whose silhouettes best match the input masks)")
     target_faces: int = Field(50_000, ge=500, le=2_000_000, description="decimate to this many faces")
     smooth_iterations: int = Field(5, ge=0, le=100, description="Taubin smoothing iterations")
-    surface: Literal[SURFACES] = Field("auto", description=(
+    surface: Literal[SURFACES] = Field("closed", description=(
         "closed: density iso-surface (watertight); open: fused depth of the Gaussians (holes stay holes, a sheet "
-        "is two coincident layers textured per side); auto: open when the object is thin"))
+        "is two coincident layers textured per side); auto: open when the object is thin. Fitted Gaussians still "
+        "cover openings, so open/auto help only where they do not (issue 30)"))
     # stages 3-5: UV, bake, refine
     texture_resolution: int = Field(1024, ge=64, le=8192, description="texture size in texels")
     uv_padding: int = Field(4, ge=0, le=64, description="texels between UV charts")

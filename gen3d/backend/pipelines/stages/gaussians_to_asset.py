@@ -27,9 +27,10 @@ class AssetOptions(Options):
 
     mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes voxels along the longest side")
     mesh_level: float = Field(1.0, gt=0, description="density iso level of the mesh")
-    surface: Literal[SURFACES] = Field("auto", description=(
+    surface: Literal[SURFACES] = Field("closed", description=(
         "closed: density iso-surface (watertight); open: fused depth of the Gaussians (holes stay holes, a sheet "
-        "is two coincident layers textured per side); auto: open when the object is thin"))
+        "is two coincident layers textured per side); auto: open when the object is thin. Fitted Gaussians still "
+        "cover openings, so open/auto help only where they do not (issue 30)"))
     target_faces: int = Field(100_000, ge=0, le=2_000_000, description="decimate to this many faces (0 = keep)")
     texture_size: int = Field(1024, ge=64, le=4096, description="texture side in pixels")
     bake_size: int = Field(512, ge=32, le=2048, description="render size of the bake views")
