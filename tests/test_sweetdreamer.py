@@ -181,7 +181,7 @@ def test_sweetdreamer_oracle_conventions(tmp_path, monkeypatch):
     (sampler, schedules, stage 2, mesh, bake, refinement) must rebuild the object: a flipped azimuth or elevation
     between the CCM render camera and the AGP's camera condition fails these thresholds (metrics in
     notes/sweetdreamer.md)."""
-    from tests.support.oracle import OracleAGP, OracleText, use_oracle, use_oracle_agp
+    from tests.support.oracle import OracleAGP, OracleText, use_oracle_agp
     from tests.test_oracle_conventions import DG_SMALL, FOVY, HELD_OUT, _run
 
     agp = OracleAGP(size=32, fovy=FOVY)
