@@ -20,12 +20,12 @@ import importlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 from .errors import BadInput, DownloadFailed, MissingWeights, NotFound
+from .files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -293,18 +293,10 @@ def write_tiny(name: str, root: str | os.PathLike) -> Path | None:
     if factory is None:
         return None
     out = Path(root) / name
-    tmp = Path(root) / f".{name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         factory(tmp, entry)
         (tmp / TINY_MARKER).write_text(json.dumps({"name": name, "repo": entry.repo, "note":
                                                    "randomly initialised smoke-test model, not real weights"}) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

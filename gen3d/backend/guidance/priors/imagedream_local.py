@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ...errors import BadInput
+from ...files import atomic_dir
 
 #: where the original checkpoint keeps the UNet
 UNET_PREFIX = "model.diffusion_model."
@@ -87,18 +88,11 @@ def convert_local(checkpoint: str | os.PathLike, base: str | os.PathLike, out: s
     unet = _unet_state(checkpoint)
     _check_against(unet, MultiViewUNetModel.load_config(base / "unet"), checkpoint.name)
 
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out) as tmp:
         for src in base.rglob("*"):
             rel = src.relative_to(base)
             if src.is_file() and not (rel.parts[0] == "unet" and src.suffix in (".safetensors", ".bin")):
                 _link_or_copy(src, tmp / rel)
         save_file({k: v.to(dtype).contiguous() for k, v in unet.items()},
                   str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
