@@ -37,12 +37,14 @@ from pydantic import Field
 from . import register
 from .base import JobRequest, Pipeline, RunContext
 from .dreamgaussian_guidance import Guide, OpeningOrbitSampler, Term, load_prior
+from .inputs import IMAGE_INPUT
 from .stages.bootstrapped_texture import BSDOptions
 from .stages.distill_gaussians import GaussianDistillOptions, ReferenceView
 from .stages.dmtet_geometry import DMTetOptions
+from .stages.views import ReferenceInputOptions
 
 
-class DreamCraft3DOptions(GaussianDistillOptions, DMTetOptions, BSDOptions):
+class DreamCraft3DOptions(GaussianDistillOptions, DMTetOptions, BSDOptions, ReferenceInputOptions):
     # --- cameras
     elevation: float = Field(0.0, ge=-80, le=80, description="elevation of the input photo, degrees, positive above")
     radius: float = Field(3.8, gt=0.5, le=10, description="distance of every camera (Zero123's fixed setting)")
@@ -65,9 +67,6 @@ class DreamCraft3DOptions(GaussianDistillOptions, DMTetOptions, BSDOptions):
     geometry_t_3d: tuple[float, float] = Field((0.2, 0.5), description="geometry stage t range of the 3D prior")
     # --- reference view
     ref_size: int = Field(128, ge=32, le=1024, description="coarse reference render size")
-    border_ratio: float = Field(0.2, ge=0, lt=0.9, description="empty border around the recentred object")
-    recenter: bool = Field(True, description="crop to the mask and recentre the object")
-    rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
     lambda_rgb: float = Field(1000.0, ge=0, description="reference colour loss weight")
     lambda_mask: float = Field(100.0, ge=0, description="reference mask loss weight")
     lambda_depth: float = Field(0.05, ge=0, description="reference relative-depth loss weight (0 = off)")
@@ -175,7 +174,7 @@ class DreamCraft3D(Pipeline):
     description = ("One image and its caption to a textured mesh (ICLR 2024): coarse Gaussians by SD + Zero123 "
                    "score distillation, a DMTet sculpted on normal maps, then a texture boosted by Bootstrapped "
                    "Score Distillation. Resumable from its last finished stage.")
-    inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
+    inputs = {"image": IMAGE_INPUT,
               "prompt": "a caption of the object (required: the 2D prior and the texture stage use it)"}
     required_inputs = ("image", "prompt")
     needs_mask = True
@@ -194,7 +193,11 @@ class DreamCraft3D(Pipeline):
         from .stages.bootstrapped_texture import bootstrapped_texture
         from .stages.checkpoints import StageCheckpoints
         from .stages.distill_gaussians import distill_gaussians
-        from .stages.dmtet_geometry import dmtet_from_mesh, refine_dmtet, textured_surface
+        from .stages.dmtet_geometry import (
+            dmtet_from_mesh,
+            refine_dmtet,
+            textured_surface,
+        )
         from .stages.export import export_results
         from .stages.extract_mesh import MeshExtractConfig, extract_mesh
         from .stages.views import load_depth, reference_input, resized_reference

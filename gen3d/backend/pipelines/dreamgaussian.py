@@ -25,9 +25,11 @@ from pydantic import Field
 from ..errors import BadInput
 from . import register
 from .base import JobRequest, Pipeline, RunContext
+from .inputs import IMAGE_INPUT
 from .dreamgaussian_guidance import Guide, OrbitSampler, Term, load_prior
 from .stages.distill_gaussians import GaussianDistillOptions, ReferenceView, distill_gaussians
 from .stages.gaussians_to_asset import AssetOptions, gaussians_to_asset
+from .stages.views import ReferenceInputOptions
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class _DreamGaussianOptions(AssetOptions, GaussianDistillOptions):
     guidance_scale: float | None = Field(None, gt=0, description="CFG scale (default: the prior's, 5 / 100)")
 
 
-class DreamGaussianImageOptions(_DreamGaussianOptions):
+class DreamGaussianImageOptions(_DreamGaussianOptions, ReferenceInputOptions):
     prior: Literal["zero123-xl", "stable-zero123"] = Field(
         "zero123-xl", description="image prior: Zero123-XL (MIT) or Stable Zero123 (non-commercial licence)")
     weights_path: str | None = Field(None, description="explicit folder of the image prior (else the registry)")
@@ -55,8 +57,6 @@ class DreamGaussianImageOptions(_DreamGaussianOptions):
     elevation: float = Field(0.0, ge=-80, le=80, description=(
         "elevation of the input photo in degrees, positive = taken from above (DreamGaussian's -30 is our 30)"))
     ref_size: int = Field(256, ge=32, le=1024, description="reference-view render size (512 for a sharper front)")
-    border_ratio: float = Field(0.2, ge=0, lt=0.9, description="empty border around the recentred object")
-    recenter: bool = Field(True, description="crop to the mask and recentre the object")
     lambda_rgb: float = Field(10_000.0, ge=0, description="reference-view colour loss weight")
     lambda_mask: float = Field(1_000.0, ge=0, description="reference-view mask loss weight")
     warmup_rgb_loss: bool = Field(True, description="ramp the reference losses up linearly over stage 1")
@@ -65,7 +65,6 @@ class DreamGaussianImageOptions(_DreamGaussianOptions):
         "Zero123's reference latent: the VAE posterior's mode (diffusers, zero123) or one sample seeded by the "
         "job's seed (DreamGaussian)"))
     lambda_sd: float = Field(0.0, ge=0, description="weight of the SD 2.1 text prior (needs a prompt)")
-    rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
 
     main = ('prior', 'elevation', 'iters', 'texture_size')
     presets = {
@@ -203,7 +202,7 @@ class DreamGaussianImage(_DreamGaussian):
     description = ("Generative Gaussian splatting from one image (ICLR 2024): Gaussians optimised by Zero123 score "
                    "distillation and the reference view, meshed, textured and refined in UV space. Zero123-XL is "
                    "MIT; Stable Zero123 is non-commercial.")
-    inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
+    inputs = {"image": IMAGE_INPUT,
               "prompt": "optional: mixes in the SD 2.1 text prior when lambda_sd > 0"}
     required_inputs = ("image",)
     needs_mask = True

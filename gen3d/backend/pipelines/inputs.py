@@ -13,6 +13,9 @@ from pathlib import Path
 
 from ..errors import BadInput
 
+#: how every single-image method describes its ``image`` input
+IMAGE_INPUT = "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed"
+
 
 def check_image(path: Path, field: str, needs_mask: bool, rembg_model: str = "u2net") -> None:
     """A decodable RGB(A) image; with ``needs_mask``, one whose alpha is a mask unless rembg can make one."""

@@ -88,7 +88,7 @@ class Instant3DPipeline(Pipeline):
                    "reconstructor: InstantMesh NeRF (Apache-2.0). GRM's instant3d.pth is not offered (no licence "
                    "stated).")
     inputs = {"prompt": "what to generate (grid front)",
-              "image": "one image of an object, RGBA or RGB with rembg (front=zero123plus)"}
+              "image": "one image of an object, RGBA or RGB with rembg (selects the Zero123++ front)"}
     needs_mask = True
     Options = Instant3DOptions
     weights = ("sd21-base", "instantmesh-nerf-base")

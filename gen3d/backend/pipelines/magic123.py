@@ -39,14 +39,16 @@ from pydantic import Field
 
 from . import register
 from .base import JobRequest, Pipeline, RunContext
+from .inputs import IMAGE_INPUT
 from .dreamgaussian_guidance import Guide, OrbitSampler, Term, load_prior
 from .stages.distill_gaussians import GaussianDistillOptions, ReferenceView, distill_gaussians
 from .stages.dmtet_geometry import DMTetOptions
+from .stages.views import ReferenceInputOptions
 
 log = logging.getLogger(__name__)
 
 
-class Magic123Options(GaussianDistillOptions, DMTetOptions):
+class Magic123Options(GaussianDistillOptions, DMTetOptions, ReferenceInputOptions):
     # --- cameras
     elevation: float = Field(0.0, ge=-80, le=80, description="elevation of the input photo, degrees, positive above")
     radius: float = Field(1.8, gt=0.5, le=10, description="orbit radius of every camera")
@@ -73,9 +75,6 @@ class Magic123Options(GaussianDistillOptions, DMTetOptions):
     distillation: Literal["sds", "csd"] = Field("sds", description="score distillation: SDS or Classifier Score")
     # --- reference view
     ref_size: int = Field(192, ge=32, le=1024, description="coarse reference render size (1.5 x 128, Magic123)")
-    border_ratio: float = Field(0.2, ge=0, lt=0.9, description="empty border around the recentred object")
-    recenter: bool = Field(True, description="crop to the mask and recentre the object")
-    rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
     lambda_rgb: float = Field(5.0, ge=0, description="reference colour loss weight")
     lambda_mask: float = Field(0.5, ge=0, description="reference mask loss weight")
     lambda_depth: float = Field(0.01, ge=0, description="reference depth (1 - Pearson) / 2 loss weight (0 = off)")
@@ -160,7 +159,7 @@ class Magic123(Pipeline):
     title = "Magic123 (image to 3D)"
     description = ("One image to a high-resolution textured mesh with joint 2D (SD 1.5, optionally a learned "
                    "token) and 3D (Zero-1-to-3) priors (ICLR 2024): coarse Gaussians, then a DMTet mesh.")
-    inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
+    inputs = {"image": IMAGE_INPUT,
               "prompt": "optional: the 2D prior's prompt (else one is learned by textual inversion)"}
     required_inputs = ("image",)
     needs_mask = True

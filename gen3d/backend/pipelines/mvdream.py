@@ -29,9 +29,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from . import register
 from .base import JobRequest, Pipeline, RunContext
+from .inputs import IMAGE_INPUT
 from .dreamgaussian_guidance import Guide, MultiViewSampler, Term, load_prior
 from .stages.distill_gaussians import GaussianDistillOptions, ReferenceView, distill_gaussians
 from .stages.gaussians_to_asset import AssetOptions, gaussians_to_asset
+from .stages.views import ReferenceInputOptions
 
 #: MVDream-threestudio's negative prompt for the 3D stage (used when the request has none)
 NEGATIVE_3D = ("ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear, "
@@ -100,16 +102,13 @@ class MVDreamOptions(AssetOptions, GaussianDistillOptions):
     }
 
 
-class ImageDreamOptions(MVDreamOptions):
+class ImageDreamOptions(MVDreamOptions, ReferenceInputOptions):
     ip_mode: Literal["pixel", "local"] = Field("pixel", description=(
         "pixel: the reference latent as a 5th frame plus image tokens (the published diffusers checkpoint); "
         "local: image tokens only (the -local checkpoint, registry entry imagedream-local)"))
     views_elevation: float = Field(5.0, ge=0, le=30, description=(
         "elevation of the input view, of the sampled views and of the reference view in the 3D stage (ImageDream: 5)"))
     ref_size: int = Field(256, ge=32, le=1024, description="reference image size (the model encodes it at 256)")
-    border_ratio: float = Field(0.2, ge=0, lt=0.9, description="empty border around the recentred object")
-    recenter: bool = Field(True, description="crop to the mask and recentre the object")
-    rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
     lambda_rgb: float = Field(10_000.0, ge=0, description="reference-view colour loss weight")
     lambda_mask: float = Field(1_000.0, ge=0, description="reference-view mask loss weight")
     warmup_rgb_loss: bool = Field(True, description="ramp the reference losses up linearly over the 3D stage")
@@ -221,7 +220,7 @@ class ImageDream(MVDream):
     description = ("Image-prompt multi-view diffusion: four views consistent with the input image, then a 3D asset "
                    "by multi-view score distillation with the input as the reference view. Code Apache-2.0; "
                    "weights OpenRAIL.")
-    inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed",
+    inputs = {"image": IMAGE_INPUT,
               "prompt": "optional: a short description of the object"}
     required_inputs = ("image",)
     Options = ImageDreamOptions

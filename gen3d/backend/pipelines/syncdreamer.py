@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from . import register
 from .base import JobRequest, Pipeline, RunContext
+from .inputs import IMAGE_INPUT
 from .reconstruct import ReconstructOptions, reconstruct_views
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class SyncDreamerPipeline(Pipeline):
     description = ("SyncDreamer (ICLR 2024) denoises 16 views of the object jointly through a 3D feature volume; "
                    "the views are reconstructed into a UV-textured mesh. Code MIT; the checkpoint states no "
                    "licence and derives from Zero123-XL.")
-    inputs = {"image": "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed"}
+    inputs = {"image": IMAGE_INPUT}
     required_inputs = ("image",)
     needs_mask = True
     Options = SyncDreamerOptions

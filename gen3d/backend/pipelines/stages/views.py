@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ...geometry.cameras import Cameras
+from ..base import Options
+
+
+class ReferenceInputOptions(Options):
+    """How an image method prepares its input (:func:`reference_input`)."""
+
+    border_ratio: float = Field(0.2, ge=0, lt=0.9, description="empty border around the recentred object")
+    recenter: bool = Field(True, description="crop to the mask and recentre the object")
+    rembg_model: str = Field("u2net", description="rembg model for opaque inputs (must be on disk)")
 
 
 def reference_input(path, size: int, border_ratio: float, recenter: bool, rembg_model: str, out_dir) -> tuple:
