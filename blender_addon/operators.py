@@ -78,6 +78,14 @@ def import_record(rec: JobRecord) -> list[str]:
     return rec.objects
 
 
+def ensure_out_dir(context, rec: JobRecord) -> str:
+    """The record's local result folder; a job from the backend's history gets ``<job id>-<kind>`` on first use."""
+    if not rec.out_dir:
+        rec.out_dir = os.path.join(output_dir(get_prefs(context)), f"{rec.job_id}-{rec.kind}")
+        os.makedirs(rec.out_dir, exist_ok=True)
+    return rec.out_dir
+
+
 def sync_mode(mode: str) -> bool:
     return mode == "SYNC" or (mode == "AUTO" and bpy.app.background)
 
@@ -712,9 +720,7 @@ class GEN3D_OT_resume_job(bpy.types.Operator):
         if rec is None or not rec.resumable or not rec.job_id:
             self.report({"WARNING"}, "only a failed or cancelled job with stage checkpoints can resume")
             return {"CANCELLED"}
-        if not rec.out_dir:
-            rec.out_dir = os.path.join(output_dir(get_prefs(context)), f"{rec.job_id}-{rec.kind}")
-            os.makedirs(rec.out_dir, exist_ok=True)
+        ensure_out_dir(context, rec)
         manager.resume(rec, client_for(context))
         return {"FINISHED"}
 
@@ -760,9 +766,7 @@ class GEN3D_OT_fetch_job(bpy.types.Operator):
             self.report({"ERROR"}, "only a finished, succeeded job has a result")
             return {"CANCELLED"}
         client = client_for(context)
-        if not rec.out_dir:
-            rec.out_dir = os.path.join(output_dir(get_prefs(context)), f"{rec.job_id}-{rec.kind}")
-            os.makedirs(rec.out_dir, exist_ok=True)
+        ensure_out_dir(context, rec)
         only_views = views_only(rec.artifacts)  # nothing to import: its views are what it made
         try:
             job = client.job(rec.job_id)
