@@ -41,10 +41,10 @@ class StereoConfig:
 
 
 def _neighbours(cameras: Cameras, count: int) -> torch.Tensor:
-    """``[N,count]``: for each view, the other views with the most alike viewing direction."""
+    """``[N,k]``: for each view, the ``k = min(count, N - 1)`` other views with the most alike viewing direction."""
     forward = cameras.c2w[:, :3, 2]
     alike = forward @ forward.T - 3 * torch.eye(len(cameras))
-    return torch.argsort(alike, dim=1, descending=True)[:, :count]
+    return torch.argsort(alike, dim=1, descending=True)[:, :min(count, len(cameras) - 1)]
 
 
 def _camera_rays(cameras: Cameras) -> torch.Tensor:
@@ -88,7 +88,8 @@ def plane_sweep(cameras: Cameras, images: torch.Tensor, hull: VoxelGrid, cfg: St
 
 
 def consistent_depth(cameras: Cameras, depth: torch.Tensor, voxel: float, cfg: StereoConfig) -> torch.Tensor:
-    """``depth [N,H,W]`` with +inf where fewer than ``min_agree`` neighbours' depths agree (module docstring)."""
+    """``depth [N,H,W]`` with +inf where fewer than ``min_agree`` neighbours' depths agree (module docstring;
+    with too few views nothing is kept)."""
     N, H, W = depth.shape
     nb = _neighbours(cameras, cfg.neighbours)
     points = cameras.centers[:, None, None] + _camera_rays(cameras) * depth.clamp_max(1e6)[..., None]
