@@ -25,8 +25,8 @@ from ...geometry.cameras import Cameras, sample_pixels
 from .views import ShuffledViews, resized_views
 from ...representations.gaussians import Gaussians
 from .extract_mesh import quat_to_rotmat
-from .stereo import StereoConfig, in_free_space, stereo_points
-from .visual_hull import VoxelGrid, scene_box, visual_hull
+from .stereo import StereoConfig, in_free_space, stereo_points, surface_cells
+from .visual_hull import scene_box, visual_hull
 
 log = logging.getLogger(__name__)
 
@@ -112,24 +112,13 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
         colors = _mean_colors(cameras, images, pts)
         if stereo is not None:
             seen, seen_colors, cams, depth = stereo_points(cameras, images, hull, stereo)
+            seen, seen_colors, taken = surface_cells(seen, seen_colors, hull, stereo)
             free = in_free_space(pts, cams, depth, 2 * voxel, stereo.free_views)
-            cells, inv = torch.unique(torch.round((seen - hull.lo) / voxel).long(), dim=0, return_inverse=True)
-            count = torch.zeros(len(cells)).index_add_(0, inv, torch.ones(len(inv)))[:, None]
-            seen = torch.zeros(len(cells), 3).index_add_(0, inv, seen) / count
-            seen_colors = torch.zeros(len(cells), 3).index_add_(0, inv, seen_colors) / count
-            # isolated cells are mismatches: keep cells with min_points points and min_neighbours such cells
-            # around them
-            taken = torch.zeros(hull.occupied.shape, dtype=torch.bool)
-            taken[tuple(cells.T)] = True
-            around = F.avg_pool3d(taken[None, None].float(), 3, 1, 1)[0, 0] * 27 - 1
-            supported = (count[:, 0] >= stereo.min_points) & (around[tuple(cells.T)] >= stereo.min_neighbours)
-            cells, seen, seen_colors = cells[supported], seen[supported], seen_colors[supported]
-            taken = torch.zeros(hull.occupied.shape, dtype=torch.bool)
-            taken[tuple(cells.T)] = True
-            rest = ~free & ~VoxelGrid(taken, hull.lo, voxel).contains(pts)
+            rest = ~free & ~taken.contains(pts)
             metrics = {"init_stereo_points": len(seen), "init_hull_points": int(rest.sum()),
                        "init_hull_free": int(free.sum())}
-            pts, colors = torch.cat([seen, pts[rest]]), torch.cat([seen_colors, colors[rest]])
+            if len(seen) + int(rest.sum()) >= 8:
+                pts, colors = torch.cat([seen, pts[rest]]), torch.cat([seen_colors, colors[rest]])
     idx = torch.randint(len(pts), (num_points,), generator=generator)
     means = pts[idx] + (torch.rand(num_points, 3, generator=generator) - 0.5) * voxel
     colors = _mean_colors(cameras, images, means) if colors is None else colors[idx]

@@ -119,6 +119,24 @@ def stereo_points(cameras: Cameras, images: torch.Tensor, hull: VoxelGrid,
     return points, imgs[..., :3][ok], cams, depth
 
 
+def surface_cells(points: torch.Tensor, colors: torch.Tensor, hull: VoxelGrid,
+                  cfg: StereoConfig) -> tuple[torch.Tensor, torch.Tensor, VoxelGrid]:
+    """Stereo ``points [P,3]`` and ``colors [P,3]`` merged per voxel of ``hull``'s grid (their means), keeping the
+    voxels with ``min_points`` points and ``min_neighbours`` such voxels around them (an isolated voxel is a
+    mismatch); returns the means, their colours and the kept voxels."""
+    cells, inv = torch.unique(torch.round((points - hull.lo) / hull.voxel).long(), dim=0, return_inverse=True)
+    count = torch.zeros(len(cells)).index_add_(0, inv, torch.ones(len(inv)))
+    means = torch.zeros(len(cells), 3).index_add_(0, inv, points) / count[:, None]
+    colors = torch.zeros(len(cells), 3).index_add_(0, inv, colors) / count[:, None]
+    taken = torch.zeros(hull.occupied.shape, dtype=torch.bool)
+    taken[tuple(cells.T)] = True
+    around = F.avg_pool3d(taken[None, None].float(), 3, 1, 1)[0, 0] * 27 - 1
+    keep = (count >= cfg.min_points) & (around[tuple(cells.T)] >= cfg.min_neighbours - 0.5)
+    kept = torch.zeros_like(taken)
+    kept[tuple(cells[keep].T)] = True
+    return means[keep], colors[keep], VoxelGrid(kept, hull.lo, hull.voxel)
+
+
 def in_free_space(points: torch.Tensor, cameras: Cameras, depth: torch.Tensor, margin: float,
                   min_views: int = 2) -> torch.Tensor:
     """``[P]``: points that at least ``min_views`` views see more than ``margin`` in front of their kept
