@@ -33,13 +33,16 @@ log = logging.getLogger(__name__)
 class ReconstructOptions(Options):
     # stage 1: Gaussians
     fit_steps: int = Field(600, ge=0, le=30000, description="Gaussian optimisation steps")
-    num_points: int = Field(5000, ge=100, le=1_000_000, description="initial Gaussians (on the visual hull)")
+    num_points: int = Field(5000, ge=100, le=1_000_000, description="initial Gaussians (on the stereo depth / visual hull)")
     max_gaussians: int = Field(100_000, ge=100, le=5_000_000, description="densification budget")
     sh_degree: int = Field(1, ge=0, le=3, description="final spherical-harmonics degree of the Gaussians")
     fit_resolutions: list[float] = Field([0.25, 0.5, 1.0], min_length=1, max_length=6,
                                          description="progressive resolution: fractions of the input size")
     views_per_step: int = Field(1, ge=1, le=16, description="views rendered per optimisation step")
     densify_every: int = Field(100, ge=10, le=10000, description="steps between densify/prune passes")
+    stereo_init: bool = Field(True, description=(
+        "start the Gaussians on the views' stereo depth inside the visual hull (sees into openings the hull "
+        "closes); off: on the hull's surface"))
     # stage 2: mesh
     mesh_resolution: int = Field(128, ge=32, le=512, description="density grid voxels along the longest side")
     mesh_level: float | None = Field(None, gt=0, le=10, description="density iso level of the surface (default: "
@@ -48,8 +51,9 @@ class ReconstructOptions(Options):
     smooth_iterations: int = Field(5, ge=0, le=100, description="Taubin smoothing iterations")
     surface: Literal[SURFACES] = Field("closed", description=(
         "closed: density iso-surface (watertight); open: fused depth of the Gaussians (holes stay holes, a sheet "
-        "is two coincident layers textured per side); auto: open when the object is thin. Fitted Gaussians still "
-        "cover openings, so open/auto help only where they do not (issue 30)"))
+        "is two coincident layers textured per side); auto: open when the object is thin. The fit starts inside "
+        "openings (stereo_init) but represents a sheet's two sides as two layers a few Gaussian sizes apart, which "
+        "auto still judges thick"))
     # stages 3-5: UV, bake, refine
     texture_resolution: int = Field(1024, ge=64, le=8192, description="texture size in texels")
     uv_padding: int = Field(4, ge=0, le=64, description="texels between UV charts")
@@ -77,7 +81,8 @@ def _fit_config(o: ReconstructOptions) -> FitConfig:
     return FitConfig(steps=o.fit_steps, num_points=o.num_points, max_gaussians=o.max_gaussians,
                      sh_degree=o.sh_degree, sh_every=max(o.fit_steps // (o.sh_degree + 2), 1),
                      resolutions=tuple(o.fit_resolutions), views_per_step=o.views_per_step,
-                     densify_from=min(o.densify_every, o.fit_steps // 4), densify_every=o.densify_every)
+                     densify_from=min(o.densify_every, o.fit_steps // 4), densify_every=o.densify_every,
+                     stereo=o.stereo_init)
 
 
 def _extra_views(gaussians, cameras: Cameras, count: int) -> tuple[Cameras, torch.Tensor]:

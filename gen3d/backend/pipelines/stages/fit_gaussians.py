@@ -1,7 +1,8 @@
 """Stage 1: fit 3D Gaussians to posed RGBA views.
 
-Initialisation in the views' visual hull (a voxel grid carved with the masks, points sampled on its surface
-and coloured from the views), per-attribute Adam learning rates with a log-linear decay of the position rate
+Initialisation on the surface the views show: their plane-sweep stereo depth inside the visual hull (a voxel grid
+carved with the masks), which looks through openings the hull closes, plus the hull's surface where stereo does not
+contradict it (:func:`init_gaussians`); per-attribute Adam learning rates with a log-linear decay of the position rate
 (3DGS/DreamGaussian), L1 + D-SSIM photometric loss on images composited over a random background plus an L1
 alpha/mask loss, densification (clone small / split large Gaussians whose screen-space mean gradient, averaged over
 the views that saw them, is high) and pruning (transparent or huge), SH degree growth and progressive resolution.
@@ -24,6 +25,8 @@ from ...geometry.cameras import Cameras, sample_pixels
 from .views import ShuffledViews, resized_views
 from ...representations.gaussians import Gaussians
 from .extract_mesh import quat_to_rotmat
+from .stereo import StereoConfig, in_free_space, stereo_points, surface_cells
+from .visual_hull import scene_box, visual_hull
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class FitConfig:
     min_opacity: float = 0.005
     max_scale_frac: float = 0.2      #: x object radius: larger Gaussians are pruned
     hull_resolution: int = 64
+    stereo: bool = True              #: start on the views' stereo depth inside the hull (see :mod:`.stereo`)
     random_background: bool = True
 
 
@@ -84,63 +88,53 @@ def check_views(cameras: Cameras, images: torch.Tensor) -> None:
         raise BadInput(f"frame {j}: camera at the same place as frame {i}", {"frame": j})
 
 
-def _scene_box(cameras: Cameras) -> tuple[torch.Tensor, float]:
-    """Centre and half-size of a cube that the views can all see: the point nearest to every optical axis, and
-    a half-size from the narrowest field of view at the nearest camera."""
-    o, d = cameras.centers, cameras.c2w[:, :3, 2]
-    A = torch.eye(3) * len(o) - torch.einsum("ni,nj->ij", d, d)
-    b = (o - (o * d).sum(-1, keepdim=True) * d).sum(0)
-    center = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
-    dist = (o - center).norm(dim=-1)
-    half_fov = torch.atan(0.5 * min(cameras.width, cameras.height) / cameras.K[:, 0, 0].clamp_min(1e-6))
-    return center, float((dist * torch.tan(half_fov)).min())
-
-
-def carve_visual_hull(cameras: Cameras, masks: torch.Tensor, resolution: int = 64) -> tuple[torch.Tensor, float]:
-    """Voxel centres ``[M,3]`` on the surface of the visual hull, and the voxel size. ``masks [N,H,W]`` in [0,1].
-
-    The object is assumed to be inside every view (object-centric captures): a point outside a view's image is
-    carved like a point outside its mask."""
-    center, half = _scene_box(cameras)
-    voxel = 2 * half / resolution
-    ax = torch.arange(resolution, dtype=torch.float32) * voxel - half + voxel / 2
-    pts = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3) + center
-    keep = torch.ones(len(pts), dtype=torch.bool)
-    for i in range(len(cameras)):
-        uv, z = cameras[i].project(pts)
-        m = sample_pixels(masks[i][None, ..., None], uv)[0, :, 0]
-        uv, z = uv[0], z[0]
-        inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < cameras.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cameras.height)
-        keep &= inside & (m > 0.5)
-    grid = keep.reshape(resolution, resolution, resolution)
-    # surface voxels: occupied with an empty 6-neighbour
-    padded = F.pad(grid[None, None].float(), (1, 1, 1, 1, 1, 1))
-    interior = -F.max_pool3d(-padded, 3, 1, 0)[0, 0] > 0.5
-    surface = grid & ~interior
-    return pts[surface.reshape(-1)], voxel
-
-
 def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull_resolution: int,
-                   sh_degree: int, generator: torch.Generator) -> tuple[Gaussians, float]:
-    """Gaussians on the visual hull's surface (a sphere when carving leaves nothing), coloured by the mean of
-    the views' colours at each point; returns them and the object's radius."""
-    pts, voxel = carve_visual_hull(cameras, images[..., 3], hull_resolution)
+                   sh_degree: int, generator: torch.Generator,
+                   stereo: StereoConfig | None = None) -> tuple[Gaussians, float, dict]:
+    """Gaussians on the object's surface as the views show it; returns them, the object's radius and metrics.
+
+    The surface: the points of the views' stereo depth (:mod:`.stereo`, coloured by their pixel; when ``stereo``
+    is given), one per hull voxel (their mean) where enough of them and of their neighbours agree, and the visual
+    hull's surface voxels (coloured by the mean of the views) elsewhere, unless the stereo depth of
+    ``stereo.free_views`` views puts them in free space (the cap across an opening); a sphere when the masks carve
+    nothing."""
+    hull = visual_hull(cameras, images[..., 3], hull_resolution)
+    voxel = hull.voxel
+    pts = hull.centers()[hull.surface().reshape(-1)]
+    metrics = {}
     if len(pts) < 8:
         log.warning("the masks carve an empty visual hull; starting from a sphere")
-        center, half = _scene_box(cameras)
+        center, half = scene_box(cameras)
         d = F.normalize(torch.randn(num_points, 3, generator=generator), dim=-1)
         pts, voxel = center + 0.5 * half * d, half / hull_resolution
+        colors = None
+    else:
+        colors = _mean_colors(cameras, images, pts)
+        if stereo is not None:
+            seen, seen_colors, cams, depth = stereo_points(cameras, images, hull, stereo)
+            seen, seen_colors, taken = surface_cells(seen, seen_colors, hull, stereo)
+            free = in_free_space(pts, cams, depth, 2 * voxel, stereo.free_views)
+            rest = ~free & ~taken.contains(pts)
+            metrics = {"init_stereo_points": len(seen), "init_hull_points": int(rest.sum()),
+                       "init_hull_free": int(free.sum())}
+            if len(seen) + int(rest.sum()) >= 8:
+                pts, colors = torch.cat([seen, pts[rest]]), torch.cat([seen_colors, colors[rest]])
     idx = torch.randint(len(pts), (num_points,), generator=generator)
     means = pts[idx] + (torch.rand(num_points, 3, generator=generator) - 0.5) * voxel
-    colors = torch.zeros(num_points, 3)
-    for i in range(len(cameras)):
-        uv, _ = cameras[i].project(means)
-        colors += sample_pixels(images[i][None], uv)[0, :, :3]
-    colors = (colors / len(cameras)).clamp(0.02, 0.98)
+    colors = _mean_colors(cameras, images, means) if colors is None else colors[idx]
     radius = float((pts - pts.mean(0)).norm(dim=-1).max()) + voxel
     g = Gaussians.from_activated(means, torch.full((num_points, 3), 0.7 * voxel), _identity_quats(num_points),
-                                 torch.full((num_points,), 0.5), colors, sh_degree)
-    return g, radius
+                                 torch.full((num_points,), 0.5), colors.clamp(0.02, 0.98), sh_degree)
+    return g, radius, metrics
+
+
+def _mean_colors(cameras: Cameras, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``[P,3]``: the mean over the views of the colour at each point's projection (no visibility)."""
+    colors = torch.zeros(len(points), 3)
+    for i in range(len(cameras)):
+        uv, _ = cameras[i].project(points)
+        colors += sample_pixels(images[i][None], uv)[0, :, :3]
+    return colors / len(cameras)
 
 
 def _identity_quats(n: int) -> torch.Tensor:
@@ -274,7 +268,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     """
     check_views(cameras, images)
     device = torch.device(device)
-    g, radius = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree, generator)
+    g, radius, init_metrics = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree,
+                                             generator, StereoConfig() if cfg.stereo else None)
     g = g.to(device)
     lr_means0 = cfg.lr_means * radius
     opt = GaussianOptimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
@@ -345,7 +340,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         g = Gaussians(*(getattr(g, k)[keep].detach() for k in _FIELDS))
         cams, imgs = levels[-1]
         some = torch.linspace(0, n_views - 1, min(n_views, 8)).round().long().tolist()
-        metrics = {"gaussians": len(g), "object_radius": round(radius, 4),
+        metrics = {**init_metrics, "gaussians": len(g), "object_radius": round(radius, 4),
                    "fit_psnr_masked": round(evaluate_fit(g, cams[some], imgs[some]), 3)}
     log.info("fit: %d Gaussians, PSNR %.2f dB over the masks", len(g), metrics["fit_psnr_masked"])
     return g, metrics
