@@ -27,6 +27,8 @@ import torch
 _PIXEL_BUDGET = 1 << 20
 #: (triangle, row) spans set up at once
 _ROW_BUDGET = 1 << 20
+#: pixels added on each side of a triangle's projected bounding box (rounding of x / w is ~1e-7 relative)
+_BOX_MARGIN = 1.0 / 64
 _NO_HIT = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
 
@@ -190,10 +192,13 @@ def _setup(v: torch.Tensor, H: int, W: int):
         lo_y.index_copy_(0, crossing, torch.minimum(lo_y.index_select(0, crossing), c_.amin(1)))
         hi_y.index_copy_(0, crossing, torch.maximum(hi_y.index_select(0, crossing), d_.amax(1)))
         any_kept.index_copy_(0, crossing, any_kept.index_select(0, crossing) | cross.any(1))
-    x0 = torch.where(full, 0, lo_x.floor().clamp(0, W - 1).long())
-    y0 = torch.where(full, 0, lo_y.floor().clamp(0, H - 1).long())
-    x1 = torch.where(full, W - 1, hi_x.ceil().clamp(-1, W - 1).long())
-    y1 = torch.where(full, H - 1, hi_y.ceil().clamp(-1, H - 1).long())
+    # the pixel centres (integer X, Y) inside the box, widened by _BOX_MARGIN against rounding in the projection
+    # (the edge tests decide coverage; the box only has to contain every covered centre): a triangle smaller
+    # than a pixel often contains none and is dropped here
+    x0 = torch.where(full, 0, (lo_x - _BOX_MARGIN).ceil().clamp(0, W - 1).long())
+    y0 = torch.where(full, 0, (lo_y - _BOX_MARGIN).ceil().clamp(0, H - 1).long())
+    x1 = torch.where(full, W - 1, (hi_x + _BOX_MARGIN).floor().clamp(-1, W - 1).long())
+    y1 = torch.where(full, H - 1, (hi_y + _BOX_MARGIN).floor().clamp(-1, H - 1).long())
     ok &= (x1 >= x0) & (y1 >= y0) & (any_kept | full)
     return torch.stack([Cp, Ap, Bp], 2), tl, zplane, ok, (x0, x1, y0, y1)
 
@@ -329,8 +334,11 @@ def rasterize(pos, tri, resolution, ranges=None, grad_db=True):
         prim = visibility(prim_vertices(pos.detach(), tri, batch, face), batch, B, H, W)
     pix = (prim >= 0).nonzero().squeeze(1)
     p = prim.index_select(0, pix)
-    k = plane_coefficients(prim_vertices(pos, tri, batch, face), H, W)  # per triangle, then one gather per pixel
-    uvz, db = barycentrics(k.index_select(0, p), pix, H, W, grad_db)
+    if len(p) < len(face):  # fewer covered pixels than triangles: the coefficients per pixel
+        k = plane_coefficients(prim_vertices(pos, tri, batch.index_select(0, p), face.index_select(0, p)), H, W)
+    else:  # per triangle, then one gather per pixel
+        k = plane_coefficients(prim_vertices(pos, tri, batch, face), H, W).index_select(0, p)
+    uvz, db = barycentrics(k, pix, H, W, grad_db)
     tid = (face.index_select(0, p) + 1).to(pos.dtype)
     out = pos.new_zeros(B * H * W, 4).index_put((pix,), torch.cat([uvz, tid[:, None]], 1))
     out_db = pos.new_zeros(B * H * W, 4).index_put((pix,), db)
