@@ -18,7 +18,7 @@ import torch
 from ...errors import NumericalError
 from ...geometry.cameras import Cameras
 from ...representations.mesh import TexturedMesh
-from .mesh_render import render_mesh
+from .mesh_render import mesh_topology, render_mesh
 from .views import ShuffledViews
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def photometric_error(mesh: TexturedMesh, cameras: Cameras, images: torch.Tensor
 def _uniform_laplacian(faces: torch.Tensor, n: int) -> torch.Tensor:
     """Sparse ``[V,V]`` operator ``L x = x - mean(neighbours of x)``."""
     e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    e = torch.cat([e, e.flip(1)]).unique(dim=0)
+    key = torch.cat([e[:, 0] * n + e[:, 1], e[:, 1] * n + e[:, 0]]).unique()  # both directions, each edge once
+    e = torch.stack([key // n, key % n], 1)
     deg = torch.bincount(e[:, 0], minlength=n).float().clamp_min(1)
     vals = -1.0 / deg[e[:, 0]]
     idx = torch.cat([e.T, torch.arange(n).repeat(2, 1)], 1)
@@ -88,6 +89,7 @@ def refine_texture(mesh: TexturedMesh, cameras: Cameras | CamerasFn, targets_fn:
         params.append({"params": [offsets], "lr": cfg.lr_vertices * diag})
         lap = _uniform_laplacian(mesh.faces, len(mesh.vertices))
     opt = torch.optim.Adam(params)
+    topology = mesh_topology(mesh)
     sampler = cameras if callable(cameras) else None
     shuffled = None if sampler else ShuffledViews(len(cameras), generator)
     losses = []
@@ -104,7 +106,8 @@ def refine_texture(mesh: TexturedMesh, cameras: Cameras | CamerasFn, targets_fn:
         verts = None
         if offsets is not None:
             verts = mesh.vertices + offsets.clamp(-cfg.max_offset * diag, cfg.max_offset * diag)
-        r = render_mesh(mesh, cams, bg, texture=torch.sigmoid(logits), vertices=verts)
+        r = render_mesh(mesh, cams, bg, texture=torch.sigmoid(logits), vertices=verts,
+                        topology=topology)
         target = targets_fn(step, ids, cams, r.rgb.detach())
         a = target[..., 3:]
         gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
