@@ -21,7 +21,11 @@ Rasterization is split in two:
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
+
+from . import _native
 
 #: (triangle, pixel) pairs depth-tested at once: bounds the working memory (~50 bytes each)
 _PIXEL_BUDGET = 1 << 20
@@ -243,7 +247,16 @@ def _row_spans(c, a, tl, x0, x1, W: int):
 
 @torch.no_grad()
 def visibility(v: torch.Tensor, batch: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
-    """Nearest primitive per pixel: ``[B*H*W]`` int64 primitive index, -1 where empty."""
+    """Nearest primitive per pixel: ``[B*H*W]`` int64 primitive index, -1 where empty. Float32 CPU triangles go
+    through the compiled kernel (``csrc/mesh.cpp``, the same operations) where it builds."""
+    lib = _native.load("mesh") if v.device.type == "cpu" and v.dtype == torch.float32 else None
+    if lib is not None:
+        v, batch = v.contiguous(), batch.contiguous()
+        out = torch.empty(B * H * W, dtype=torch.int64)
+        lib.gen3d_mesh_visibility(*_native.pointers(v, batch), ctypes.c_int64(len(v)), ctypes.c_int64(B),
+                                  ctypes.c_int64(H), ctypes.c_int64(W), *_native.pointers(out),
+                                  ctypes.c_int(torch.get_num_threads()))
+        return out
     dev = v.device
     coef, tl, zplane, ok, (x0, x1, y0, y1) = _setup(v, H, W)
     live = ok.nonzero().squeeze(1)

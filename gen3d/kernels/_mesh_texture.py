@@ -75,15 +75,15 @@ class MipStack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         sizes = ctx.sizes
-        g = g.contiguous().clone()
-        levels = MipStack.views(g, sizes)
+        levels = MipStack.views(g.contiguous(), sizes)
         B, C = g.shape[0], g.shape[-1]
+        acc = levels[-1]  # the total gradient of a level: its own plus its share of every level above
         for i in range(len(sizes) - 1, 0, -1):
             (H, W), (h, w) = sizes[i - 1], sizes[i]
             fh, fw = H // h, W // w
-            up = levels[i].mul(1.0 / (fh * fw)).unsqueeze(3).expand(B, h, w, fw, C).reshape(B, h, 1, W * C)
-            levels[i - 1].view(B, h, fh, W * C).add_(up)  # each row of the level below gets the same share
-        return levels[0], None
+            up = acc.unsqueeze(3).expand(B, h, w, fw, C).reshape(B, h, 1, W * C)  # each texel's column pair
+            acc = torch.add(levels[i - 1].view(B, h, fh, W * C), up, alpha=1.0 / (fh * fw)).view(B, H, W, C)
+        return acc, None
 
     @staticmethod
     def views(flat: torch.Tensor, sizes) -> list[torch.Tensor]:
