@@ -3,8 +3,8 @@
 //
 // The same float32 operations in the same order as the torch path (edge functions, top-left ties, row spans from
 // float64 edge roots with the float test deciding near a pixel centre, packed (depth, triangle) keys, near/far
-// clipping), so both paths pick the same triangle. Built in ISO mode, where GCC does not contract a * b + c into
-// fused multiply-adds, which would round differently from torch's separate ops.
+// clipping), so both paths pick the same triangle. Built with -ffp-contract=off (_native._SOURCE_FLAGS): no a * b + c
+// contracted into fused multiply-adds, which would round differently from torch's separate ops.
 
 #include <algorithm>
 #include <cmath>
