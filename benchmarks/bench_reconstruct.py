@@ -9,12 +9,19 @@ total time and peak memory (max RSS of the reconstructing process), and the same
 Gaussians alone (before meshing; Chamfer from the centres of opaque Gaussians).
 
     .venv/bin/python benchmarks/bench_reconstruct.py [--presets fast standard] [--size 256] [--seed N]
+
+``--baseline DIR`` compares with another checkout of the project (e.g. ``git worktree add /tmp/old COMMIT``): each
+round runs the baseline, then this checkout, on the same inputs, each ``reconstruct`` in its own process
+(``python -m gen3d run`` with ``PYTHONPATH`` on its checkout; the same environment, so the same
+``OMP_NUM_THREADS``), both judged by this checkout's evaluation; the table gets the 1-minute load average before
+each run and the new/old ratio of the total per round.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -108,6 +115,19 @@ def run_preset(preset: str, views: Path, out: Path, overrides: dict, seed: int =
             "timings": meta["timings"]}
 
 
+def run_checkout(repo: Path, preset: str, views: Path, out: Path, sets: list[str] | None, seed: int = 0) -> dict:
+    """``reconstruct`` by the code of checkout ``repo`` in its own process; the same fields as :func:`run_preset`."""
+    cmd = [sys.executable, "-m", "gen3d", "run", "reconstruct", "--views", str(views), "--out", str(out),
+           "--preset", preset, "--seed", str(seed), "--device", "cpu"]
+    for kv in sets or []:
+        cmd += ["--set", kv]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)), stdout=subprocess.DEVNULL)
+    meta = json.loads((out / "meta.json").read_text())
+    return {"preset": preset + (f" {sets}" if sets else ""), "wall_s": round(time.perf_counter() - t0, 1),
+            "timings": meta["timings"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["fast", "standard"])
@@ -115,6 +135,8 @@ def main() -> None:
     ap.add_argument("--keep", help="folder to keep inputs and results in (default: a temporary one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="option override for every preset")
+    ap.add_argument("--baseline", type=Path, help="another checkout to compare with, run first in each round")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of (baseline, this checkout) with --baseline")
     args = ap.parse_args()
 
     import platform
@@ -145,13 +167,26 @@ def main() -> None:
 
     rows = []
     for preset in args.presets:
-        out = root / f"out_{preset}"
-        rows.append(run_preset(preset, views, out, parse_set(args.set), args.seed))
-        rows[-1].update(evaluate(out, held, held_imgs, spot_points, diag))
-        print(json.dumps(rows[-1]), flush=True)
+        if args.baseline is None:
+            out = root / f"out_{preset}"
+            rows.append(run_preset(preset, views, out, parse_set(args.set), args.seed))
+            rows[-1].update(evaluate(out, held, held_imgs, spot_points, diag))
+            print(json.dumps(rows[-1]), flush=True)
+            continue
+        for r in range(args.rounds):
+            for label, repo in (("old", args.baseline.resolve()), ("new", REPO)):
+                out = root / f"out_{preset}_{label}{r}"
+                load = os.getloadavg()[0]
+                rows.append(run_checkout(repo, preset, views, out, args.set, args.seed))
+                rows[-1].update(evaluate(out, held, held_imgs, spot_points, diag), load=load)
+                rows[-1]["preset"] = f"{label} {rows[-1]['preset']} (round {r + 1}, load {load:.1f})"
+                print(json.dumps(rows[-1]), flush=True)
+            ratio = rows[-1]["timings"]["total"] / rows[-2]["timings"]["total"]
+            print(f"round {r + 1}: new / old total time = {ratio:.2f}", flush=True)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}; peak RSS of this process (all presets) {peak_gb:.2f} GB; files in {root}")
+          f"torch {torch.__version__}; peak RSS of this process (all presets) {peak_gb:.2f} GB; files in {root}"
+          + (f"; load average now {os.getloadavg()[0]:.1f}" if args.baseline else ""))
     stages = ["load", "fit", "mesh", "uv", "bake", "refine", "export"]
     print("| preset | PSNR mask (dB) | IoU | PSNR ours | Chamfer-L1 (% diag) | GS PSNR | GS IoU | GS Chamfer | faces "
           "| Gaussians | " + " | ".join(f"{s} s" for s in stages) + " | total s |")

@@ -1,5 +1,8 @@
 """kernels.mesh (nvdiffrast-compatible rasterizer, torch backend) against independent references: analytic
-scenes, a float64 ray caster, torch's grid_sample, a real Blender (Workbench) render of Spot, and gradcheck."""
+scenes, a float64 ray caster, torch's grid_sample, a real Blender (Workbench) render of Spot, and gradcheck.
+
+Every test runs on both CPU paths of the visibility pass (float32 triangles): the compiled kernel
+(``csrc/mesh.cpp``) and the pure-torch fallback (GEN3D_NATIVE=0)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,18 @@ import torch
 import torch.nn.functional as tF
 
 from gen3d.backend.geometry.cameras import Cameras, intrinsics_from_fov, look_at, orbit_cameras, yup_to_zup
-from gen3d.kernels import mesh
+from gen3d.kernels import _mesh_raster, _native, mesh
 
 T = dict(backend="torch")
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def kernel_path(request, monkeypatch):
+    """Runs the test with the compiled visibility kernel, then with the pure-torch one (GEN3D_NATIVE=0)."""
+    monkeypatch.setenv("GEN3D_NATIVE", "1" if request.param == "native" else "0")
+    if request.param == "native" and _native.load("mesh") is None:
+        pytest.skip("no C++ compiler here: the native kernels cannot be built")
+    return request.param
 
 
 def _tri(x):
@@ -230,6 +242,36 @@ def test_random_scene_matches_ray_caster(seed):
     np.testing.assert_allclose(rast[..., 0][cov], bary[..., 0][cov], atol=2e-4)
     np.testing.assert_allclose(rast[..., 1][cov], bary[..., 1][cov], atol=2e-4)
     np.testing.assert_allclose(rast[..., 2][cov], zw[cov], atol=1e-5)
+
+
+def _visibility(pos, tri, H, W):
+    B, batch, face = _mesh_raster.primitives(pos, tri.long(), None)
+    return _mesh_raster.visibility(_mesh_raster.prim_vertices(pos, tri.long(), batch, face), batch, B, H, W)
+
+
+def test_compiled_visibility_picks_the_same_triangles_as_torch(kernel_path, monkeypatch, tmp_path, caplog):
+    """Random float32 scenes, a third of the triangles crossing the near plane or the camera plane, many small
+    and overlapping, non-square images: the compiled pass and the torch pass give the same triangle at every
+    pixel. Then a compiler that fails: one warning and the torch pass."""
+    g = torch.Generator().manual_seed(0)
+    for H, W, F in ((48, 64, 300), (31, 17, 2000)):
+        pos = torch.randn(2, 3 * F, 4, generator=g)
+        pos[..., 3] = pos[..., 3].abs() * 2 + 0.05
+        pos[:, ::3, 2] -= 3 * pos[:, ::3, 3]  # near-plane crossings
+        pos[:, 1::7, 3] *= -1  # vertices behind the camera
+        pos[..., :2] *= torch.rand(2, 3 * F, 1, generator=g)  # from tiny to large triangles
+        tri = torch.arange(3 * F, dtype=torch.int32).view(F, 3)
+        monkeypatch.setenv("GEN3D_NATIVE", "0")
+        ref = _visibility(pos, tri, H, W)
+        monkeypatch.setenv("GEN3D_NATIVE", "1")
+        assert (ref >= 0).float().mean() > 0.3
+        assert torch.equal(_visibility(pos, tri, H, W), ref)
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setattr(_native, "_compiler", lambda: "false")
+    monkeypatch.setenv("GEN3D_KERNEL_CACHE", str(tmp_path))
+    with caplog.at_level("WARNING", logger=_native.__name__):
+        assert torch.equal(_visibility(pos, tri, H, W), ref)
+    assert _native.load("mesh") is None and "using pure torch" in caplog.text
 
 
 def test_ground_plane_crossing_camera_is_clipped_not_wrapped():

@@ -21,12 +21,18 @@ Rasterization is split in two:
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
+
+from . import _native
 
 #: (triangle, pixel) pairs depth-tested at once: bounds the working memory (~50 bytes each)
 _PIXEL_BUDGET = 1 << 20
 #: (triangle, row) spans set up at once
 _ROW_BUDGET = 1 << 20
+#: pixels added on each side of a triangle's projected bounding box (rounding of x / w is ~1e-7 relative)
+_BOX_MARGIN = 1.0 / 64
 _NO_HIT = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
 
@@ -190,10 +196,13 @@ def _setup(v: torch.Tensor, H: int, W: int):
         lo_y.index_copy_(0, crossing, torch.minimum(lo_y.index_select(0, crossing), c_.amin(1)))
         hi_y.index_copy_(0, crossing, torch.maximum(hi_y.index_select(0, crossing), d_.amax(1)))
         any_kept.index_copy_(0, crossing, any_kept.index_select(0, crossing) | cross.any(1))
-    x0 = torch.where(full, 0, lo_x.floor().clamp(0, W - 1).long())
-    y0 = torch.where(full, 0, lo_y.floor().clamp(0, H - 1).long())
-    x1 = torch.where(full, W - 1, hi_x.ceil().clamp(-1, W - 1).long())
-    y1 = torch.where(full, H - 1, hi_y.ceil().clamp(-1, H - 1).long())
+    # the pixel centres (integer X, Y) inside the box, widened by _BOX_MARGIN against rounding in the projection
+    # (the edge tests decide coverage; the box only has to contain every covered centre): a triangle smaller
+    # than a pixel often contains none and is dropped here
+    x0 = torch.where(full, 0, (lo_x - _BOX_MARGIN).ceil().clamp(0, W - 1).long())
+    y0 = torch.where(full, 0, (lo_y - _BOX_MARGIN).ceil().clamp(0, H - 1).long())
+    x1 = torch.where(full, W - 1, (hi_x + _BOX_MARGIN).floor().clamp(-1, W - 1).long())
+    y1 = torch.where(full, H - 1, (hi_y + _BOX_MARGIN).floor().clamp(-1, H - 1).long())
     ok &= (x1 >= x0) & (y1 >= y0) & (any_kept | full)
     return torch.stack([Cp, Ap, Bp], 2), tl, zplane, ok, (x0, x1, y0, y1)
 
@@ -238,7 +247,16 @@ def _row_spans(c, a, tl, x0, x1, W: int):
 
 @torch.no_grad()
 def visibility(v: torch.Tensor, batch: torch.Tensor, B: int, H: int, W: int) -> torch.Tensor:
-    """Nearest primitive per pixel: ``[B*H*W]`` int64 primitive index, -1 where empty."""
+    """Nearest primitive per pixel: ``[B*H*W]`` int64 primitive index, -1 where empty. Float32 CPU triangles go
+    through the compiled kernel (``csrc/mesh.cpp``, the same operations) where it builds."""
+    lib = _native.load("mesh") if v.device.type == "cpu" and v.dtype == torch.float32 else None
+    if lib is not None:
+        v, batch = v.contiguous(), batch.contiguous()
+        out = torch.empty(B * H * W, dtype=torch.int64)
+        lib.gen3d_mesh_visibility(*_native.pointers(v, batch), ctypes.c_int64(len(v)), ctypes.c_int64(B),
+                                  ctypes.c_int64(H), ctypes.c_int64(W), *_native.pointers(out),
+                                  ctypes.c_int(torch.get_num_threads()))
+        return out
     dev = v.device
     coef, tl, zplane, ok, (x0, x1, y0, y1) = _setup(v, H, W)
     live = ok.nonzero().squeeze(1)
@@ -329,8 +347,11 @@ def rasterize(pos, tri, resolution, ranges=None, grad_db=True):
         prim = visibility(prim_vertices(pos.detach(), tri, batch, face), batch, B, H, W)
     pix = (prim >= 0).nonzero().squeeze(1)
     p = prim.index_select(0, pix)
-    k = plane_coefficients(prim_vertices(pos, tri, batch, face), H, W)  # per triangle, then one gather per pixel
-    uvz, db = barycentrics(k.index_select(0, p), pix, H, W, grad_db)
+    if len(p) < len(face):  # fewer covered pixels than triangles: the coefficients per pixel
+        k = plane_coefficients(prim_vertices(pos, tri, batch.index_select(0, p), face.index_select(0, p)), H, W)
+    else:  # per triangle, then one gather per pixel
+        k = plane_coefficients(prim_vertices(pos, tri, batch, face), H, W).index_select(0, p)
+    uvz, db = barycentrics(k, pix, H, W, grad_db)
     tid = (face.index_select(0, p) + 1).to(pos.dtype)
     out = pos.new_zeros(B * H * W, 4).index_put((pix,), torch.cat([uvz, tid[:, None]], 1))
     out_db = pos.new_zeros(B * H * W, 4).index_put((pix,), db)

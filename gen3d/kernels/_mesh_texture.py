@@ -19,20 +19,80 @@ FILTER_MODES = ("auto", "nearest", "linear", "linear-mipmap-nearest", "linear-mi
 BOUNDARY_MODES = ("wrap", "clamp", "zero")
 
 
-def construct_mip(tex: torch.Tensor, max_mip_level: int | None = None) -> list[torch.Tensor]:
-    """Mip levels 1.. of ``tex [B, H, W, C]`` (differentiable; the base level is not included)."""
-    levels, cur = [], tex
+def _mip_sizes(h: int, w: int, max_mip_level: int | None) -> list[tuple[int, int]]:
+    """Extents of the mip levels 0.. of an ``h x w`` texture: each halves (a 1-wide extent stays 1) down to 1x1 or
+    ``max_mip_level``."""
+    sizes = [(h, w)]
     limit = -1 if max_mip_level is None else int(max_mip_level)
-    while (cur.shape[1] > 1 or cur.shape[2] > 1) and len(levels) != limit:
-        h, w = cur.shape[1], cur.shape[2]
+    while (h > 1 or w > 1) and len(sizes) - 1 != limit:
         if (h > 1 and h % 2) or (w > 1 and w % 2):
             raise ValueError(
-                f"texture: cannot build mip level {len(levels) + 1} from an odd extent {h}x{w} (base "
-                f"{tex.shape[1]}x{tex.shape[2]}); use power-of-two texture sizes or limit max_mip_level")
-        B, C = cur.shape[0], cur.shape[3]
-        cur = cur.reshape(B, max(h // 2, 1), 2 if h > 1 else 1, max(w // 2, 1), 2 if w > 1 else 1, C).mean((2, 4))
-        levels.append(cur)
-    return levels
+                f"texture: cannot build mip level {len(sizes)} from an odd extent {h}x{w} (base "
+                f"{sizes[0][0]}x{sizes[0][1]}); use power-of-two texture sizes or limit max_mip_level")
+        h, w = max(h // 2, 1), max(w // 2, 1)
+        sizes.append((h, w))
+    return sizes
+
+
+def _box_down(src: torch.Tensor, h: int, w: int, out: torch.Tensor) -> torch.Tensor:
+    """2x2 box filter of ``src [B, H, W, C]`` down to ``out [B, h, w, C]`` (a 1-wide extent is kept): rows are
+    summed first as whole contiguous rows, then column pairs (fast on a short channel axis)."""
+    B, C = src.shape[0], src.shape[-1]
+    fh, fw = src.shape[1] // h, src.shape[2] // w
+    rows = src.reshape(B, h, fh, src.shape[2] * C)
+    r = rows[:, :, 0] + rows[:, :, 1] if fh == 2 else rows[:, :, 0]
+    r = r.view(B, h, w, fw * C)
+    if fw == 2:
+        torch.add(r[..., :C], r[..., C:], out=out)
+    else:
+        out.copy_(r)
+    return out.mul_(1.0 / (fh * fw))
+
+
+def construct_mip(tex: torch.Tensor, max_mip_level: int | None = None) -> list[torch.Tensor]:
+    """Mip levels 1.. of ``tex [B, H, W, C]`` (differentiable; the base level is not included)."""
+    sizes = _mip_sizes(tex.shape[1], tex.shape[2], max_mip_level)
+    return MipStack.views(MipStack.apply(tex, sizes), sizes)[1:]
+
+
+class MipStack(torch.autograd.Function):
+    """``tex [B, H, W, C]`` -> every mip level of it (level 0 first) in one flat ``[B, sum(h * w), C]`` array, the
+    layout :func:`texture` gathers from. Built in place level by level; the backward pushes each level's gradient
+    down to the level below (a quarter to each of its 2x2 texels), top first, so no per-level copies or
+    concatenation are made."""
+
+    @staticmethod
+    def forward(ctx, tex, sizes):
+        B, C = tex.shape[0], tex.shape[-1]
+        flat = tex.new_empty(B, sum(h * w for h, w in sizes), C)
+        levels = MipStack.views(flat, sizes)
+        levels[0].copy_(tex)
+        for i in range(1, len(sizes)):
+            _box_down(levels[i - 1], *sizes[i], out=levels[i])
+        ctx.sizes = sizes
+        return flat
+
+    @staticmethod
+    def backward(ctx, g):
+        sizes = ctx.sizes
+        levels = MipStack.views(g.contiguous(), sizes)
+        B, C = g.shape[0], g.shape[-1]
+        acc = levels[-1]  # the total gradient of a level: its own plus its share of every level above
+        for i in range(len(sizes) - 1, 0, -1):
+            (H, W), (h, w) = sizes[i - 1], sizes[i]
+            fh, fw = H // h, W // w
+            up = acc.unsqueeze(3).expand(B, h, w, fw, C).reshape(B, h, 1, W * C)  # each texel's column pair
+            acc = torch.add(levels[i - 1].view(B, h, fh, W * C), up, alpha=1.0 / (fh * fw)).view(B, H, W, C)
+        return acc, None
+
+    @staticmethod
+    def views(flat: torch.Tensor, sizes) -> list[torch.Tensor]:
+        """The levels of a flat stack as ``[B, h, w, C]`` views."""
+        out, start = [], 0
+        for h, w in sizes:
+            out.append(flat[:, start:start + h * w].view(flat.shape[0], h, w, flat.shape[-1]))
+            start += h * w
+        return out
 
 
 def _mip_level(tex_hw, uv_da, bias, max_level: int):
@@ -135,12 +195,16 @@ def texture(tex, uv, uv_da=None, mip_level_bias=None, mip=None, filter_mode="aut
         idx, wts = _bilinear_taps(u, v, tw, th, base, boundary_mode)
         return gather_combine(flat, idx, wts).view(B, H, W, C)
 
-    levels = [tex] + (list(mip) if mip is not None else construct_mip(tex, max_mip_level))
-    if max_mip_level is not None:
-        levels = levels[:int(max_mip_level) + 1]
-    sizes = [(lv.shape[1], lv.shape[2]) for lv in levels]
+    if mip is not None:  # prebuilt levels 1..
+        levels = [tex] + list(mip)
+        if max_mip_level is not None:
+            levels = levels[:int(max_mip_level) + 1]
+        sizes = [(lv.shape[1], lv.shape[2]) for lv in levels]
+        flat = torch.cat([lv.reshape(Bt, -1, C) for lv in levels], 1).reshape(-1, C)
+    else:
+        sizes = _mip_sizes(th, tw, max_mip_level)
+        flat = MipStack.apply(tex, sizes).reshape(-1, C)
     counts = [h * w for h, w in sizes]
-    flat = torch.cat([lv.reshape(Bt, -1, C) for lv in levels], 1).reshape(-1, C)
     offs = torch.tensor([0] + list(accumulate(counts))[:-1], device=dev)
     hs = torch.tensor([s[0] for s in sizes], device=dev)
     ws = torch.tensor([s[1] for s in sizes], device=dev)
@@ -148,12 +212,12 @@ def texture(tex, uv, uv_da=None, mip_level_bias=None, mip=None, filter_mode="aut
 
     da = None if uv_da is None else uv_da.reshape(-1, 4)
     bias = None if mip_level_bias is None else mip_level_bias.reshape(-1)
-    flevel = _mip_level((th, tw), da, bias, len(levels) - 1)
+    flevel = _mip_level((th, tw), da, bias, len(sizes) - 1)
     level0 = torch.floor(flevel.detach()).long()
     idx0, w0 = _bilinear_taps(u, v, ws[level0], hs[level0], base + offs[level0], boundary_mode)
     if filter_mode == "linear-mipmap-nearest":
         return gather_combine(flat, idx0, w0).view(B, H, W, C)
-    level1 = (level0 + 1).clamp_max(len(levels) - 1)
+    level1 = (level0 + 1).clamp_max(len(sizes) - 1)
     idx1, w1 = _bilinear_taps(u, v, ws[level1], hs[level1], base + offs[level1], boundary_mode)
     frac = flevel - level0
     return gather_combine(flat, torch.cat([idx0, idx1]), torch.cat([w0 * (1 - frac), w1 * frac])).view(B, H, W, C)

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SOURCES = Path(__file__).resolve().parent / "csrc"
 _FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd"]
+#: per source: the mesh kernel must round as the torch pass does, so no fused multiply-adds
+_SOURCE_FLAGS = {"mesh": ["-ffp-contract=off"]}
 _ARCH_FLAGS = ["-march=native"]  # tried first, dropped if the compiler rejects it
 _loaded: dict = {}
 
@@ -59,7 +61,8 @@ def _build(name: str, cxx: str) -> Path:
     src = SOURCES / f"{name}.cpp"
     text = src.read_bytes()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(b"\0".join([text, version.encode(), " ".join(_FLAGS).encode(), platform.machine().encode(),
+    flags = _FLAGS + _SOURCE_FLAGS.get(name, [])
+    key = hashlib.sha256(b"\0".join([text, version.encode(), " ".join(flags).encode(), platform.machine().encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     cache = _cache_dir()
     lib = cache / f"{name}-{key}{'.dll' if os.name == 'nt' else '.so'}"
@@ -71,7 +74,7 @@ def _build(name: str, cxx: str) -> Path:
     try:
         errors = ""
         for extra in (_ARCH_FLAGS, []):
-            res = subprocess.run([cxx, *_FLAGS, *extra, str(src), "-o", tmp], capture_output=True, text=True,
+            res = subprocess.run([cxx, *flags, *extra, str(src), "-o", tmp], capture_output=True, text=True,
                                  timeout=600)
             if res.returncode == 0:
                 os.replace(tmp, lib)

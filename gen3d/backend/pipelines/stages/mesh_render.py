@@ -30,11 +30,33 @@ def clip_positions(vertices: torch.Tensor, cameras: Cameras, near: float = 0.01,
     return torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1) @ P.transpose(1, 2)
 
 
+def mesh_topology(mesh: TexturedMesh):
+    """The faces' edge adjacency that antialiasing needs (``km.antialias_construct_topology_hash``)."""
+    return km.antialias_construct_topology_hash(mesh.faces.to(torch.int32))
+
+
+def _sample(tex: torch.Tensor, uv: torch.Tensor, uv_da: torch.Tensor | None, rast: torch.Tensor) -> torch.Tensor:
+    """``tex [Ht,Wt,3]`` sampled (trilinear with ``uv_da``, else bilinear; clamped) at ``uv [C,H,W,2]``. Off the
+    GPU only the covered pixels are sampled (a mesh often covers a small part of the image); on a GPU every pixel
+    is, which needs no host sync. Empty pixels are 0."""
+    mode = "linear-mipmap-linear" if uv_da is not None else "linear"
+    if tex.is_cuda:
+        return km.texture(tex[None], uv, uv_da, filter_mode=mode, boundary_mode="clamp")
+    C, H, W = uv.shape[:3]
+    pix = (rast[..., 3] > 0).reshape(-1).nonzero().squeeze(1)
+
+    def covered(t):
+        return None if t is None else t.reshape(-1, t.shape[-1]).index_select(0, pix)[None, None]
+    color = km.texture(tex[None], covered(uv), covered(uv_da), filter_mode=mode, boundary_mode="clamp")
+    return tex.new_zeros(C * H * W, tex.shape[-1]).index_put((pix,), color[0, 0]).view(C, H, W, -1)
+
+
 def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor | None = None,
                 texture: torch.Tensor | None = None, vertices: torch.Tensor | None = None,
-                mipmap: bool = True, antialias: bool = True) -> MeshRender:
+                mipmap: bool = True, antialias: bool = True, topology=None) -> MeshRender:
     """Render ``mesh`` into ``cameras``. ``texture [H,W,3]`` and ``vertices [V,3]`` override the mesh's own (for
-    optimisation); ``background [C,3]`` or None (black). Without a texture, vertex colours or grey are used."""
+    optimisation); ``background [C,3]`` or None (black). Without a texture, vertex colours or grey are used.
+    ``topology``: :func:`mesh_topology` of the mesh, to reuse over many renders of the same faces."""
     v = mesh.vertices if vertices is None else vertices
     tri = mesh.faces.to(torch.int32)
     pos = clip_positions(v, cameras)
@@ -42,12 +64,8 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor |
     tex = mesh.texture if texture is None else texture
     if tex is not None:
         uv = torch.stack([mesh.uvs[:, 0], 1 - mesh.uvs[:, 1]], -1)
-        if mipmap:
-            uvi, uv_da = km.interpolate(uv[None], rast, tri, rast_db, diff_attrs="all")
-            color = km.texture(tex[None], uvi, uv_da, filter_mode="linear-mipmap-linear", boundary_mode="clamp")
-        else:
-            uvi, _ = km.interpolate(uv[None], rast, tri)
-            color = km.texture(tex[None], uvi, filter_mode="linear", boundary_mode="clamp")
+        uvi, uv_da = km.interpolate(uv[None], rast, tri, rast_db, diff_attrs="all" if mipmap else None)
+        color = _sample(tex, uvi, uv_da if mipmap else None, rast)
     else:
         vc = mesh.vertex_colors if mesh.vertex_colors is not None else torch.full_like(v, 0.7)
         color, _ = km.interpolate(vc[None], rast, tri)
@@ -55,7 +73,7 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor |
     bg = torch.zeros(len(cameras), 3, dtype=color.dtype, device=color.device) if background is None else background
     rgba = torch.cat([color * covered + bg[:, None, None, :] * (1 - covered), covered], -1)
     if antialias:
-        rgba = km.antialias(rgba, rast, pos, tri)
+        rgba = km.antialias(rgba, rast, pos, tri, topology_hash=topology)
     w2c = cameras.viewmats().to(v)
     z_cam = (v @ w2c[:, 2, :3].T + w2c[:, 2, 3]).T.contiguous()  # [C,V] camera depth of each vertex
     depth, _ = km.interpolate(z_cam[..., None], rast, tri)

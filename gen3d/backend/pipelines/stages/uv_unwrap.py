@@ -23,6 +23,9 @@ class UnwrapConfig:
     resolution: int = 1024   #: texture size the charts are packed for
     padding: int = 4         #: texels between charts (room for dilation, so mipmaps do not bleed)
     max_iterations: int = 1  #: xatlas chart-growing iterations (more = fewer, better charts, slower)
+    #: a chart covers at most this fraction of the surface: xatlas' time grows steeply with chart size (Spot at
+    #: 50k faces: 25 s of CPU uncapped, 4 s at 0.02, for 0.69 -> 0.62 of the atlas used)
+    max_chart_area: float = 0.02
     bilinear: bool = True    #: leave a texel around charts for bilinear filtering
 
 
@@ -33,6 +36,10 @@ def uv_unwrap(vertices: np.ndarray, faces: np.ndarray, cfg: UnwrapConfig = Unwra
     atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
     chart = xatlas.ChartOptions()
     chart.max_iterations = cfg.max_iterations
+    if cfg.max_chart_area > 0:
+        v = np.asarray(vertices, np.float64)[np.asarray(faces)]
+        area = 0.5 * np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1).sum()
+        chart.max_chart_area = float(cfg.max_chart_area * area)
     pack = xatlas.PackOptions()
     pack.resolution = cfg.resolution
     pack.padding = cfg.padding
