@@ -3,6 +3,7 @@
     python benchmarks/bench_dmv3d.py                  # trains the bench config on 3 objects (16 views, 64 px)
     python benchmarks/bench_dmv3d.py --config tiny    # the CI architecture instead
     python benchmarks/bench_dmv3d.py --run OUT        # samples from an existing run's OUT/weights/dmv3d
+    python benchmarks/bench_dmv3d.py --free-fit       # can the render setting represent the objects at all?
 
 Objects: Spot (textured), a textured 1.0 x 0.5 x 0.3 box and a ball coloured by direction, each rendered
 (gen3d.kernels.mesh) from 16 cameras on two rings (elevations 15/45) for training. Held out: 16 other cameras on
@@ -21,6 +22,7 @@ their silhouettes at the end and their x0 renders at each step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -35,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gen3d.backend.commands.demo import render_views, ring_cameras, spot_mesh  # noqa: E402
 from gen3d.backend.geometry.transforms import save_transforms, scan_transforms  # noqa: E402
-from gen3d.backend.models.dmv3d import (fresh_dmv3d, load_dmv3d, render_views as render_triplane,  # noqa: E402
-                                        sample_triplane)
+from gen3d.backend.models.dmv3d import (CONFIGS, DMV3DConfig, fresh_dmv3d, load_dmv3d,  # noqa: E402
+                                        render_views as render_triplane, sample_triplane)
 from gen3d.backend.representations.mesh import TexturedMesh  # noqa: E402
 from gen3d.backend.training import prepare, train  # noqa: E402
 from gen3d.backend.training.data import ObjectViews  # noqa: E402
-from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews  # noqa: E402
+from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews, balanced_mask_loss  # noqa: E402
 
 NOISY = [2, 4, 6, 10]
 #: ``--set`` overrides of the tiny preset for the ``bench`` architecture (models/dmv3d/config.py): 2 extra
@@ -139,6 +141,53 @@ def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, con
     return sc, per_step, alpha[0], grid
 
 
+def free_fit(config: DMV3DConfig, mesh: TexturedMesh, steps: int = 300, seed: int = 0) -> dict[str, float]:
+    """The ceiling of a render setting: a free triplane (``[3, C, 2r, 2r]`` parameters, no network) and a fresh NeRF
+    MLP of ``config``, rendered by the model's own field and settings, fitted (Adam, the recipe's loss: MSE over a
+    random grey + balanced mask) to the even views of the object's 16 and scored at the odd ones."""
+    torch.manual_seed(seed)
+    model = fresh_dmv3d(config, seed)
+    S, folder = config.lrm.image_size, Path(tempfile.mkdtemp(prefix="bench_dmv3d_fit_"))
+    views = DMV3DViews([ObjectViews("obj", scan_transforms(write_views(folder, mesh, 64, 0.0)))], config.lrm,
+                       DMV3DTrainConfig.resolve("tiny"))
+    item = views.views(0, list(range(16)), S, torch.zeros(16, 2, dtype=torch.long), S, torch.ones(16))
+    r, C = 2 * config.lrm.triplane_low_res, config.lrm.triplane_dim
+    planes = torch.nn.Parameter(0.1 * torch.randn(1, 3, C, r, r))
+    opt = torch.optim.Adam([{"params": [planes], "lr": 0.05}, {"params": model.nerf.parameters(), "lr": 5e-3}])
+    fit, held = list(range(0, 16, 2)), list(range(1, 16, 2))
+    for _ in range(steps):
+        ids = [fit[i] for i in torch.randperm(len(fit))[:4]]
+        bg = float(torch.randint(0, 3, ())) / 2
+        rgb, opacity = render_triplane(model, planes, item["origins"][None, ids], item["dirs"][None, ids],
+                                       model.render_settings(jitter=True, ray_chunk=1 << 16), background=bg)
+        target = item["rgb"][ids] - (1 - item["alpha"][ids][..., None]) * (1 - bg)
+        loss = (rgb[0] - target).pow(2).mean() + balanced_mask_loss(opacity[0], item["alpha"][ids])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        rgb, opacity = render_triplane(model, planes, item["origins"][None, held], item["dirs"][None, held],
+                                       model.render_settings(jitter=False, ray_chunk=1 << 16))
+    return scores(rgb[0], opacity[0], item["rgb"][held], item["alpha"][held])
+
+
+def free_fit_table(steps: int) -> dict[str, dict[str, float]]:
+    """:func:`free_fit` of each object at the ``tiny`` and ``bench`` settings and at ``tiny`` in OpenLRM's unit box
+    with 8 ray samples (the setting before the CPU configs' 0.6 box)."""
+    unit_box = dataclasses.replace(CONFIGS["tiny"], lrm=CONFIGS["tiny"].lrm.replace(radius=1.0, samples_per_ray=8,
+                                                                                      importance_samples=4))
+    settings = {"tiny, radius 1, 8 samples": unit_box, "tiny": CONFIGS["tiny"], "bench": CONFIGS["bench"]}
+    rows = {}
+    for label, config in settings.items():
+        for name, mesh in objects().items():
+            t0 = time.perf_counter()
+            sc = free_fit(config, mesh, steps)
+            rows[f"{label}/{name}"] = {k: round(v, 3) for k, v in sc.items()} | {
+                "seconds": round(time.perf_counter() - t0, 1)}
+            print(f"{label}/{name}", rows[f"{label}/{name}"], flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing gen3d train dmv3d output folder (skip training)")
@@ -147,7 +196,12 @@ def main() -> int:
     ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=16, help="ray samples of the renders")
     ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")
+    ap.add_argument("--free-fit", type=int, metavar="STEPS", nargs="?", const=300,
+                    help="only fit free triplanes (no network) at each config's render setting")
     args = ap.parse_args()
+    if args.free_fit:
+        print(json.dumps(free_fit_table(args.free_fit), indent=1))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="bench_dmv3d_"))
     meshes = objects()
     train_s = None
