@@ -11,8 +11,8 @@ the same rings rotated by 11.25 degrees, never seen in training. Per object, hel
 views 2, 4, 6 and 10 are the noisy views (their cameras' Plücker rays, pure noise in their pixels); the DDIM sample's
 final triplane is rendered at the remaining 11 held-out views and compared with the ground truth: PSNR inside the
 object's mask ("masked PSNR"), PSNR of whole images on white, and silhouette IoU (opacity and alpha cut at 0.5). The
-same numbers for the untrained network are the baseline (its uniform fog stays under opacity 0.5 in the 0.6 box, so
-its IoU is 0 and its masked PSNR that of a white image). ``iou_vs`` scores each sample's silhouettes against every
+same numbers for the untrained network are the baseline (its faint uniform fog stays under opacity 0.5 in the 0.6
+box: IoU 0). ``iou_vs`` scores each sample's silhouettes against every
 object's held-out silhouettes (the sample should match the object whose view it was given). Each DDIM step's x0
 renders (at the noisy views) are scored against those views' ground truth (PSNR, whole images), which shows whether
 x0 sharpens as t falls. Three unconditional samples (blank input view, seeds 0-2) are scored against every object,
