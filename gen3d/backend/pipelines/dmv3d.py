@@ -74,11 +74,15 @@ def variant_input(folder: Path) -> str:
     return "prompt" if text_dim else "image"
 
 
-def check_variant_input(request: JobRequest, needed: str) -> None:
-    """One :class:`BadInput` unless the request gives exactly the input ``needed`` (``"image"`` or ``"prompt"``)."""
+def check_variant_input(request: JobRequest, needed: str | None) -> None:
+    """One :class:`BadInput` unless the request gives exactly the input ``needed`` (``"image"`` or ``"prompt"``;
+    None: the weights are not found yet, so either one)."""
     given = [role for role, present in (("image", "image" in request.files), ("prompt", bool(request.prompt)))
              if present]
-    if given != [needed]:
+    if needed is None and len(given) != 1:
+        raise BadInput(f"method 'dmv3d' takes an image (image-variant weights) or a prompt (text-variant weights), "
+                       f"one of them (given: {', '.join(given) or 'nothing'})", {"field": "image"})
+    if needed is not None and given != [needed]:
         variant = "text" if needed == "prompt" else "image"
         raise BadInput(f"these DMV3D weights are the {variant} variant: give {'a' if variant == 'text' else 'an'} "
                        f"{needed} and nothing else (given: {', '.join(given) or 'nothing'})", {"field": needed})
@@ -103,12 +107,10 @@ class DMV3DPipeline(Pipeline):
         are already in place, else when they are loaded)."""
         opts = super().validate(request)
         try:
-            folder = weights_folder(opts.weights_path)
+            needed = variant_input(weights_folder(opts.weights_path))
         except MissingWeights:
-            if "image" in request.files and request.prompt:
-                check_variant_input(request, "image")
-            return opts
-        check_variant_input(request, variant_input(folder))
+            needed = None
+        check_variant_input(request, needed)
         return opts
 
     def _model(self, opts: DMV3DOptions, ctx: RunContext):
