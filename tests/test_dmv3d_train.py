@@ -97,7 +97,7 @@ def test_method_runs_on_the_trained_weights_and_names_the_training_command(train
     level = float(grid.min() + grid.max()) / 2
 
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(out / "weights"))
-    assert main(["run", "dmv3d", "--image", str(image), "--prompt", "a cow", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["run", "dmv3d", "--prompt", "a cow", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image variant" in err[0], err
     res = tmp_path / "res"
@@ -147,7 +147,7 @@ def test_text_variant_trains_on_captions_and_exports_its_prompt_encoder(trained,
 def test_method_samples_text_variant_weights_from_a_prompt(tmp_path, monkeypatch, capsys):
     """Text-variant weights (a fresh tiny denoiser with the tiny SD 2.1 CLIP copied beside it, as the export does):
     ``--prompt`` gives a GLB without an ``input.png``; an image instead of (or besides) the prompt is one exit-2 line
-    naming the prompt, as a prompt given to image-variant weights names the image."""
+    naming the prompt, as a prompt alone given to image-variant weights names the image."""
     import dataclasses
     import shutil
 

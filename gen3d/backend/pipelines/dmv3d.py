@@ -5,8 +5,8 @@ with ``python -m gen3d train dmv3d``).
 Stages: preprocess (image variant: the LRM's mask, recentre, white background, the model's resolution; text variant:
 the prompt and the negative prompt, or the empty one, through the CLIP encoder exported with the weights) -> DDIM
 sampling of the noisy views with the input view clean (blank for text; each step's x0 renders streamed as
-previews, the last step's written to ``views.png``) -> the final triplane -> marching cubes, UV unwrap and colour bake (the shared
-``stages/triplane_mesh.textured_mesh_from_field``, as ``lrm`` and ``instant3d``) -> export (GLB, OBJ,
+previews, the last step's written to ``views.png``) -> the final triplane -> marching cubes, UV unwrap and colour
+bake (the shared ``stages/triplane_mesh.textured_mesh_from_field``, as ``lrm`` and ``instant3d``) -> export (GLB, OBJ,
 ``preview.png``) and ``placement.json``.
 """
 
@@ -75,17 +75,19 @@ def variant_input(folder: Path) -> str:
 
 
 def check_variant_input(request: JobRequest, needed: str | None) -> None:
-    """One :class:`BadInput` unless the request gives exactly the input ``needed`` (``"image"`` or ``"prompt"``;
-    None: the weights are not found yet, so either one)."""
-    given = [role for role, present in (("image", "image" in request.files), ("prompt", bool(request.prompt)))
-             if present]
-    if needed is None and len(given) != 1:
-        raise BadInput(f"method 'dmv3d' takes an image (image-variant weights) or a prompt (text-variant weights), "
-                       f"one of them (given: {', '.join(given) or 'nothing'})", {"field": "image"})
-    if needed is not None and given != [needed]:
-        variant = "text" if needed == "prompt" else "image"
-        raise BadInput(f"these DMV3D weights are the {variant} variant: give {'a' if variant == 'text' else 'an'} "
-                       f"{needed} and nothing else (given: {', '.join(given) or 'nothing'})", {"field": needed})
+    """One :class:`BadInput` unless the request gives the input ``needed`` (``"image"`` or ``"prompt"``; None: the
+    weights are not found yet, so either one). The text variant also refuses an image (it would be ignored); a prompt
+    beside an image for the image variant is ignored, as the add-on sends the panel's prompt to every method that
+    takes one."""
+    image, prompt = "image" in request.files, bool(request.prompt)
+    if needed is None and not (image or prompt):
+        raise BadInput("method 'dmv3d' needs an image (image-variant weights) or a prompt (text-variant weights)",
+                       {"field": "image"})
+    if needed == "prompt" and (image or not prompt):
+        raise BadInput("these DMV3D weights are the text variant: they take a prompt" +
+                       (", not an image" if image else ""), {"field": "image" if image else "prompt"})
+    if needed == "image" and not image:
+        raise BadInput("these DMV3D weights are the image variant: they take an image", {"field": "image"})
 
 
 @register
@@ -103,8 +105,8 @@ class DMV3DPipeline(Pipeline):
     weights = ()  # no registry entry: trained weights are found by weights_folder()
 
     def validate(self, request: JobRequest) -> DMV3DOptions:
-        """Also: exactly one of image and prompt, the one the weights' variant reads (checked here when the weights
-        are already in place, else when they are loaded)."""
+        """Also: the input the weights' variant reads (:func:`check_variant_input`; here when the weights are
+        already in place, else again when they are loaded)."""
         opts = super().validate(request)
         try:
             needed = variant_input(weights_folder(opts.weights_path))
