@@ -97,6 +97,9 @@ def test_method_runs_on_the_trained_weights_and_names_the_training_command(train
     level = float(grid.min() + grid.max()) / 2
 
     monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(out / "weights"))
+    assert main(["run", "dmv3d", "--prompt", "a cow", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image variant" in err[0], err
     res = tmp_path / "res"
     assert main(["run", "dmv3d", "--image", str(image), "--out", str(res), "--seed", "0", "--preset", "fast",
                  "--set", "steps=2", "--set", f"mesh_level={level}", "--set", "mesh_resolution=32",
@@ -139,3 +142,45 @@ def test_text_variant_trains_on_captions_and_exports_its_prompt_encoder(trained,
     assert all(float(item["keep_input"]) == 0.0 for item in items)
     ids = {tuple(item["input_ids"].tolist()) for item in items}
     assert ids == {tuple(caption_ids(data.tokenizer, c).tolist()) for c in ("a spotted cow", "")}
+
+
+def test_method_samples_text_variant_weights_from_a_prompt(tmp_path, monkeypatch, capsys):
+    """Text-variant weights (a fresh tiny denoiser with the tiny SD 2.1 CLIP copied beside it, as the export does):
+    ``--prompt`` gives a GLB without an ``input.png``; an image instead of (or besides) the prompt is one exit-2 line
+    naming the prompt, as a prompt alone given to image-variant weights names the image."""
+    import dataclasses
+    import shutil
+
+    from gen3d.backend import weights
+    from gen3d.backend.models.dmv3d import CONFIGS, fresh_dmv3d, sample_triplane, save_dmv3d
+    from gen3d.backend.models.dmv3d.text import PromptEncoder
+
+    sd = weights.write_tiny("sd21-base", tmp_path / "sd")
+    folder = tmp_path / "weights" / "dmv3d"
+    for part in ("tokenizer", "text_encoder"):
+        shutil.copytree(sd / part, folder / part)
+    encoder = PromptEncoder(folder)
+    model = fresh_dmv3d(dataclasses.replace(CONFIGS["tiny"], text_dim=encoder.model.config.hidden_size), 0).eval()
+    save_dmv3d(model, folder)
+    text, null = encoder(["a spotted cow", ""]).split(1)
+    planes = sample_triplane(model, None, 1, torch.Generator().manual_seed(0), text=text, null_text=null)
+    with torch.no_grad():
+        grid = model.field(planes[0]).density_grid(32)
+    level = float(grid.min() + grid.max()) / 2  # an untrained field: mesh halfway between its density extremes
+
+    monkeypatch.setenv("GEN3D_WEIGHTS_DIR", str(tmp_path / "weights"))
+    res = tmp_path / "res"
+    assert main(["run", "dmv3d", "--prompt", "a spotted cow", "--out", str(res), "--seed", "0", "--preset", "fast",
+                 "--set", "steps=1", "--set", f"mesh_level={level}", "--set", "mesh_resolution=32",
+                 "--set", "texture_size=64", "--set", "preview_views=1", "--set", "preview_size=32"]) == 0
+    assert (res / "mesh.glb").is_file() and (res / "views.png").is_file() and not (res / "input.png").exists()
+    capsys.readouterr()
+
+    from gen3d.backend.commands.demo import make_spot_views
+
+    image = make_spot_views(tmp_path / "spot", resolution=32, per_ring=1) / "images" / "frame_00000.png"
+    for args in (["--image", str(image)], ["--image", str(image), "--prompt", "a cow"]):
+        assert main(["run", "dmv3d", *args, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "text variant" in err[0] and "prompt" in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -1,15 +1,18 @@
-"""Method ``dmv3d``: one image -> a textured mesh by DMV3D sampling (multi-view diffusion whose denoiser is a
-triplane reconstructor; no published weights: train them with ``python -m gen3d train dmv3d``).
+"""Method ``dmv3d``: one image (image-variant weights) or a prompt (text-variant weights) -> a textured mesh by
+DMV3D sampling (multi-view diffusion whose denoiser is a triplane reconstructor; no published weights: train them
+with ``python -m gen3d train dmv3d``).
 
-Stages: preprocess (the LRM's: mask, recentre, white background, the model's resolution) -> DDIM sampling of the
-noisy views with the input view clean (each step's x0 renders streamed as previews, the last step's written to
-``views.png``) -> the final triplane -> marching cubes, UV unwrap and colour bake (the shared
-``stages/triplane_mesh.textured_mesh_from_field``, as ``lrm`` and ``instant3d``) -> export (GLB, OBJ,
+Stages: preprocess (image variant: the LRM's mask, recentre, white background, the model's resolution; text variant:
+the prompt and the negative prompt, or the empty one, through the CLIP encoder exported with the weights) -> DDIM
+sampling of the noisy views with the input view clean (blank for text; each step's x0 renders streamed as
+previews, the last step's written to ``views.png``) -> the final triplane -> marching cubes, UV unwrap and colour
+bake (the shared ``stages/triplane_mesh.textured_mesh_from_field``, as ``lrm`` and ``instant3d``) -> export (GLB, OBJ,
 ``preview.png``) and ``placement.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from pydantic import Field
 from ..errors import BadInput, MissingWeights, NumericalError
 from . import register
 from .base import JobRequest, Options, Pipeline, RunContext
+from .inputs import IMAGE_INPUT, PROMPT_INPUT
 
 TRAIN_COMMAND = "python -m gen3d train dmv3d --data DATA --out OUT (then GEN3D_WEIGHTS_DIR=OUT/weights)"
 
@@ -61,20 +65,55 @@ def weights_folder(explicit: str | None) -> Path:
     return path
 
 
+def variant_input(folder: Path) -> str:
+    """The input role a weights folder samples from: ``"prompt"`` for the text variant, else ``"image"``."""
+    try:
+        text_dim = json.loads((folder / "config.json").read_text()).get("text_dim", 0)
+    except (OSError, ValueError, AttributeError):
+        raise BadInput(f"{folder / 'config.json'}: not a readable DMV3D config", {"weights": "dmv3d"}) from None
+    return "prompt" if text_dim else "image"
+
+
+def check_variant_input(request: JobRequest, needed: str | None) -> None:
+    """One :class:`BadInput` unless the request gives the input ``needed`` (``"image"`` or ``"prompt"``; None: the
+    weights are not found yet, so either one). The text variant also refuses an image (it would be ignored); a prompt
+    beside an image for the image variant is ignored, as the add-on sends the panel's prompt to every method that
+    takes one."""
+    image, prompt = "image" in request.files, bool(request.prompt)
+    if needed is None and not (image or prompt):
+        raise BadInput("method 'dmv3d' needs an image (image-variant weights) or a prompt (text-variant weights)",
+                       {"field": "image"})
+    if needed == "prompt" and (image or not prompt):
+        raise BadInput("these DMV3D weights are the text variant: they take a prompt" +
+                       (", not an image" if image else ""), {"field": "image" if image else "prompt"})
+    if needed == "image" and not image:
+        raise BadInput("these DMV3D weights are the image variant: they take an image", {"field": "image"})
+
+
 @register
 class DMV3DPipeline(Pipeline):
     name = "dmv3d"
-    title = "DMV3D (image to 3D by multi-view diffusion with a reconstruction denoiser)"
+    title = "DMV3D (image or text to 3D by multi-view diffusion with a reconstruction denoiser)"
     description = ("Denoises four views jointly; every step reconstructs a triplane NeRF from the noisy views and "
                    "re-renders it, so the last step is the 3D object. Weights are trained with gen3d train dmv3d.")
-    inputs = {"image": "one RGBA image of an object (alpha = its mask; opaque images need rembg installed locally)"}
-    required_inputs = ("image",)
+    inputs = {"image": f"{IMAGE_INPUT} (image-variant weights)", "prompt": f"{PROMPT_INPUT} (text-variant weights)"}
     needs_mask = True
     Options = DMV3DOptions
     #: meta.json timings of a fast-preset CPU run of the tiny model (a real model's sampling weighs far more)
     stage_shares = {"load": 0.001, "preprocess": 0.001, "sample": 0.08, "mesh": 0.32, "uv_unwrap": 0.54,
                     "bake": 0.01, "export": 0.04}
     weights = ()  # no registry entry: trained weights are found by weights_folder()
+
+    def validate(self, request: JobRequest) -> DMV3DOptions:
+        """Also: the input the weights' variant reads (:func:`check_variant_input`; here when the weights are
+        already in place, else again when they are loaded)."""
+        opts = super().validate(request)
+        try:
+            needed = variant_input(weights_folder(opts.weights_path))
+        except MissingWeights:
+            needed = None
+        check_variant_input(request, needed)
+        return opts
 
     def _model(self, opts: DMV3DOptions, ctx: RunContext):
         from ..models.dmv3d import load_dmv3d
@@ -89,6 +128,15 @@ class DMV3DPipeline(Pipeline):
                                                 "config": ctx.cache[key].config.name}}
         return ctx.cache[key]
 
+    def _prompt_encoder(self, folder: Path, ctx: RunContext):
+        from ..models.dmv3d.text import PromptEncoder
+
+        key = f"dmv3d-text:{folder.resolve()}"
+        if key not in ctx.cache:
+            with ctx.stage("load"):
+                ctx.cache[key] = PromptEncoder(folder, ctx.device)
+        return ctx.cache[key]
+
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.image_prep import read_image
         from ..geometry.placement import CanonicalView, record_placement
@@ -99,16 +147,19 @@ class DMV3DPipeline(Pipeline):
 
         opts = DMV3DOptions(**request.options)
         model = self._model(opts, ctx)
-        if model.config.text_dim:
-            raise BadInput("these DMV3D weights are the text variant; the dmv3d method samples image-conditioned "
-                           "weights (text-variant sampling: models.dmv3d.sample_triplane with text=...)",
-                           {"weights": "dmv3d"})
+        check_variant_input(request, "prompt" if model.config.text_dim else "image")
         cfg = model.cfg
         out: dict[str, Path] = {}
+        image, text = None, {}
         with ctx.stage("preprocess"):
-            image = preprocess_image(read_image(request.files["image"]), cfg, opts.foreground_ratio,
-                                     what=Path(request.files["image"]).name)
-            out["input.png"] = write_png(ctx.out_dir / "input.png", to_uint8(image[0].permute(1, 2, 0).numpy()))
+            if model.config.text_dim:
+                encoder = self._prompt_encoder(weights_folder(opts.weights_path), ctx)
+                text["text"], text["null_text"] = encoder([request.prompt, request.negative_prompt or ""]).split(1)
+            else:
+                image = preprocess_image(read_image(request.files["image"]), cfg, opts.foreground_ratio,
+                                         what=Path(request.files["image"]).name).to(ctx.device)
+                out["input.png"] = write_png(ctx.out_dir / "input.png",
+                                             to_uint8(image[0].permute(1, 2, 0).cpu().numpy()))
         last: list[np.ndarray] = []
 
         def preview(i: int, t: int, x0: torch.Tensor) -> None:
@@ -117,10 +168,9 @@ class DMV3DPipeline(Pipeline):
             ctx.progress("sample", i + 1, opts.steps, to_uint8(last[0]))
 
         with ctx.stage("sample"):
-            planes = sample_triplane(model, image.to(ctx.device), opts.steps,
-                                     torch.Generator().manual_seed(request.seed),
-                                     samples_per_ray=opts.samples_per_ray, on_step=preview,
-                                     guidance=opts.guidance).float()
+            planes = sample_triplane(model, image, opts.steps, torch.Generator().manual_seed(request.seed),
+                                     samples_per_ray=opts.samples_per_ray, on_step=preview, guidance=opts.guidance,
+                                     **text).float()
             out["views.png"] = write_png(ctx.out_dir / "views.png", to_uint8(last[0]))
         if not torch.isfinite(planes).all():
             raise NumericalError("the model produced NaN/inf triplane features", {"stage": "sample"})

@@ -15,6 +15,8 @@ from ..errors import BadInput
 
 #: how every single-image method describes its ``image`` input
 IMAGE_INPUT = "one image of an object: RGBA (alpha = mask), or RGB when rembg and its model are installed"
+#: how every text method describes its ``prompt`` input
+PROMPT_INPUT = "what to generate"
 
 
 def check_image(path: Path, field: str, needs_mask: bool, rembg_model: str = "u2net") -> None:

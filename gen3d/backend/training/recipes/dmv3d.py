@@ -43,7 +43,8 @@ from .lrm import BACKGROUNDS, LRMViews, perceptual_loss, weighted_loss
 
 
 class DMV3DTrainConfig(TrainConfig):
-    config: Literal["tiny", "small", "base"] = Field("base", description="architecture (models/dmv3d/config.py)")
+    config: Literal["tiny", "bench", "small", "base"] = Field("base",
+                                                              description="architecture (models/dmv3d/config.py)")
     extra_views: int = Field(2, ge=0, le=16, description="supervision-only views rendered besides the denoised ones")
     samples_per_ray: int | None = Field(None, ge=4, le=1024, description="ray samples (config default)")
     pixel_weight: float = Field(1.0, ge=0)
