@@ -83,7 +83,7 @@ def test_fitted_depth_through_the_opening_is_nearer_the_inner_surface_than_the_c
     mesh = open_shell()
     cams, imgs = views(mesh)
     cfg = FitConfig(steps=150, num_points=3000, max_gaussians=20_000, sh_degree=0, resolutions=(0.5, 1.0),
-                    densify_from=50, densify_every=50, hull_resolution=48)
+                    densify_from=50, densify_every=50, hull_resolution=48, stereo=True)
     g, _ = fit_gaussians(cams, imgs, cfg, torch.Generator().manual_seed(0))
     below = cams[8:]
     with torch.no_grad():

@@ -58,7 +58,7 @@ class FitConfig:
     min_opacity: float = 0.005
     max_scale_frac: float = 0.2      #: x object radius: larger Gaussians are pruned
     hull_resolution: int = 64
-    stereo: bool = True              #: start on the views' stereo depth inside the hull (see :mod:`.stereo`)
+    stereo: bool = False             #: start on the views' stereo depth inside the hull (see :mod:`.stereo`)
     random_background: bool = True
 
 
@@ -101,24 +101,22 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
     hull = visual_hull(cameras, images[..., 3], hull_resolution)
     voxel = hull.voxel
     pts = hull.centers()[hull.surface().reshape(-1)]
-    metrics = {}
+    metrics, colors = {}, None
     if len(pts) < 8:
         log.warning("the masks carve an empty visual hull; starting from a sphere")
         center, half = scene_box(cameras)
         d = F.normalize(torch.randn(num_points, 3, generator=generator), dim=-1)
         pts, voxel = center + 0.5 * half * d, half / hull_resolution
-        colors = None
-    else:
+    elif stereo is not None:
         colors = _mean_colors(cameras, images, pts)
-        if stereo is not None:
-            seen, seen_colors, cams, depth = stereo_points(cameras, images, hull, stereo)
-            seen, seen_colors, taken = surface_cells(seen, seen_colors, hull, stereo)
-            free = in_free_space(pts, cams, depth, 2 * voxel, stereo.free_views)
-            rest = ~free & ~taken.contains(pts)
-            metrics = {"init_stereo_points": len(seen), "init_hull_points": int(rest.sum()),
-                       "init_hull_free": int(free.sum())}
-            if len(seen) + int(rest.sum()) >= 8:
-                pts, colors = torch.cat([seen, pts[rest]]), torch.cat([seen_colors, colors[rest]])
+        seen, seen_colors, cams, depth = stereo_points(cameras, images, hull, stereo)
+        seen, seen_colors, taken = surface_cells(seen, seen_colors, hull, stereo)
+        free = in_free_space(pts, cams, depth, 2 * voxel, stereo.free_views)
+        rest = ~free & ~taken.contains(pts)
+        metrics = {"init_stereo_points": len(seen), "init_hull_points": int(rest.sum()),
+                   "init_hull_free": int(free.sum())}
+        if len(seen) + int(rest.sum()) >= 8:
+            pts, colors = torch.cat([seen, pts[rest]]), torch.cat([seen_colors, colors[rest]])
     idx = torch.randint(len(pts), (num_points,), generator=generator)
     means = pts[idx] + (torch.rand(num_points, 3, generator=generator) - 0.5) * voxel
     colors = _mean_colors(cameras, images, means) if colors is None else colors[idx]
