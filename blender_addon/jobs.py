@@ -63,6 +63,7 @@ class JobRecord:
     resumable: bool = False  # failed or cancelled with stage checkpoints on the backend
     started: float = field(default_factory=time.time)
     history: bool = False  # from the backend's job list (GET /v1/jobs), not submitted in this session
+    resuming: bool = False  # Resume pressed: the earlier follower's late messages are dropped until it has ended
 
     @property
     def active(self) -> bool:
@@ -170,6 +171,7 @@ class JobManager:
         self.queue: queue.Queue = queue.Queue()
         self._next = 1
         self._clients: dict[int, Client] = {}
+        self._followers: dict[int, threading.Thread] = {}  # the worker thread following each record's job
         #: called on the main thread with a succeeded record whose GLB is downloaded; returns new object names
         self.importer: Callable[[JobRecord], list[str]] | None = None
         #: called on the main thread after the backend status (method list) changed
@@ -186,8 +188,7 @@ class JobManager:
     def start(self, rec: JobRecord, client: Client) -> None:
         """Follow ``rec`` on a daemon worker thread; results arrive through :func:`pump`."""
         self._clients[rec.key] = client
-        threading.Thread(target=self._work, args=(rec.key, client, rec.request, rec.files, rec.out_dir, None),
-                         name=f"gen3d-job-{rec.key}", daemon=True).start()
+        self._follow_with(rec.key, self._work, client, rec.request, rec.files, rec.out_dir, None)
 
     def run_sync(self, rec: JobRecord, client: Client, timeout: float) -> JobRecord:
         """Submit, follow, download and import ``rec`` in the calling thread (background mode)."""
@@ -211,13 +212,20 @@ class JobManager:
     def resume(self, rec: JobRecord, client: Client) -> None:
         """Continue a failed or cancelled job from its last finished stage and follow it as :meth:`start` does."""
         rec.state, rec.error, rec.error_code, rec.resumable, rec.message = "queued", "", "", False, "resuming"
+        rec.resuming = True
         self._clients[rec.key] = client
-        threading.Thread(target=self._resume, args=(rec.key, client, rec.job_id, rec.out_dir),
-                         name=f"gen3d-job-{rec.key}", daemon=True).start()
+        self._follow_with(rec.key, self._resume, client, rec.job_id, rec.out_dir, self._followers.get(rec.key))
+
+    def _follow_with(self, key: int, target: Callable, *args) -> None:
+        """Run ``target(key, *args)`` on the daemon thread that follows record ``key`` from now on."""
+        thread = threading.Thread(target=target, args=(key, *args), name=f"gen3d-job-{key}", daemon=True)
+        self._followers[key] = thread
+        thread.start()
 
     def remove(self, rec: JobRecord) -> None:
         self.records.pop(rec.key, None)
         self._clients.pop(rec.key, None)
+        self._followers.pop(rec.key, None)
         img = bpy.data.images.get(rec.preview_image) if rec.preview_image else None
         if img is not None and img.users == 0:
             bpy.data.images.remove(img)
@@ -228,6 +236,7 @@ class JobManager:
             rec.cancel_requested = True
         self.records.clear()
         self._clients.clear()
+        self._followers.clear()
         self.queue = queue.Queue()
         self.status = BackendStatus()
 
@@ -270,8 +279,13 @@ class JobManager:
                 client.cancel(str(job["id"]))
             self._follow(key, client, str(job["id"]), out_dir, deadline)
 
-    def _resume(self, key: int, client: Client, job_id: str, out_dir: str) -> None:
-        """Resume the job on the backend and follow it to its imported result."""
+    def _resume(self, key: int, client: Client, job_id: str, out_dir: str, previous: threading.Thread | None) -> None:
+        """Resume the job on the backend and follow it to its imported result. The ``previous`` follower (of the
+        cancelled or failed run) may still be posting that run's end: wait for it, then mark where this run's
+        messages begin (:func:`pump` drops the ones before)."""
+        if previous is not None:
+            previous.join()
+        self.queue.put(("resumed", key, None))
         with self._failures_reported(key, out_dir):
             self.queue.put(("job", key, client.resume(job_id)))
             self._follow(key, client, job_id, out_dir, None)
@@ -355,7 +369,10 @@ class JobManager:
                     self.on_status(payload)
                 continue
             rec = self.records.get(key)
-            if rec is None:
+            if rec is None or (rec.resuming and kind != "resumed"):
+                continue
+            if kind == "resumed":
+                rec.resuming = False
                 continue
             try:
                 self._apply(rec, kind, payload)
@@ -383,8 +400,7 @@ class JobManager:
             rec.started = float(job.get("created") or rec.started)
             if rec.active:
                 self._clients[rec.key] = client
-                threading.Thread(target=self._watch, args=(rec.key, client, rec.job_id),
-                                 name=f"gen3d-job-{rec.key}", daemon=True).start()
+                self._follow_with(rec.key, self._watch, client, rec.job_id)
 
     def _apply(self, rec: JobRecord, kind: str, payload: Any) -> None:
         if kind == "job":
