@@ -18,17 +18,12 @@ from scipy.special import sph_harm_y
 from gen3d.kernels import _native
 from gen3d.kernels._gaussians_raster import native_library
 from gen3d.kernels.gaussians import rasterization, rasterize_projected, sh_basis
+from support.kernels import both_kernel_paths
 
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def kernel_path(request, monkeypatch):
-    """Runs the test on the compiled kernels, then on the pure-torch fallback (GEN3D_NATIVE=0)."""
-    monkeypatch.setenv("GEN3D_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and _native.load("gaussians") is None:
-        pytest.skip("no C++ compiler here: the native kernels cannot be built")
-    return request.param
+kernel_path = both_kernel_paths("gaussians")
 
 
 # ----------------------------------------------------------------------------- the dense reference

@@ -18,17 +18,12 @@ import torch.nn.functional as tF
 
 from gen3d.backend.geometry.cameras import Cameras, intrinsics_from_fov, look_at, orbit_cameras, yup_to_zup
 from gen3d.kernels import _mesh_raster, _native, mesh
+from support.kernels import both_kernel_paths
 
 T = dict(backend="torch")
 
 
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def kernel_path(request, monkeypatch):
-    """Runs the test with the compiled visibility kernel, then with the pure-torch one (GEN3D_NATIVE=0)."""
-    monkeypatch.setenv("GEN3D_NATIVE", "1" if request.param == "native" else "0")
-    if request.param == "native" and _native.load("mesh") is None:
-        pytest.skip("no C++ compiler here: the native kernels cannot be built")
-    return request.param
+kernel_path = both_kernel_paths("mesh")
 
 
 def _tri(x):
