@@ -34,25 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_magic123 import bumpy_dmtet, timed  # noqa: E402
+from bench_magic123 import bumpy_dmtet, gaussian_step, timed  # noqa: E402
 
 
 def bench_coarse(device, repeats: int) -> list[tuple[str, float, str]]:
     from gen3d.backend.geometry.cameras import orbit_cameras
-    from gen3d.backend.pipelines.stages.distill_gaussians import ball_gaussians
-    from gen3d.backend.pipelines.stages.fit_gaussians import render_gaussians
 
-    g = ball_gaussians(20_000, 0.5, torch.Generator().manual_seed(0)).to(device)
-    for name in ("means", "log_scales", "opacity_logits", "sh"):
-        getattr(g, name).requires_grad_(True)
-    cams = orbit_cameras(20.0, 40.0, 3.8, 20.0, 128, 128).to(device)
-    ref = orbit_cameras(0.0, 0.0, 3.8, 20.0, 128, 128).to(device)
-
-    def step():
-        rgb, _, _ = render_gaussians(g, cams, torch.ones(1, 3, device=device))
-        rgbd, a, _ = render_gaussians(g, ref, torch.ones(1, 3, device=device), render_mode="RGB+ED")
-        (rgb.mean() + rgbd.mean() + a.mean()).backward()
-    return [("coarse gaussians 128 (+ reference with depth)", timed(step, repeats), "20000 Gaussians")]
+    cams = orbit_cameras(20.0, 40.0, 3.8, 20.0, 128, 128)
+    ref = orbit_cameras(0.0, 0.0, 3.8, 20.0, 128, 128)
+    return [("coarse gaussians 128 (+ reference with depth)", gaussian_step(device, repeats, cams, ref),
+             "20000 Gaussians")]
 
 
 def bench_geometry(device, repeats: int) -> list[tuple[str, float, str]]:

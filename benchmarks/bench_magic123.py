@@ -155,22 +155,31 @@ def bench_priors(device, repeats: int, root: Path) -> list[tuple[str, float, str
     return rows
 
 
-def bench_gaussians(device, repeats: int) -> list[tuple[str, float, str]]:
-    from gen3d.backend.geometry.cameras import orbit_cameras
+def gaussian_step(device, repeats: int, cams, ref) -> float:
+    """Seconds per render + backward of 20k ball Gaussians at ``cams`` plus the reference view ``ref`` with depth
+    (a coarse-stage step)."""
     from gen3d.backend.pipelines.stages.distill_gaussians import ball_gaussians
     from gen3d.backend.pipelines.stages.fit_gaussians import render_gaussians
 
     g = ball_gaussians(20_000, 0.5, torch.Generator().manual_seed(0)).to(device)
     for name in ("means", "log_scales", "opacity_logits", "sh"):
         getattr(g, name).requires_grad_(True)
-    cams = orbit_cameras(0.0, 40.0, 1.8, 40.0, 128, 128).to(device)
-    ref = orbit_cameras(0.0, 0.0, 1.8, 40.0, 192, 192).to(device)
+    cams, ref = cams.to(device), ref.to(device)
 
     def step():
-        rgb, alpha, _ = render_gaussians(g, cams, torch.ones(1, 3, device=device))
-        rgbd, a2, _ = render_gaussians(g, ref, torch.ones(1, 3, device=device), render_mode="RGB+ED")
-        (rgb.mean() + rgbd.mean() + a2.mean()).backward()
-    return [("gaussians 128 (+ reference 192 with depth): render + backward", timed(step, repeats), "20000 Gaussians")]
+        rgb, _, _ = render_gaussians(g, cams, torch.ones(1, 3, device=device))
+        rgbd, a, _ = render_gaussians(g, ref, torch.ones(1, 3, device=device), render_mode="RGB+ED")
+        (rgb.mean() + rgbd.mean() + a.mean()).backward()
+    return timed(step, repeats)
+
+
+def bench_gaussians(device, repeats: int) -> list[tuple[str, float, str]]:
+    from gen3d.backend.geometry.cameras import orbit_cameras
+
+    cams = orbit_cameras(0.0, 40.0, 1.8, 40.0, 128, 128)
+    ref = orbit_cameras(0.0, 0.0, 1.8, 40.0, 192, 192)
+    return [("gaussians 128 (+ reference 192 with depth): render + backward",
+             gaussian_step(device, repeats, cams, ref), "20000 Gaussians")]
 
 
 def main() -> int:

@@ -30,7 +30,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -79,8 +78,6 @@ class DreamCraft3DOptions(GaussianDistillOptions, DMTetOptions, BSDOptions, Refe
         "threestudio's [start_step, start, end, end_step] for the normal-consistency weight"))
     lambda_laplacian: float = Field(0.0, ge=0, description="weight of the uniform Laplacian smoothness")
     # --- mesh and output
-    mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes voxels of the coarse mesh")
-    mesh_level: float = Field(1.0, gt=0, description="density iso level of the coarse mesh")
     target_faces: int = Field(200_000, ge=0, le=2_000_000, description="decimate the final mesh (0 = keep)")
     texture_size: int = Field(1024, ge=64, le=4096, description="texture side in pixels")
     preview_views: int = Field(8, ge=1, le=64, description="turntable views in preview.png")
@@ -189,18 +186,16 @@ class DreamCraft3D(Pipeline):
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView, record_placement
         from ..guidance.schedules import Uniform
-        from ..representations.dmtet import ColorVolume
         from .stages.bootstrapped_texture import bootstrapped_texture
         from .stages.checkpoints import StageCheckpoints
         from .stages.distill_gaussians import distill_gaussians
         from .stages.dmtet_geometry import (
-            dmtet_from_mesh,
+            dmtet_from_gaussians,
             refine_dmtet,
             textured_surface,
         )
         from .stages.export import export_results
-        from .stages.extract_mesh import MeshExtractConfig, extract_mesh
-        from .stages.views import load_depth, reference_input, resized_reference
+        from .stages.views import reference_depth, reference_input, resized_reference
 
         opts = self.Options(**request.options)
         gen = torch.Generator().manual_seed(request.seed)
@@ -212,10 +207,8 @@ class DreamCraft3D(Pipeline):
             rgba, written = reference_input(request.files["image"], size, opts.border_ratio, opts.recenter,
                                             opts.rembg_model, ctx.out_dir)
             out.update(written)
-            depth, depth_info = None, []
-            if opts.lambda_depth > 0:
-                model, depth_info = load_depth(ctx, opts.depth_weights_path)
-                depth = model.predict(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
+            depth, depth_info = reference_depth(ctx, rgba, opts.depth_weights_path) if opts.lambda_depth > 0 \
+                else (None, [])
         reference = ReferenceView(rgba, opts.lambda_rgb, opts.lambda_mask, warmup=False, depth=depth,
                                   lambda_depth=opts.lambda_depth, interval=2)  # ref_or_guidance "alternate"
         with ctx.stage("load"):
@@ -235,13 +228,7 @@ class DreamCraft3D(Pipeline):
 
         def geometry():
             ctx.progress("mesh", 0, 1)
-            mesh = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
-                                MeshExtractConfig(resolution=opts.mesh_resolution, level=opts.mesh_level,
-                                                  target_faces=0))
-            dmtet = dmtet_from_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), opts.tet_resolution,
-                                    opts.fine_init_steps, ctx.device)
-            colors = ColorVolume.from_points(gaussians.means, gaussians.colors, opts.color_resolution,
-                                             dmtet.scale).to(ctx.device)
+            dmtet, colors = dmtet_from_gaussians(gaussians, opts, ctx.device)
             sampler.opening = 0.0
             for term in guide.terms:
                 t_range = opts.geometry_t_2d if term.kind == "sd" else opts.geometry_t_3d

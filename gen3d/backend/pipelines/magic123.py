@@ -33,7 +33,6 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -88,8 +87,6 @@ class Magic123Options(GaussianDistillOptions, DMTetOptions, ReferenceInputOption
     ti_steps: int = Field(3000, ge=1, le=20000, description="textual-inversion steps")
     ti_lr: float = Field(5e-4, gt=0, description="textual-inversion learning rate")
     # --- mesh, texture, output
-    mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes voxels of the coarse mesh")
-    mesh_level: float = Field(1.0, gt=0, description="density iso level of the coarse mesh")
     target_faces: int = Field(200_000, ge=0, le=2_000_000, description="decimate the final mesh (0 = keep)")
     texture_size: int = Field(1024, ge=64, le=4096, description="texture side in pixels")
     preview_views: int = Field(8, ge=1, le=64, description="turntable views in preview.png")
@@ -173,12 +170,10 @@ class Magic123(Pipeline):
 
     def run(self, request: JobRequest, ctx: RunContext) -> dict[str, Path]:
         from ..geometry.placement import CanonicalView, record_placement
-        from ..representations.dmtet import ColorVolume
-        from .stages.dmtet_geometry import dmtet_from_mesh, refine_dmtet, textured_surface
+        from .stages.dmtet_geometry import dmtet_from_gaussians, refine_dmtet, textured_surface
         from .stages.export import export_results
-        from .stages.extract_mesh import MeshExtractConfig, extract_mesh
         from .stages.textual_inversion import PROMPT, TextualInversionConfig, learn_token
-        from .stages.views import load_depth, reference_input, resized_reference
+        from .stages.views import reference_depth, reference_input, resized_reference
 
         opts = self.Options(**request.options)
         gen = torch.Generator().manual_seed(request.seed)
@@ -187,10 +182,8 @@ class Magic123(Pipeline):
             rgba, written = reference_input(request.files["image"], max(opts.ref_size, opts.fine_render_size),
                                             opts.border_ratio, opts.recenter, opts.rembg_model, ctx.out_dir)
             out.update(written)
-            depth, depth_info = None, []
-            if opts.lambda_depth > 0:
-                model, depth_info = load_depth(ctx, opts.depth_weights_path)
-                depth = model.predict(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
+            depth, depth_info = reference_depth(ctx, rgba, opts.depth_weights_path) if opts.lambda_depth > 0 \
+                else (None, [])
         reference = ReferenceView(rgba, opts.lambda_rgb, opts.lambda_mask, False, depth, opts.lambda_depth,
                                   opts.known_iters, opts.known_view_interval)
 
@@ -211,13 +204,7 @@ class Magic123(Pipeline):
                                                    resized_reference(reference, opts.ref_size), entropy)
         with ctx.stage("mesh"):
             ctx.progress("mesh", 0, 1)
-            coarse = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
-                                  MeshExtractConfig(resolution=opts.mesh_resolution, level=opts.mesh_level,
-                                                    target_faces=0))
-            dmtet = dmtet_from_mesh(np.asarray(coarse.vertices), np.asarray(coarse.faces), opts.tet_resolution,
-                                    opts.fine_init_steps, ctx.device)
-            colors = ColorVolume.from_points(gaussians.means, gaussians.colors, opts.color_resolution,
-                                             dmtet.scale).to(ctx.device)
+            dmtet, colors = dmtet_from_gaussians(gaussians, opts, ctx.device)
             ctx.progress("mesh", 1, 1)
         with ctx.stage("dmtet"):
             for term in guide.terms:

@@ -35,6 +35,8 @@ class DMTetOptions(Options):
     """Fine-stage options; the defaults are Magic123's fine stage (``tet_grid_size 256``, 5000 iterations,
     mesh normal and Laplacian losses 0.1) unless a method's preset says otherwise."""
 
+    mesh_resolution: int = Field(128, ge=16, le=512, description="marching-cubes voxels of the coarse mesh")
+    mesh_level: float = Field(1.0, gt=0, description="density iso level of the coarse mesh")
     tet_resolution: int = Field(256, ge=MIN_RESOLUTION, le=MAX_RESOLUTION, description=(
         "DMTet cells per side of the object's bounding cube"))
     fine_iters: int = Field(5000, ge=0, le=20000, description="fine-stage steps (0 = mesh the coarse result only)")
@@ -66,6 +68,20 @@ def dmtet_from_mesh(vertices: np.ndarray, faces: np.ndarray, resolution: int, st
     dmtet = DMTet(resolution, scale).to(device)
     fit_sdf(dmtet, target, steps)
     return dmtet
+
+
+def dmtet_from_gaussians(gaussians, opts: DMTetOptions,
+                         device: torch.device | str = "cpu") -> tuple[DMTet, ColorVolume]:
+    """The fine stage's start from coarse Gaussians: their density iso-surface (``opts.mesh_resolution``,
+    ``opts.mesh_level``, not decimated) fitted as the DMTet's SDF, and the colour volume of their centres' colours."""
+    from .extract_mesh import MeshExtractConfig, extract_mesh
+
+    mesh = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities,
+                        MeshExtractConfig(resolution=opts.mesh_resolution, level=opts.mesh_level, target_faces=0))
+    dmtet = dmtet_from_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), opts.tet_resolution,
+                            opts.fine_init_steps, device)
+    colors = ColorVolume.from_points(gaussians.means, gaussians.colors, opts.color_resolution, dmtet.scale)
+    return dmtet, colors.to(device)
 
 
 def normal_consistency(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,10 @@ def reference_input(path, size: int, border_ratio: float, recenter: bool, rembg_
     return torch.from_numpy(rgba).permute(2, 0, 1)[None].contiguous(), {"input.png": written}
 
 
-def load_depth(ctx, path: str | None):
-    """The monocular depth model (cached in ``ctx.cache``) and its weights info for meta.json; a missing model
-    raises MissingWeights naming its download command."""
+def reference_depth(ctx, rgba: torch.Tensor, path: str | None):
+    """Relative depth ``[1,1,S,S]`` of the reference ``rgba [1,4,S,S]`` (composited on white) by the monocular depth
+    model (cached in ``ctx.cache``), and its weights info for meta.json; a missing model raises MissingWeights naming
+    its download command."""
     from ... import weights
     from ...guidance.depth import MonocularDepth
 
@@ -45,7 +46,8 @@ def load_depth(ctx, path: str | None):
     key = f"depth:{folder.resolve()}:{ctx.device}"
     if key not in ctx.cache:
         ctx.cache[key] = MonocularDepth(folder, ctx.device)
-    return ctx.cache[key], [{"name": name, "path": str(folder), "tiny": weights.is_tiny(folder),
+    depth = ctx.cache[key].predict(rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]))
+    return depth, [{"name": name, "path": str(folder), "tiny": weights.is_tiny(folder),
                              "license": weights.get_entry(name).license}]
 
 
