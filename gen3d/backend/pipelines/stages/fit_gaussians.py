@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from gen3d.kernels.gaussians import rasterization
+from gen3d.kernels.gaussians import rasterization, spherical_harmonics
 
 from ...errors import BadInput, NumericalError
 from ...geometry.cameras import Cameras, sample_pixels
@@ -26,12 +26,15 @@ from .views import ShuffledViews, resized_views
 from ...representations.gaussians import Gaussians
 from .extract_mesh import quat_to_rotmat
 from .stereo import StereoConfig, in_free_space, stereo_points, surface_cells
+from .surfels import as_surfels, flatten_, point_normals, two_sided_colors
 from .visual_hull import scene_box, visual_hull
 
 log = logging.getLogger(__name__)
 
 #: ``progress(step, total, preview)``, ``check_cancelled()``
 StepFn = Callable[[int, int, "torch.Tensor | None"], None]
+#: points ``[P,3]`` -> ``[P]`` bool: seen in free space
+FreeSpace = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -59,6 +62,11 @@ class FitConfig:
     max_scale_frac: float = 0.2      #: x object radius: larger Gaussians are pruned
     hull_resolution: int = 64
     stereo: bool = False             #: start on the views' stereo depth inside the hull (see :mod:`.stereo`)
+    two_sided: bool = False          #: fit two-sided flat Gaussians (:mod:`.surfels`): a sheet becomes one layer
+    flat_ratio: float = 0.1          #: surfels: z scale / smaller in-plane scale
+    carve: bool = False              #: with ``stereo``: prune Gaussians in the stereo depth's free space
+    spread_weight: float = 0.0       #: loss weight of the depth spread along rays (/ radius^2; render_gaussians)
+    spread_from: float = 0.1         #: ... from this fraction of the steps on
     random_background: bool = True
 
 
@@ -89,19 +97,21 @@ def check_views(cameras: Cameras, images: torch.Tensor) -> None:
 
 
 def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull_resolution: int,
-                   sh_degree: int, generator: torch.Generator,
-                   stereo: StereoConfig | None = None) -> tuple[Gaussians, float, dict]:
-    """Gaussians on the object's surface as the views show it; returns them, the object's radius and metrics.
+                   sh_degree: int, generator: torch.Generator, stereo: StereoConfig | None = None,
+                   flat_ratio: float | None = None) -> tuple[Gaussians, float, dict, FreeSpace | None]:
+    """Gaussians on the object's surface as the views show it; returns them, the object's radius, metrics and,
+    with ``stereo``, the test of which points ``[P,3]`` lie in the stereo depth's free space (:func:`in_free_space`
+    with the same margin and views as for the hull's points).
 
     The surface: the points of the views' stereo depth (:mod:`.stereo`, coloured by their pixel; when ``stereo``
     is given), one per hull voxel (their mean) where enough of them and of their neighbours agree, and the visual
     hull's surface voxels (coloured by the mean of the views) elsewhere, unless the stereo depth of
     ``stereo.free_views`` views puts them in free space (the cap across an opening); a sphere when the masks carve
-    nothing."""
+    nothing. With ``flat_ratio`` they are surfels (:mod:`.surfels`) facing the normals of that surface."""
     hull = visual_hull(cameras, images[..., 3], hull_resolution)
     voxel = hull.voxel
     pts = hull.centers()[hull.surface().reshape(-1)]
-    metrics, colors = {}, None
+    metrics, colors, free_space = {}, None, None
     if len(pts) < 8:
         log.warning("the masks carve an empty visual hull; starting from a sphere")
         center, half = scene_box(cameras)
@@ -111,7 +121,10 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
         colors = _mean_colors(cameras, images, pts)
         seen, seen_colors, cams, depth = stereo_points(cameras, images, hull, stereo)
         seen, seen_colors, taken = surface_cells(seen, seen_colors, hull, stereo)
-        free = in_free_space(pts, cams, depth, 2 * voxel, stereo.free_views)
+        def free_space(points: torch.Tensor) -> torch.Tensor:
+            return in_free_space(points.cpu(), cams, depth, 2 * voxel, stereo.free_views).to(points.device)
+
+        free = free_space(pts)
         rest = ~free & ~taken.contains(pts)
         metrics = {"init_stereo_points": len(seen), "init_hull_points": int(rest.sum()),
                    "init_hull_free": int(free.sum())}
@@ -123,7 +136,9 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
     radius = float((pts - pts.mean(0)).norm(dim=-1).max()) + voxel
     g = Gaussians.from_activated(means, torch.full((num_points, 3), 0.7 * voxel), _identity_quats(num_points),
                                  torch.full((num_points,), 0.5), colors.clamp(0.02, 0.98), sh_degree)
-    return g, radius, metrics
+    if flat_ratio is not None:
+        g = as_surfels(g, point_normals(pts)[idx], flat_ratio)
+    return g, radius, metrics, free_space
 
 
 def _mean_colors(cameras: Cameras, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -172,27 +187,48 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 # --- rendering -----------------------------------------------------------------------------------------------------
 def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | None = None,
-                     sh_degree: int | None = None, render_mode: str = "RGB"):
+                     sh_degree: int | None = None, render_mode: str = "RGB", depth_spread: bool = False):
     """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None.
-    ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel."""
+    ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel. Two-sided Gaussians
+    (``g.sh_back``) show each camera the colour of its side. ``depth_spread`` (RGB mode) adds ``meta["depth_spread"]
+    [C,H,W]``: the blending weights' variance of the Gaussians' camera depth along each pixel's ray, times its
+    alpha (``sum w z^2 - (sum w z)^2 / sum w``; zero where one surface is seen)."""
     deg = g.sh_degree if sh_degree is None else sh_degree
-    return rasterization(g.means, g.quats, g.scales, g.opacities, g.sh[:, :(deg + 1) ** 2],
-                         cameras.viewmats().to(g.device), cameras.K.to(g.device), cameras.width, cameras.height,
-                         sh_degree=deg, backgrounds=background, render_mode=render_mode)
+    viewmats = cameras.viewmats().to(g.device)
+    colors, colors_deg = g.sh[:, :(deg + 1) ** 2], deg
+    if g.sh_back is not None:
+        colors, colors_deg = two_sided_colors(g, cameras, deg), None
+    if depth_spread:
+        if colors_deg is not None:
+            colors = (spherical_harmonics(deg, g.means[None] - cameras.centers.to(g.device)[:, None], colors)
+                      + 0.5).clamp_min(0.0)
+        z = (g.means @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3])[..., 2:]     # [C,N,1]
+        colors, colors_deg = torch.cat([colors, z, z * z], -1), None
+        if background is not None:
+            background = torch.cat([background, background.new_zeros(len(background), 2)], -1)
+    out, alpha, meta = rasterization(g.means, g.quats, g.scales, g.opacities, colors, viewmats,
+                                     cameras.K.to(g.device), cameras.width, cameras.height, sh_degree=colors_deg,
+                                     backgrounds=background, render_mode=render_mode)
+    if depth_spread:
+        meta["depth_spread"] = (out[..., 4] - out[..., 3] ** 2 / alpha[..., 0].clamp_min(1e-4)).clamp_min(0)
+        out = out[..., :3]
+    return out, alpha, meta
 
 
 # --- optimisation --------------------------------------------------------------------------------------------------
-_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
+_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh", "sh_back")
 
 
 class GaussianOptimizer:
-    """Adam over a Gaussians' fields that survives densification (moments follow the Gaussians they belong to)."""
+    """Adam over a Gaussians' fields that survives densification (moments follow the Gaussians they belong to).
+    ``sh_back`` (two-sided Gaussians) shares the ``sh`` learning rate."""
 
     def __init__(self, g: Gaussians, lrs: dict[str, float]):
-        self.params = {k: torch.nn.Parameter(getattr(g, k).detach().clone()) for k in _FIELDS}
+        self.params = {k: torch.nn.Parameter(getattr(g, k).detach().clone()) for k in _FIELDS
+                       if getattr(g, k) is not None}
         self.lrs = lrs
-        self.opt = torch.optim.Adam([{"params": [self.params[k]], "lr": lrs[k], "name": k} for k in _FIELDS],
-                                    eps=1e-15)
+        self.opt = torch.optim.Adam([{"params": [p], "lr": lrs[k.removesuffix("_back")], "name": k}
+                                     for k, p in self.params.items()], eps=1e-15)
 
     def gaussians(self) -> Gaussians:
         return Gaussians(**self.params)
@@ -203,9 +239,10 @@ class GaussianOptimizer:
                 group["lr"] = lr
 
     def scale_sh_grad(self, factor_rest: float) -> None:
-        grad = self.params["sh"].grad
-        if grad is not None and grad.shape[1] > 1:
-            grad[:, 1:] *= factor_rest
+        for name in ("sh", "sh_back"):
+            grad = self.params[name].grad if name in self.params else None
+            if grad is not None and grad.shape[1] > 1:
+                grad[:, 1:] *= factor_rest
 
     def edit(self, keep: torch.Tensor, new: dict[str, torch.Tensor]) -> None:
         """Keep the Gaussians where ``keep`` and append ``new`` (fresh Adam moments)."""
@@ -225,7 +262,9 @@ class GaussianOptimizer:
 
 
 def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitConfig, radius: float,
-                       generator: torch.Generator) -> tuple[int, int, int]:
+                      generator: torch.Generator, free_space: FreeSpace | None = None) -> tuple[int, int, int]:
+    """Clone / split the Gaussians with a high screen-space gradient, prune the transparent, huge (and, with
+    ``free_space``, those seen in free space); returns the counts."""
     p = {k: v.detach() for k, v in opt.params.items()}
     scales = p["log_scales"].exp()
     n = len(scales)
@@ -240,7 +279,7 @@ def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitCo
         allowed[order[:room]] = True
         clone &= allowed
         split &= allowed
-    new = {k: torch.cat([p[k][clone], p[k][split], p[k][split]]) for k in _FIELDS}
+    new = {k: torch.cat([p[k][clone], p[k][split], p[k][split]]) for k in p}
     if split.any():
         # split: two samples from the Gaussian, each 1/1.6 its size
         s = scales[split].repeat(2, 1)
@@ -251,6 +290,8 @@ def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitCo
         new["log_scales"][k:] = (s / 1.6).log()
     opacity = torch.sigmoid(p["opacity_logits"])
     prune = (opacity < cfg.min_opacity) | (scales.max(-1).values > cfg.max_scale_frac * radius) | split
+    if free_space is not None:
+        prune |= free_space(p["means"])
     opt.edit(~prune, new)
     return int(clone.sum()), int(split.sum()), int((prune & ~split).sum())
 
@@ -266,8 +307,9 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     """
     check_views(cameras, images)
     device = torch.device(device)
-    g, radius, init_metrics = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree,
-                                             generator, StereoConfig() if cfg.stereo else None)
+    g, radius, init_metrics, free_space = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree,
+                                             generator, StereoConfig() if cfg.stereo else None,
+                                             cfg.flat_ratio if cfg.two_sided else None)
     g = g.to(device)
     lr_means0 = cfg.lr_means * radius
     opt = GaussianOptimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
@@ -299,7 +341,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         else:
             bg = torch.ones(len(views), 3, device=device)
         gs = opt.gaussians()
-        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg)
+        spread = cfg.spread_weight > 0 and step >= cfg.spread_from * cfg.steps
+        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, depth_spread=spread)
         meta["means2d"].retain_grad()
         a = target[..., 3:]
         gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
@@ -307,6 +350,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         loss = (1 - cfg.ssim_weight) * l1 + cfg.mask_weight * (alpha - a).abs().mean()
         if cfg.ssim_weight > 0:
             loss = loss + cfg.ssim_weight * (1 - ssim(rgb.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)))
+        if spread:
+            loss = loss + cfg.spread_weight * meta["depth_spread"].mean() / radius ** 2
         if not torch.isfinite(loss):
             raise NumericalError(f"Gaussian fit diverged at step {step} (loss {float(loss)})",
                                  {"stage": "fit", "step": step})
@@ -314,6 +359,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         loss.backward()
         opt.scale_sh_grad(1 / 20)
         opt.opt.step()
+        if cfg.two_sided:
+            flatten_(opt.params["log_scales"], cfg.flat_ratio)
         # densification statistics: screen-space mean gradient in NDC units, over the views that saw each Gaussian
         if step < densify_until:
             grad2d = meta["means2d"].grad
@@ -325,7 +372,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
                 grad_cnt += seen.sum(0)
             if step >= cfg.densify_from and (step + 1) % cfg.densify_every == 0:
                 with torch.no_grad():
-                    c, s, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator)
+                    c, s, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator,
+                                                 free_space if cfg.carve else None)
                 log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, c, s, pr,
                           len(opt.params["means"]))
                 grad_sum = torch.zeros(len(opt.params["means"]), device=device)
@@ -335,7 +383,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     with torch.no_grad():
         g = opt.gaussians()
         keep = g.opacities > cfg.min_opacity
-        g = Gaussians(*(getattr(g, k)[keep].detach() for k in _FIELDS))
+        g = Gaussians(**{k: v[keep].detach() for k, v in opt.params.items()})
         cams, imgs = levels[-1]
         some = torch.linspace(0, n_views - 1, min(n_views, 8)).round().long().tolist()
         metrics = {**init_metrics, "gaussians": len(g), "object_radius": round(radius, 4),
