@@ -187,12 +187,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 # --- rendering -----------------------------------------------------------------------------------------------------
 def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | None = None,
-                     sh_degree: int | None = None, render_mode: str = "RGB", depth_spread: bool = False):
+                     sh_degree: int | None = None, render_mode: str = "RGB", depth_spread: bool = False,
+                     eps2d: float = 0.3):
     """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None.
     ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel. Two-sided Gaussians
     (``g.sh_back``) show each camera the colour of its side. ``depth_spread`` (RGB mode) adds ``meta["depth_spread"]
     [C,H,W]``: the blending weights' variance of the Gaussians' camera depth along each pixel's ray, times its
-    alpha (``sum w z^2 - (sum w z)^2 / sum w``; zero where one surface is seen)."""
+    alpha (``sum w z^2 - (sum w z)^2 / sum w``; zero where one surface is seen). ``eps2d``: the screen-space
+    low-pass (pixels^2) added to every splat's 2D covariance."""
     deg = g.sh_degree if sh_degree is None else sh_degree
     viewmats = cameras.viewmats().to(g.device)
     colors, colors_deg = g.sh[:, :(deg + 1) ** 2], deg
@@ -208,11 +210,19 @@ def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | 
             background = torch.cat([background, background.new_zeros(len(background), 2)], -1)
     out, alpha, meta = rasterization(g.means, g.quats, g.scales, g.opacities, colors, viewmats,
                                      cameras.K.to(g.device), cameras.width, cameras.height, sh_degree=colors_deg,
-                                     backgrounds=background, render_mode=render_mode)
+                                     backgrounds=background, render_mode=render_mode, eps2d=eps2d)
     if depth_spread:
         meta["depth_spread"] = (out[..., 4] - out[..., 3] ** 2 / alpha[..., 0].clamp_min(1e-4)).clamp_min(0)
         out = out[..., :3]
     return out, alpha, meta
+
+
+def level_eps2d(frac: float, full: float = 0.3) -> float:
+    """The screen-space low-pass (pixels^2) for renders at ``frac`` of the input size: ``full`` input pixels^2
+    at every level. The standard 0.3 px^2 at a quarter of the size is ~2 input pixels of extra blur at each
+    silhouette, and fitting that pulled every surface ~3 input pixels inwards, which the later full-size steps
+    (at a decayed position rate) did not undo."""
+    return full * frac ** 2
 
 
 # --- optimisation --------------------------------------------------------------------------------------------------
@@ -318,7 +328,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     levels = []
     for frac in cfg.resolutions:
         cams, imgs = resized_views(cameras, images, frac)
-        levels.append((cams.to(device), imgs.to(device)))
+        levels.append((cams.to(device), imgs.to(device), level_eps2d(cams.width / cameras.width)))
     n_views = len(cameras)
     densify_until = int(cfg.densify_until_frac * cfg.steps)
     grad_sum = torch.zeros(len(g), device=device)
@@ -328,7 +338,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         if check_cancelled:
             check_cancelled()
         level = min(step * len(levels) // cfg.steps, len(levels) - 1)
-        cams, imgs = levels[level]
+        cams, imgs, eps2d = levels[level]
         # position learning rate: log-linear from lr_means0 to 1 % of it
         t = step / max(cfg.steps - 1, 1)
         opt.set_lr("means", math.exp((1 - t) * math.log(lr_means0) + t * math.log(lr_means0 * 0.01)))
@@ -342,7 +352,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
             bg = torch.ones(len(views), 3, device=device)
         gs = opt.gaussians()
         spread = cfg.spread_weight > 0 and step >= cfg.spread_from * cfg.steps
-        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, depth_spread=spread)
+        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, depth_spread=spread, eps2d=eps2d)
         meta["means2d"].retain_grad()
         a = target[..., 3:]
         gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
@@ -384,7 +394,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         g = opt.gaussians()
         keep = g.opacities > cfg.min_opacity
         g = Gaussians(**{k: v[keep].detach() for k, v in opt.params.items()})
-        cams, imgs = levels[-1]
+        cams, imgs, _ = levels[-1]
         some = torch.linspace(0, n_views - 1, min(n_views, 8)).round().long().tolist()
         metrics = {**init_metrics, "gaussians": len(g), "object_radius": round(radius, 4),
                    "fit_psnr_masked": round(evaluate_fit(g, cams[some], imgs[some]), 3)}
