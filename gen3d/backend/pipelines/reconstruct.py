@@ -41,10 +41,10 @@ class ReconstructOptions(Options):
                                          description="progressive resolution: fractions of the input size")
     views_per_step: int = Field(1, ge=1, le=16, description="views rendered per optimisation step")
     densify_every: int = Field(100, ge=10, le=10000, description="steps between densify/prune passes")
-    stereo_init: bool | None = Field(None, description=(
+    stereo_init: bool = Field(False, description=(
         "start the Gaussians on the views' stereo depth inside the visual hull, which sees into openings the hull "
         "closes (domes, shells with windows: better geometry there, ~12 s more per standard fit); off: on the "
-        "hull's surface (closed objects score ~0.15 dB higher without it). Default: on unless surface is closed"))
+        "hull's surface (closed objects score ~0.15 dB higher without it). Always on with surface auto or open"))
     # stage 2: mesh
     mesh_resolution: int = Field(128, ge=32, le=512, description="density grid voxels along the longest side")
     mesh_level: float | None = Field(None, gt=0, le=10, description="density iso level of the surface (default: "
@@ -81,12 +81,11 @@ class ReconstructOptions(Options):
 
 def _fit_config(o: ReconstructOptions) -> FitConfig:
     shells = o.surface != "closed"
-    stereo = shells if o.stereo_init is None else o.stereo_init
     return FitConfig(steps=o.fit_steps, num_points=o.num_points, max_gaussians=o.max_gaussians,
                      sh_degree=o.sh_degree, sh_every=max(o.fit_steps // (o.sh_degree + 2), 1),
                      resolutions=tuple(o.fit_resolutions), views_per_step=o.views_per_step,
                      densify_from=min(o.densify_every, o.fit_steps // 4), densify_every=o.densify_every,
-                     stereo=stereo, two_sided=shells, carve=stereo and shells)
+                     stereo=shells or o.stereo_init, two_sided=shells, carve=shells)
 
 
 def _extra_views(gaussians, cameras: Cameras, count: int) -> tuple[Cameras, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from gen3d.kernels.gaussians import rasterization, spherical_harmonics
+from gen3d.kernels.gaussians import rasterization
 
 from ...errors import BadInput, NumericalError
 from ...geometry.cameras import Cameras, sample_pixels
@@ -65,8 +65,6 @@ class FitConfig:
     two_sided: bool = False          #: fit two-sided flat Gaussians (:mod:`.surfels`): a sheet becomes one layer
     flat_ratio: float = 0.1          #: surfels: z scale / smaller in-plane scale
     carve: bool = False              #: with ``stereo``: prune Gaussians in the stereo depth's free space
-    spread_weight: float = 0.0       #: loss weight of the depth spread along rays (/ radius^2; render_gaussians)
-    spread_from: float = 0.1         #: ... from this fraction of the steps on
     random_background: bool = True
 
 
@@ -187,34 +185,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 # --- rendering -----------------------------------------------------------------------------------------------------
 def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | None = None,
-                     sh_degree: int | None = None, render_mode: str = "RGB", depth_spread: bool = False,
-                     eps2d: float = 0.3):
+                     sh_degree: int | None = None, render_mode: str = "RGB", eps2d: float = 0.3):
     """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None.
     ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel. Two-sided Gaussians
-    (``g.sh_back``) show each camera the colour of its side. ``depth_spread`` (RGB mode) adds ``meta["depth_spread"]
-    [C,H,W]``: the blending weights' variance of the Gaussians' camera depth along each pixel's ray, times its
-    alpha (``sum w z^2 - (sum w z)^2 / sum w``; zero where one surface is seen). ``eps2d``: the screen-space
-    low-pass (pixels^2) added to every splat's 2D covariance."""
+    (``g.sh_back``) show each camera the colour of its side. ``eps2d``: the screen-space low-pass (pixels^2) added
+    to every splat's 2D covariance."""
     deg = g.sh_degree if sh_degree is None else sh_degree
-    viewmats = cameras.viewmats().to(g.device)
     colors, colors_deg = g.sh[:, :(deg + 1) ** 2], deg
     if g.sh_back is not None:
         colors, colors_deg = two_sided_colors(g, cameras, deg), None
-    if depth_spread:
-        if colors_deg is not None:
-            colors = (spherical_harmonics(deg, g.means[None] - cameras.centers.to(g.device)[:, None], colors)
-                      + 0.5).clamp_min(0.0)
-        z = (g.means @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3])[..., 2:]     # [C,N,1]
-        colors, colors_deg = torch.cat([colors, z, z * z], -1), None
-        if background is not None:
-            background = torch.cat([background, background.new_zeros(len(background), 2)], -1)
-    out, alpha, meta = rasterization(g.means, g.quats, g.scales, g.opacities, colors, viewmats,
-                                     cameras.K.to(g.device), cameras.width, cameras.height, sh_degree=colors_deg,
-                                     backgrounds=background, render_mode=render_mode, eps2d=eps2d)
-    if depth_spread:
-        meta["depth_spread"] = (out[..., 4] - out[..., 3] ** 2 / alpha[..., 0].clamp_min(1e-4)).clamp_min(0)
-        out = out[..., :3]
-    return out, alpha, meta
+    return rasterization(g.means, g.quats, g.scales, g.opacities, colors, cameras.viewmats().to(g.device),
+                         cameras.K.to(g.device), cameras.width, cameras.height, sh_degree=colors_deg,
+                         backgrounds=background, render_mode=render_mode, eps2d=eps2d)
 
 
 def level_eps2d(frac: float, full: float = 0.3) -> float:
@@ -317,9 +299,9 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     """
     check_views(cameras, images)
     device = torch.device(device)
-    g, radius, init_metrics, free_space = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree,
-                                             generator, StereoConfig() if cfg.stereo else None,
-                                             cfg.flat_ratio if cfg.two_sided else None)
+    g, radius, init_metrics, free_space = init_gaussians(
+        cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree, generator,
+        StereoConfig() if cfg.stereo else None, cfg.flat_ratio if cfg.two_sided else None)
     g = g.to(device)
     lr_means0 = cfg.lr_means * radius
     opt = GaussianOptimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
@@ -351,8 +333,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         else:
             bg = torch.ones(len(views), 3, device=device)
         gs = opt.gaussians()
-        spread = cfg.spread_weight > 0 and step >= cfg.spread_from * cfg.steps
-        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, depth_spread=spread, eps2d=eps2d)
+        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, eps2d=eps2d)
         meta["means2d"].retain_grad()
         a = target[..., 3:]
         gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
@@ -360,8 +341,6 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         loss = (1 - cfg.ssim_weight) * l1 + cfg.mask_weight * (alpha - a).abs().mean()
         if cfg.ssim_weight > 0:
             loss = loss + cfg.ssim_weight * (1 - ssim(rgb.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)))
-        if spread:
-            loss = loss + cfg.spread_weight * meta["depth_spread"].mean() / radius ** 2
         if not torch.isfinite(loss):
             raise NumericalError(f"Gaussian fit diverged at step {step} (loss {float(loss)})",
                                  {"stage": "fit", "step": step})
