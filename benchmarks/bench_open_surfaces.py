@@ -9,11 +9,13 @@ one with a cool one, so a view through a hole or from below shows the inside col
 at +-35 degrees elevation at 256 x 256; 8 cameras at +-20 degrees between them are held out. Spot uses
 ``bench_reconstruct``'s set-up (rings at 15 and 45 degrees, held out at 30).
 
-Per object, ``reconstruct`` runs once with ``surface=auto`` (the whole method, timed); the "before" row meshes the
-same fitted Gaussians (``gaussians.ply``) with ``surface=closed`` through the same later stages, so the two rows
-differ only by the surface extraction (where ``auto`` chose closed, the two rows are the same run). Quality as in ``bench_reconstruct``: PSNR over the reference mask and mask
-IoU of Blender renders of ``mesh.obj`` at the held-out cameras, Chamfer-L1 between the mesh and the true (middle)
-surface in % of the bounding-box diagonal.
+Per object, ``reconstruct`` runs once with ``surface=auto`` (the whole method, timed: with ``auto`` the fit uses
+two-sided surfels from the stereo start); the "before" row meshes the same fitted Gaussians (``gaussians.ply``)
+with ``surface=closed`` through the same later stages, so the two rows differ only by the surface extraction (where
+``auto`` chose closed, the two rows are the same run). To compare with the default method (a closed extraction of
+volumetric Gaussians from the hull start), run this script from the older checkout too. Quality as in
+``bench_reconstruct``: PSNR over the reference mask and mask IoU of Blender renders of ``mesh.obj`` at the held-out
+cameras, Chamfer-L1 between the mesh and the true (middle) surface in % of the bounding-box diagonal.
 
     .venv/bin/python benchmarks/bench_open_surfaces.py [--objects open_box hemisphere sheet window_shell spot]
         [--preset standard] [--size 256] [--keep DIR]
@@ -208,6 +210,7 @@ def surfels_on(mesh, count: int = 40_000, seed: int = 0):
     import torch
     import trimesh
 
+    from gen3d.backend.pipelines.stages.surfels import quats_from_normals
     from gen3d.backend.representations.gaussians import Gaussians
 
     tm = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False)
@@ -216,12 +219,10 @@ def surfels_on(mesh, count: int = 40_000, seed: int = 0):
     uv = (mesh.uvs[mesh.faces[torch.from_numpy(face)]] * torch.from_numpy(bary).float()[..., None]).sum(1)
     H, W = mesh.texture.shape[:2]
     colors = mesh.texture[((1 - uv[:, 1]) * H).long().clamp(0, H - 1), (uv[:, 0] * W).long().clamp(0, W - 1)]
-    n = torch.from_numpy(np.asarray(tm.face_normals)[face]).float()
-    q = torch.cat([1 + n[:, 2:], torch.cross(torch.tensor([0.0, 0.0, 1.0]).expand_as(n), n, dim=-1)], -1)
-    q[n[:, 2] < -1 + 1e-6] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    q = quats_from_normals(torch.from_numpy(np.asarray(tm.face_normals)[face]).float())
     spacing = math.sqrt(tm.area / count)
     scales = torch.tensor([spacing, spacing, 0.05 * spacing]).expand(count, 3)
-    return Gaussians.from_activated(torch.from_numpy(pts).float(), scales, torch.nn.functional.normalize(q, dim=-1),
+    return Gaussians.from_activated(torch.from_numpy(pts).float(), scales, q,
                                     torch.full((count,), 0.95), colors)
 
 

@@ -67,7 +67,7 @@ def through_opening(cams: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def test_stereo_initialisation_leaves_the_cap_out():
     mesh = open_shell()
     cams, imgs = views(mesh)
-    g, _, metrics = init_gaussians(cams, imgs, 3000, 48, 0, torch.Generator().manual_seed(0), StereoConfig())
+    g, _, metrics, _ = init_gaussians(cams, imgs, 3000, 48, 0, torch.Generator().manual_seed(0), StereoConfig())
     r, z = g.means.norm(dim=-1), g.means[:, 2]
     voxel = visual_hull(cams, imgs[..., 3], 48).voxel
     on_cap = (z < 0.15) & (r < 0.8)
@@ -75,7 +75,7 @@ def test_stereo_initialisation_leaves_the_cap_out():
     assert on_cap.float().mean() < 0.05, float(on_cap.float().mean())
     assert ((r - 1).abs() < 2 * voxel).float().mean() > 0.9
     # the hull alone (no stereo) starts a fifth of the Gaussians on the cap: the scene does have one
-    g0, _, _ = init_gaussians(cams, imgs, 3000, 48, 0, torch.Generator().manual_seed(0), None)
+    g0, _, _, _ = init_gaussians(cams, imgs, 3000, 48, 0, torch.Generator().manual_seed(0), None)
     assert ((g0.means[:, 2] < 0.15) & (g0.means.norm(dim=-1) < 0.8)).float().mean() > 0.15
 
 

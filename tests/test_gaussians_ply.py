@@ -58,6 +58,21 @@ def test_header_layout_matches_3dgs(tmp_path, degree):
     np.testing.assert_array_equal(table[:, -7:-4], g.log_scales.numpy())
 
 
+@pytest.mark.parametrize("degree", [0, 2])
+def test_two_sided_back_colours_follow_the_standard_columns(tmp_path, degree):
+    g = random_gaussians(7, degree)
+    g.sh_back = torch.randn(g.sh.shape, generator=torch.Generator().manual_seed(3))
+    path = save_ply(g, tmp_path / "g.ply")
+    _, names, table = read_header_and_table(path)
+    rest = [f"f_rest_{i}" for i in range(24)] if degree == 2 else []
+    back_rest = [f"back_rest_{i}" for i in range(24)] if degree == 2 else []
+    assert names == DEGREE0[:9] + rest + DEGREE0[9:] + ["back_dc_0", "back_dc_1", "back_dc_2"] + back_rest
+    np.testing.assert_array_equal(table[:, names.index("back_dc_0"):names.index("back_dc_2") + 1], g.sh_back[:, 0])
+    back = load_ply(path)
+    assert torch.equal(back.sh, g.sh) and torch.equal(back.sh_back, g.sh_back)
+    np.testing.assert_allclose(trimesh.load(path).vertices, g.means.numpy(), atol=1e-6)   # other readers
+
+
 def test_f_rest_is_channel_major(tmp_path):
     g = random_gaussians(3, 3)
     g.sh[:, 1:] = 0

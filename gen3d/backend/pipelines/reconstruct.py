@@ -44,7 +44,7 @@ class ReconstructOptions(Options):
     stereo_init: bool = Field(False, description=(
         "start the Gaussians on the views' stereo depth inside the visual hull, which sees into openings the hull "
         "closes (domes, shells with windows: better geometry there, ~12 s more per standard fit); off: on the "
-        "hull's surface (closed objects score ~0.15 dB higher without it)"))
+        "hull's surface (closed objects score ~0.15 dB higher without it). Always on with surface auto or open"))
     # stage 2: mesh
     mesh_resolution: int = Field(128, ge=32, le=512, description="density grid voxels along the longest side")
     mesh_level: float | None = Field(None, gt=0, le=10, description="density iso level of the surface (default: "
@@ -53,9 +53,9 @@ class ReconstructOptions(Options):
     smooth_iterations: int = Field(5, ge=0, le=100, description="Taubin smoothing iterations")
     surface: Literal[SURFACES] = Field("closed", description=(
         "closed: density iso-surface (watertight); open: fused depth of the Gaussians (holes stay holes, a sheet "
-        "is two coincident layers textured per side); auto: open when the object is thin. The fit starts inside "
-        "openings (stereo_init) but represents a sheet's two sides as two layers a few Gaussian sizes apart, which "
-        "auto still judges thick"))
+        "is two coincident layers textured per side); auto: open when the object is thin. Except for closed, the "
+        "fit uses two-sided flat Gaussians, so a sheet's two sides need not be two layers, and prunes Gaussians in "
+        "the stereo depth's free space"))
     # stages 3-5: UV, bake, refine
     texture_resolution: int = Field(1024, ge=64, le=8192, description="texture size in texels")
     uv_padding: int = Field(4, ge=0, le=64, description="texels between UV charts")
@@ -80,11 +80,12 @@ class ReconstructOptions(Options):
 
 
 def _fit_config(o: ReconstructOptions) -> FitConfig:
+    shells = o.surface != "closed"
     return FitConfig(steps=o.fit_steps, num_points=o.num_points, max_gaussians=o.max_gaussians,
                      sh_degree=o.sh_degree, sh_every=max(o.fit_steps // (o.sh_degree + 2), 1),
                      resolutions=tuple(o.fit_resolutions), views_per_step=o.views_per_step,
                      densify_from=min(o.densify_every, o.fit_steps // 4), densify_every=o.densify_every,
-                     stereo=o.stereo_init)
+                     stereo=shells or o.stereo_init, two_sided=shells, carve=shells)
 
 
 def _extra_views(gaussians, cameras: Cameras, count: int) -> tuple[Cameras, torch.Tensor]:

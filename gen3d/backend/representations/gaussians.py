@@ -5,6 +5,8 @@ PLY layout (``binary_little_endian``, one ``vertex`` element, every property ``f
 ``f_rest`` is channel-major, as the Inria ``save_ply`` writes ``features_rest [N,K-1,3]`` transposed to
 ``[N,3,K-1]`` and flattened: all higher-order coefficients of R, then of G, then of B. ``opacity`` is the logit,
 ``scale_*`` are log-scales and ``rot_*`` the (unnormalised) quaternion ``w x y z``; normals are written as zeros.
+Two-sided Gaussians append their back colours as ``back_dc_0..2 back_rest_*`` (same layout), which splat viewers
+ignore (they show the front colours).
 Positions are stored in the backend's world frame (Blender's, Z up) unchanged.
 """
 
@@ -31,7 +33,9 @@ class Gaussians:
 
     ``means [N,3]`` world positions; ``quats [N,4]`` rotations ``w x y z`` (any norm);
     ``log_scales [N,3]``; ``opacity_logits [N]``; ``sh [N,K,3]`` colour SH coefficients with ``K = (d+1)**2``
-    for degree ``d`` in 0..3 (``sh[:, 0]`` is the DC term: colour = 0.5 + SH_C0 * sh[:, 0]).
+    for degree ``d`` in 0..3 (``sh[:, 0]`` is the DC term: colour = 0.5 + SH_C0 * sh[:, 0]); ``sh_back``
+    (same shape, or None) makes them two-sided surfels: the colour seen from behind the local z axis
+    (:mod:`gen3d.backend.pipelines.stages.surfels`).
     All float32 on one device.
     """
 
@@ -40,6 +44,7 @@ class Gaussians:
     log_scales: torch.Tensor
     opacity_logits: torch.Tensor
     sh: torch.Tensor
+    sh_back: torch.Tensor | None = None
 
     def __post_init__(self):
         n = len(self.means)
@@ -51,6 +56,10 @@ class Gaussians:
         self.sh = torch.as_tensor(self.sh, dtype=torch.float32)
         if self.sh.ndim != 3 or self.sh.shape[0] != n or self.sh.shape[2] != 3 or self.sh.shape[1] not in (1, 4, 9, 16):
             raise ValueError(f"sh must be [N,K,3] with K in 1, 4, 9, 16, got {list(self.sh.shape)}")
+        if self.sh_back is not None:
+            self.sh_back = torch.as_tensor(self.sh_back, dtype=torch.float32)
+            if self.sh_back.shape != self.sh.shape:
+                raise ValueError(f"sh_back must be shaped as sh {list(self.sh.shape)}, got {list(self.sh_back.shape)}")
 
     def __len__(self) -> int:
         return len(self.means)
@@ -64,7 +73,7 @@ class Gaussians:
         return self.means.device
 
     def to(self, device) -> "Gaussians":
-        return replace(self, **{k: v.to(device) for k, v in vars(self).items()})
+        return replace(self, **{k: v.to(device) for k, v in vars(self).items() if v is not None})
 
     # --- activated values ---------------------------------------------------------------------------------------
     @property
@@ -99,25 +108,30 @@ class Gaussians:
 
 
 # --- 3DGS PLY ----------------------------------------------------------------------------------------------------
-def ply_property_names(sh_degree: int) -> list[str]:
-    """Property names of the standard 3DGS PLY for SH ``sh_degree``, in file order."""
+def ply_property_names(sh_degree: int, two_sided: bool = False) -> list[str]:
+    """Property names of the standard 3DGS PLY for SH ``sh_degree``, in file order (plus the back colours)."""
     n_rest = 3 * ((sh_degree + 1) ** 2 - 1)
+    back = ([f"back_dc_{i}" for i in range(3)] + [f"back_rest_{i}" for i in range(n_rest)]) if two_sided else []
     return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
             + [f"f_rest_{i}" for i in range(n_rest)]
-            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"] + back)
+
+
+def _sh_columns(sh: np.ndarray) -> list[np.ndarray]:
+    """``[N,K,3]`` -> the dc columns ``[N,3]`` and the channel-major rest ``[N,3(K-1)]`` (all of R, then G, B)."""
+    return [sh[:, 0, :], sh[:, 1:, :].transpose(0, 2, 1).reshape(len(sh), -1)]
 
 
 def save_ply(gaussians: Gaussians, path: str | os.PathLike) -> Path:
     """Write the standard 3DGS PLY (layout in the module docstring), atomically."""
     g = gaussians.to("cpu")
     n = len(g)
-    sh = g.sh.detach().numpy()
+    back = _sh_columns(g.sh_back.detach().numpy()) if g.sh_back is not None else []
     columns = np.concatenate([
-        g.means.detach().numpy(), np.zeros((n, 3), np.float32), sh[:, 0, :],
-        sh[:, 1:, :].transpose(0, 2, 1).reshape(n, -1),  # channel-major: R coefficients, then G, then B
-        g.opacity_logits.detach().numpy()[:, None], g.log_scales.detach().numpy(), g.quats.detach().numpy()],
+        g.means.detach().numpy(), np.zeros((n, 3), np.float32), *_sh_columns(g.sh.detach().numpy()),
+        g.opacity_logits.detach().numpy()[:, None], g.log_scales.detach().numpy(), g.quats.detach().numpy(), *back],
         axis=1).astype("<f4")
-    names = ply_property_names(g.sh_degree)
+    names = ply_property_names(g.sh_degree, g.sh_back is not None)
     header = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
                        + [f"property float {name}" for name in names] + ["end_header"]) + "\n"
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -189,12 +203,16 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
     def cols(*keys):
         return np.stack([data[k].astype(np.float32) for k in keys], axis=1)
 
-    k = n_rest // 3 + 1
-    sh = np.zeros((count, k, 3), np.float32)
-    sh[:, 0] = cols("f_dc_0", "f_dc_1", "f_dc_2")
-    if n_rest:
-        rest = cols(*(f"f_rest_{i}" for i in range(n_rest))).reshape(count, 3, k - 1)
-        sh[:, 1:] = rest.transpose(0, 2, 1)
+    def read_sh(dc: str, rest: str) -> torch.Tensor:
+        k = n_rest // 3 + 1
+        sh = np.zeros((count, k, 3), np.float32)
+        sh[:, 0] = cols(*(f"{dc}{i}" for i in range(3)))
+        if n_rest:
+            sh[:, 1:] = cols(*(f"{rest}{i}" for i in range(n_rest))).reshape(count, 3, k - 1).transpose(0, 2, 1)
+        return torch.from_numpy(sh)
+
+    back = [f"back_dc_{i}" for i in range(3)] + [f"back_rest_{i}" for i in range(n_rest)]
     return Gaussians(torch.from_numpy(cols("x", "y", "z")), torch.from_numpy(cols("rot_0", "rot_1", "rot_2", "rot_3")),
                      torch.from_numpy(cols("scale_0", "scale_1", "scale_2")),
-                     torch.from_numpy(data["opacity"].astype(np.float32)), torch.from_numpy(sh))
+                     torch.from_numpy(data["opacity"].astype(np.float32)), read_sh("f_dc_", "f_rest_"),
+                     read_sh("back_dc_", "back_rest_") if all(name in names for name in back) else None)

@@ -26,12 +26,15 @@ from .views import ShuffledViews, resized_views
 from ...representations.gaussians import Gaussians
 from .extract_mesh import quat_to_rotmat
 from .stereo import StereoConfig, in_free_space, stereo_points, surface_cells
+from .surfels import as_surfels, flatten_, point_normals, two_sided_colors
 from .visual_hull import scene_box, visual_hull
 
 log = logging.getLogger(__name__)
 
 #: ``progress(step, total, preview)``, ``check_cancelled()``
 StepFn = Callable[[int, int, "torch.Tensor | None"], None]
+#: points ``[P,3]`` -> ``[P]`` bool: seen in free space
+FreeSpace = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -59,6 +62,9 @@ class FitConfig:
     max_scale_frac: float = 0.2      #: x object radius: larger Gaussians are pruned
     hull_resolution: int = 64
     stereo: bool = False             #: start on the views' stereo depth inside the hull (see :mod:`.stereo`)
+    two_sided: bool = False          #: fit two-sided flat Gaussians (:mod:`.surfels`): a sheet becomes one layer
+    flat_ratio: float = 0.1          #: surfels: z scale / smaller in-plane scale
+    carve: bool = False              #: with ``stereo``: prune Gaussians in the stereo depth's free space
     random_background: bool = True
 
 
@@ -89,19 +95,21 @@ def check_views(cameras: Cameras, images: torch.Tensor) -> None:
 
 
 def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull_resolution: int,
-                   sh_degree: int, generator: torch.Generator,
-                   stereo: StereoConfig | None = None) -> tuple[Gaussians, float, dict]:
-    """Gaussians on the object's surface as the views show it; returns them, the object's radius and metrics.
+                   sh_degree: int, generator: torch.Generator, stereo: StereoConfig | None = None,
+                   flat_ratio: float | None = None) -> tuple[Gaussians, float, dict, FreeSpace | None]:
+    """Gaussians on the object's surface as the views show it; returns them, the object's radius, metrics and,
+    with ``stereo``, the test of which points ``[P,3]`` lie in the stereo depth's free space (:func:`in_free_space`
+    with the same margin and views as for the hull's points).
 
     The surface: the points of the views' stereo depth (:mod:`.stereo`, coloured by their pixel; when ``stereo``
     is given), one per hull voxel (their mean) where enough of them and of their neighbours agree, and the visual
     hull's surface voxels (coloured by the mean of the views) elsewhere, unless the stereo depth of
     ``stereo.free_views`` views puts them in free space (the cap across an opening); a sphere when the masks carve
-    nothing."""
+    nothing. With ``flat_ratio`` they are surfels (:mod:`.surfels`) facing the normals of that surface."""
     hull = visual_hull(cameras, images[..., 3], hull_resolution)
     voxel = hull.voxel
     pts = hull.centers()[hull.surface().reshape(-1)]
-    metrics, colors = {}, None
+    metrics, colors, free_space = {}, None, None
     if len(pts) < 8:
         log.warning("the masks carve an empty visual hull; starting from a sphere")
         center, half = scene_box(cameras)
@@ -111,7 +119,10 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
         colors = _mean_colors(cameras, images, pts)
         seen, seen_colors, cams, depth = stereo_points(cameras, images, hull, stereo)
         seen, seen_colors, taken = surface_cells(seen, seen_colors, hull, stereo)
-        free = in_free_space(pts, cams, depth, 2 * voxel, stereo.free_views)
+        def free_space(points: torch.Tensor) -> torch.Tensor:
+            return in_free_space(points.cpu(), cams, depth, 2 * voxel, stereo.free_views).to(points.device)
+
+        free = free_space(pts)
         rest = ~free & ~taken.contains(pts)
         metrics = {"init_stereo_points": len(seen), "init_hull_points": int(rest.sum()),
                    "init_hull_free": int(free.sum())}
@@ -123,7 +134,9 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
     radius = float((pts - pts.mean(0)).norm(dim=-1).max()) + voxel
     g = Gaussians.from_activated(means, torch.full((num_points, 3), 0.7 * voxel), _identity_quats(num_points),
                                  torch.full((num_points,), 0.5), colors.clamp(0.02, 0.98), sh_degree)
-    return g, radius, metrics
+    if flat_ratio is not None:
+        g = as_surfels(g, point_normals(pts)[idx], flat_ratio)
+    return g, radius, metrics, free_space
 
 
 def _mean_colors(cameras: Cameras, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -172,27 +185,42 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 # --- rendering -----------------------------------------------------------------------------------------------------
 def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | None = None,
-                     sh_degree: int | None = None, render_mode: str = "RGB"):
+                     sh_degree: int | None = None, render_mode: str = "RGB", eps2d: float = 0.3):
     """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None.
-    ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel."""
+    ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel. Two-sided Gaussians
+    (``g.sh_back``) show each camera the colour of its side. ``eps2d``: the screen-space low-pass (pixels^2) added
+    to every splat's 2D covariance."""
     deg = g.sh_degree if sh_degree is None else sh_degree
-    return rasterization(g.means, g.quats, g.scales, g.opacities, g.sh[:, :(deg + 1) ** 2],
-                         cameras.viewmats().to(g.device), cameras.K.to(g.device), cameras.width, cameras.height,
-                         sh_degree=deg, backgrounds=background, render_mode=render_mode)
+    colors, colors_deg = g.sh[:, :(deg + 1) ** 2], deg
+    if g.sh_back is not None:
+        colors, colors_deg = two_sided_colors(g, cameras, deg), None
+    return rasterization(g.means, g.quats, g.scales, g.opacities, colors, cameras.viewmats().to(g.device),
+                         cameras.K.to(g.device), cameras.width, cameras.height, sh_degree=colors_deg,
+                         backgrounds=background, render_mode=render_mode, eps2d=eps2d)
+
+
+def level_eps2d(frac: float, full: float = 0.3) -> float:
+    """The screen-space low-pass (pixels^2) for renders at ``frac`` of the input size: ``full`` input pixels^2
+    at every level. The standard 0.3 px^2 at a quarter of the size is ~2 input pixels of extra blur at each
+    silhouette, and fitting that pulled every surface ~3 input pixels inwards, which the later full-size steps
+    (at a decayed position rate) did not undo."""
+    return full * frac ** 2
 
 
 # --- optimisation --------------------------------------------------------------------------------------------------
-_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
+_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh", "sh_back")
 
 
 class GaussianOptimizer:
-    """Adam over a Gaussians' fields that survives densification (moments follow the Gaussians they belong to)."""
+    """Adam over a Gaussians' fields that survives densification (moments follow the Gaussians they belong to).
+    ``sh_back`` (two-sided Gaussians) shares the ``sh`` learning rate."""
 
     def __init__(self, g: Gaussians, lrs: dict[str, float]):
-        self.params = {k: torch.nn.Parameter(getattr(g, k).detach().clone()) for k in _FIELDS}
+        self.params = {k: torch.nn.Parameter(getattr(g, k).detach().clone()) for k in _FIELDS
+                       if getattr(g, k) is not None}
         self.lrs = lrs
-        self.opt = torch.optim.Adam([{"params": [self.params[k]], "lr": lrs[k], "name": k} for k in _FIELDS],
-                                    eps=1e-15)
+        self.opt = torch.optim.Adam([{"params": [p], "lr": lrs[k.removesuffix("_back")], "name": k}
+                                     for k, p in self.params.items()], eps=1e-15)
 
     def gaussians(self) -> Gaussians:
         return Gaussians(**self.params)
@@ -203,9 +231,10 @@ class GaussianOptimizer:
                 group["lr"] = lr
 
     def scale_sh_grad(self, factor_rest: float) -> None:
-        grad = self.params["sh"].grad
-        if grad is not None and grad.shape[1] > 1:
-            grad[:, 1:] *= factor_rest
+        for name in ("sh", "sh_back"):
+            grad = self.params[name].grad if name in self.params else None
+            if grad is not None and grad.shape[1] > 1:
+                grad[:, 1:] *= factor_rest
 
     def edit(self, keep: torch.Tensor, new: dict[str, torch.Tensor]) -> None:
         """Keep the Gaussians where ``keep`` and append ``new`` (fresh Adam moments)."""
@@ -225,7 +254,9 @@ class GaussianOptimizer:
 
 
 def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitConfig, radius: float,
-                       generator: torch.Generator) -> tuple[int, int, int]:
+                      generator: torch.Generator, free_space: FreeSpace | None = None) -> tuple[int, int, int]:
+    """Clone / split the Gaussians with a high screen-space gradient, prune the transparent, huge (and, with
+    ``free_space``, those seen in free space); returns the counts."""
     p = {k: v.detach() for k, v in opt.params.items()}
     scales = p["log_scales"].exp()
     n = len(scales)
@@ -240,7 +271,7 @@ def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitCo
         allowed[order[:room]] = True
         clone &= allowed
         split &= allowed
-    new = {k: torch.cat([p[k][clone], p[k][split], p[k][split]]) for k in _FIELDS}
+    new = {k: torch.cat([p[k][clone], p[k][split], p[k][split]]) for k in p}
     if split.any():
         # split: two samples from the Gaussian, each 1/1.6 its size
         s = scales[split].repeat(2, 1)
@@ -251,6 +282,8 @@ def densify_and_prune(opt: GaussianOptimizer, grad_avg: torch.Tensor, cfg: FitCo
         new["log_scales"][k:] = (s / 1.6).log()
     opacity = torch.sigmoid(p["opacity_logits"])
     prune = (opacity < cfg.min_opacity) | (scales.max(-1).values > cfg.max_scale_frac * radius) | split
+    if free_space is not None:
+        prune |= free_space(p["means"])
     opt.edit(~prune, new)
     return int(clone.sum()), int(split.sum()), int((prune & ~split).sum())
 
@@ -266,8 +299,9 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     """
     check_views(cameras, images)
     device = torch.device(device)
-    g, radius, init_metrics = init_gaussians(cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree,
-                                             generator, StereoConfig() if cfg.stereo else None)
+    g, radius, init_metrics, free_space = init_gaussians(
+        cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree, generator,
+        StereoConfig() if cfg.stereo else None, cfg.flat_ratio if cfg.two_sided else None)
     g = g.to(device)
     lr_means0 = cfg.lr_means * radius
     opt = GaussianOptimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
@@ -276,7 +310,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     levels = []
     for frac in cfg.resolutions:
         cams, imgs = resized_views(cameras, images, frac)
-        levels.append((cams.to(device), imgs.to(device)))
+        levels.append((cams.to(device), imgs.to(device), level_eps2d(cams.width / cameras.width)))
     n_views = len(cameras)
     densify_until = int(cfg.densify_until_frac * cfg.steps)
     grad_sum = torch.zeros(len(g), device=device)
@@ -286,7 +320,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         if check_cancelled:
             check_cancelled()
         level = min(step * len(levels) // cfg.steps, len(levels) - 1)
-        cams, imgs = levels[level]
+        cams, imgs, eps2d = levels[level]
         # position learning rate: log-linear from lr_means0 to 1 % of it
         t = step / max(cfg.steps - 1, 1)
         opt.set_lr("means", math.exp((1 - t) * math.log(lr_means0) + t * math.log(lr_means0 * 0.01)))
@@ -299,7 +333,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         else:
             bg = torch.ones(len(views), 3, device=device)
         gs = opt.gaussians()
-        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg)
+        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, eps2d=eps2d)
         meta["means2d"].retain_grad()
         a = target[..., 3:]
         gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
@@ -314,6 +348,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         loss.backward()
         opt.scale_sh_grad(1 / 20)
         opt.opt.step()
+        if cfg.two_sided:
+            flatten_(opt.params["log_scales"], cfg.flat_ratio)
         # densification statistics: screen-space mean gradient in NDC units, over the views that saw each Gaussian
         if step < densify_until:
             grad2d = meta["means2d"].grad
@@ -325,7 +361,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
                 grad_cnt += seen.sum(0)
             if step >= cfg.densify_from and (step + 1) % cfg.densify_every == 0:
                 with torch.no_grad():
-                    c, s, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator)
+                    c, s, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator,
+                                                 free_space if cfg.carve else None)
                 log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, c, s, pr,
                           len(opt.params["means"]))
                 grad_sum = torch.zeros(len(opt.params["means"]), device=device)
@@ -335,8 +372,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     with torch.no_grad():
         g = opt.gaussians()
         keep = g.opacities > cfg.min_opacity
-        g = Gaussians(*(getattr(g, k)[keep].detach() for k in _FIELDS))
-        cams, imgs = levels[-1]
+        g = Gaussians(**{k: v[keep].detach() for k, v in opt.params.items()})
+        cams, imgs, _ = levels[-1]
         some = torch.linspace(0, n_views - 1, min(n_views, 8)).round().long().tolist()
         metrics = {**init_metrics, "gaussians": len(g), "object_radius": round(radius, 4),
                    "fit_psnr_masked": round(evaluate_fit(g, cams[some], imgs[some]), 3)}
