@@ -5,7 +5,9 @@ carved with the masks), which looks through openings the hull closes, plus the h
 contradict it (:func:`init_gaussians`); per-attribute Adam learning rates with a log-linear decay of the position rate
 (3DGS/DreamGaussian), L1 + D-SSIM photometric loss on images composited over a random background plus an L1
 alpha/mask loss, densification (clone small / split large Gaussians whose screen-space mean gradient, averaged over
-the views that saw them, is high) and pruning (transparent or huge), SH degree growth and progressive resolution.
+the views that saw them, is high) and pruning (transparent or huge; with ``carve``, in the stereo depth's free
+space), SH degree growth and progressive resolution (each level with the input's screen-space low-pass,
+:func:`level_eps2d`). With ``two_sided`` the Gaussians are two-sided surfels (:mod:`.surfels`).
 """
 
 from __future__ import annotations
