@@ -4,6 +4,7 @@
     python benchmarks/bench_dmv3d.py --config tiny    # the CI architecture instead
     python benchmarks/bench_dmv3d.py --run OUT        # samples from an existing run's OUT/weights/dmv3d
     python benchmarks/bench_dmv3d.py --free-fit       # can the render setting represent the objects at all?
+    python benchmarks/bench_dmv3d.py --speed          # per config: seconds and peak memory of a step
 
 Objects: Spot (textured), a textured 1.0 x 0.5 x 0.3 box and a ball coloured by direction, each rendered
 (gen3d.kernels.mesh) from 16 cameras on two rings (elevations 15/45) for training. Held out: 16 other cameras on
@@ -18,6 +19,12 @@ renders (at the noisy views) are scored against those views' ground truth (PSNR,
 x0 sharpens as t falls. Three unconditional samples (blank input view, seeds 0-2) are scored against every object,
 their silhouettes at the end and their x0 renders at each step. ``--free-fit`` instead fits a free triplane (no
 network) per object and config: the ceiling of the render setting itself.
+
+``--speed`` prints a table per config, batch 1, fresh weights: the denoiser network alone (``forward_planes``), one
+DDIM sampling step (network + x0 render at the 4 noisy views, the config's ray samples) and, for ``tiny`` and
+``bench``, one training step (the recipe's forward, backward, AdamW; ``tiny`` preset, ``bench`` with
+:data:`BENCH`), each with its peak resident memory (measured in a forked process). ``small`` and ``base`` get no
+training row: the recipe renders all 7 views whole (7 x 256^2 rays x 96-128 samples) under autograd, tens of GB.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gen3d.backend.commands.demo import render_views, ring_cameras, spot_mesh  # noqa: E402
 from gen3d.backend.geometry.transforms import save_transforms, scan_transforms  # noqa: E402
-from gen3d.backend.models.dmv3d import (CONFIGS, DMV3DConfig, fresh_dmv3d, load_dmv3d,  # noqa: E402
-                                        render_views as render_triplane, sample_triplane)
+from gen3d.backend.models.dmv3d import (CONFIGS, DMV3D, DMV3DConfig, fresh_dmv3d, load_dmv3d,  # noqa: E402
+                                        plucker_rays, render_views as render_triplane, sample_triplane,
+                                        view_cameras)
 from gen3d.backend.representations.mesh import TexturedMesh  # noqa: E402
 from gen3d.backend.training import prepare, train  # noqa: E402
 from gen3d.backend.training.data import ObjectViews  # noqa: E402
@@ -192,6 +200,95 @@ def free_fit_table(steps: int) -> dict[str, dict[str, float]]:
     return rows
 
 
+def in_child(fn, *args):
+    """``fn(*args)`` in a forked process -> (its result, the process's peak resident memory above its start, MiB;
+    Linux's VmHWM, reset at the start by ``clear_refs``)."""
+    import multiprocessing as mp
+
+    def child(conn):
+        Path("/proc/self/clear_refs").write_text("5")
+        status = Path("/proc/self/status")
+        kb = lambda key: int(next(ln for ln in status.read_text().splitlines() if ln.startswith(key)).split()[1])
+        start = kb("VmRSS:")
+        result = fn(*args)
+        conn.send((result, (kb("VmHWM:") - start) / 1024))
+
+    ctx = mp.get_context("fork")
+    parent, end = ctx.Pipe()
+    proc = ctx.Process(target=child, args=(end,))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call (``repeats`` 1: the one cold call)."""
+    if repeats > 1:
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def speed_network(name: str, repeats: int) -> dict[str, float]:
+    """Config ``name``, batch 1, no gradients: the denoiser network alone (``forward_planes`` over the input and
+    noisy views) and one DDIM sampling step (that network plus the x0 render at the noisy views with the config's
+    ray samples, as :func:`sample_triplane` does it)."""
+    torch.manual_seed(0)
+    model = fresh_dmv3d(CONFIGS[name]).eval()
+    V, S = model.config.views, model.cfg.image_size
+    rays = plucker_rays(*view_cameras(model).pixel_rays())[None]
+    images, t = torch.rand(1, V, 3, S, S) * 2 - 1, torch.tensor([500])
+    source = torch.rand(1, 3, S, S)
+    with torch.no_grad():
+        network = timed(lambda: model.forward_planes(images, rays, t), repeats)
+    step = timed(lambda: sample_triplane(model, source, 1, torch.Generator().manual_seed(0)), repeats)
+    return {"network_s": network, "sampling_step_s": step}
+
+
+def speed_train(name: str, repeats: int) -> dict[str, float]:
+    """Config ``name`` (``tiny``: the tiny preset; ``bench``: with :data:`BENCH`), one training step at batch 1 on
+    Spot's views: the recipe's forward (denoiser + renders of every view), backward and AdamW step."""
+    from gen3d.backend.training.recipes.dmv3d import DMV3DWithLoss
+
+    cfg = DMV3DTrainConfig.resolve("tiny", {**(BENCH if name == "bench" else {}), "config": name})
+    folder = write_views(Path(tempfile.mkdtemp(prefix="bench_dmv3d_speed_")), spot_mesh(), 64, 0.0)
+    views = DMV3DViews([ObjectViews("spot", scan_transforms(folder))], cfg.architecture.lrm, cfg)
+    batch = {k: v[None] for k, v in views[(0, 0)].items()}
+    model = DMV3DWithLoss(fresh_dmv3d(cfg.architecture, 0).train(), cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {"train_step_s": timed(step, repeats)}
+
+
+def speed_table() -> dict[str, dict[str, float]]:
+    """Per config: parameters, seconds and peak memory (each measurement in its own forked process) of the denoiser
+    network, of one DDIM sampling step and, where this CPU's memory allows, of one training step."""
+    rows = {}
+    for name in CONFIGS:
+        small = name in ("tiny", "bench")
+        with torch.device("meta"):
+            params = sum(p.numel() for p in DMV3D(CONFIGS[name]).parameters())
+        row = {"params_M": round(params / 1e6, 2)}
+        result, peak = in_child(speed_network, name, 5 if small else 1)
+        row |= {k: round(v, 3) for k, v in result.items()} | {"sampling_peak_MiB": round(peak)}
+        if small:
+            result, peak = in_child(speed_train, name, 5)
+            row |= {k: round(v, 3) for k, v in result.items()} | {"train_peak_MiB": round(peak)}
+        rows[name] = row
+        print(name, row, flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing gen3d train dmv3d output folder (skip training)")
@@ -202,7 +299,16 @@ def main() -> int:
     ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")
     ap.add_argument("--free-fit", type=int, metavar="STEPS", nargs="?", const=300,
                     help="only fit free triplanes (no network) at each config's render setting")
+    ap.add_argument("--speed", action="store_true", help="only time each config's network, sampling step and "
+                    "training step (tiny, bench) and their peak memory")
     args = ap.parse_args()
+    if args.speed:
+        rows = speed_table()
+        cols = list(rows["tiny"])
+        print("| config | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for name, row in rows.items():
+            print(f"| {name} | " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
+        return 0
     if args.free_fit:
         print(json.dumps(free_fit_table(args.free_fit), indent=1))
         return 0
