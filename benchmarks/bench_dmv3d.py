@@ -4,7 +4,7 @@
     python benchmarks/bench_dmv3d.py --config tiny    # the CI architecture instead
     python benchmarks/bench_dmv3d.py --run OUT        # samples from an existing run's OUT/weights/dmv3d
     python benchmarks/bench_dmv3d.py --free-fit       # can the render setting represent the objects at all?
-    python benchmarks/bench_dmv3d.py --speed          # per config: seconds and peak memory of a step
+    python benchmarks/bench_dmv3d.py --speed [CONFIG ...]  # per config: seconds and peak memory of a step
 
 Objects: Spot (textured), a textured 1.0 x 0.5 x 0.3 box and a ball coloured by direction, each rendered
 (gen3d.kernels.mesh) from 16 cameras on two rings (elevations 15/45) for training. Held out: 16 other cameras on
@@ -54,12 +54,15 @@ from gen3d.backend.training.data import ObjectViews  # noqa: E402
 from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews, balanced_mask_loss  # noqa: E402
 
 NOISY = [2, 4, 6, 10]
-#: ``--set`` overrides of the tiny preset for the ``bench`` architecture (models/dmv3d/config.py): 2 extra
-#: supervision views, 16 ray samples, the condition dropped one item in 5 (the unconditional path has 3 objects to
-#: learn). The same run by hand: ``python -m gen3d train dmv3d --data DATA --out OUT --preset tiny --set config=bench
-#: --set steps=4000 --set lr=1e-3 --set warmup_steps=50 --set extra_views=2 --set samples_per_ray=16
+#: ``--set`` overrides of the tiny preset for the ``bench`` architecture (models/dmv3d/config.py): batches of 3, i.e.
+#: every object once a step (the keyed sampler's epochs are permutations of the 3 objects), 2 extra supervision views,
+#: 16 ray samples, the condition dropped one item in 5 (the unconditional path has 3 objects to learn). Batches of one
+#: object at a time (session 5's run) took ~2000 steps to tell the box from the rest and never told Spot from the ball
+#: in 6000; batches of 3 tell the box apart by step 400 (lr 2e-3 instead: no object told apart at step 400). The same
+#: run by hand: ``python -m gen3d train dmv3d --data DATA --out OUT --preset tiny --set config=bench --set steps=2000
+#: --set batch_size=3 --set lr=1e-3 --set warmup_steps=50 --set extra_views=2 --set samples_per_ray=16
 #: --set uncond_prob=0.2``, DATA holding the 3 objects' training renders (``write_views``), then ``--run OUT``
-BENCH = {"config": "bench", "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
+BENCH = {"config": "bench", "batch_size": 3, "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
          "uncond_prob": 0.2, "log_every": 50}
 
 
@@ -270,11 +273,14 @@ def speed_train(name: str, repeats: int) -> dict[str, float]:
     return {"train_step_s": timed(step, repeats)}
 
 
-def speed_table() -> dict[str, dict[str, float]]:
+SPEED_COLUMNS = ("params_M", "network_s", "sampling_step_s", "sampling_peak_MiB", "train_step_s", "train_peak_MiB")
+
+
+def speed_table(names: list[str]) -> dict[str, dict[str, float]]:
     """Per config: parameters, seconds and peak memory (each measurement in its own forked process) of the denoiser
     network, of one DDIM sampling step and, where this CPU's memory allows, of one training step."""
     rows = {}
-    for name in CONFIGS:
+    for name in names:
         small = name in ("tiny", "bench")
         with torch.device("meta"):
             params = sum(p.numel() for p in DMV3D(CONFIGS[name]).parameters())
@@ -293,18 +299,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing gen3d train dmv3d output folder (skip training)")
     ap.add_argument("--config", choices=("bench", "tiny"), default="bench", help="architecture trained")
-    ap.add_argument("--steps", type=int, default=4000, help="training steps")
+    ap.add_argument("--steps", type=int, default=2000, help="training steps")
     ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=16, help="ray samples of the renders")
     ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")
     ap.add_argument("--free-fit", type=int, metavar="STEPS", nargs="?", const=300,
                     help="only fit free triplanes (no network) at each config's render setting")
-    ap.add_argument("--speed", action="store_true", help="only time each config's network, sampling step and "
-                    "training step (tiny, bench) and their peak memory")
+    ap.add_argument("--speed", nargs="*", choices=tuple(CONFIGS), metavar="CONFIG",
+                    help="only time these configs' (default: all) network, sampling step and training step (tiny, "
+                    "bench) and their peak memory")
     args = ap.parse_args()
-    if args.speed:
-        rows = speed_table()
-        cols = list(rows["tiny"])
+    if args.speed is not None:
+        rows = speed_table(args.speed or list(CONFIGS))
+        cols = sorted({c for row in rows.values() for c in row}, key=list(SPEED_COLUMNS).index)
         print("| config | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
         for name, row in rows.items():
             print(f"| {name} | " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
@@ -323,7 +330,7 @@ def main() -> int:
         out = tmp / "run"
         overrides = BENCH if args.config == "bench" else {}
         run = prepare("dmv3d", tmp / "data", out, "tiny", {**overrides, "steps": args.steps,
-                                                              "eval_every": args.steps, "checkpoint_every": 1000})
+                                                              "eval_every": args.steps, "checkpoint_every": 500})
         t0 = time.perf_counter()
         train(run)
         train_s = time.perf_counter() - t0
