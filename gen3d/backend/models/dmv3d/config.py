@@ -21,7 +21,7 @@ base      256    8      12 x 1024               16 x 1024, 16                32 
 ========  =====  =====  ======================  ==========================  ===========  ===========
 
 ``bench`` reads 4 x 4 patches (64 tokens a view): at 32 px an object spans only 2-3 patches of 8, and the
-network is ~4 % of a CPU training step (the renders are the rest; ``benchmarks/bench_dmv3d.py --speed``).
+network forward is ~5 % of a CPU training step (the renders are the rest; ``benchmarks/bench_dmv3d.py --speed``).
 """
 
 from __future__ import annotations
