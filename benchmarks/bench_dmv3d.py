@@ -4,6 +4,7 @@
     python benchmarks/bench_dmv3d.py --config tiny    # the CI architecture instead
     python benchmarks/bench_dmv3d.py --run OUT        # samples from an existing run's OUT/weights/dmv3d
     python benchmarks/bench_dmv3d.py --free-fit       # can the render setting represent the objects at all?
+    python benchmarks/bench_dmv3d.py --speed [CONFIG ...]  # per config: seconds and peak memory of a step
 
 Objects: Spot (textured), a textured 1.0 x 0.5 x 0.3 box and a ball coloured by direction, each rendered
 (gen3d.kernels.mesh) from 16 cameras on two rings (elevations 15/45) for training. Held out: 16 other cameras on
@@ -18,6 +19,12 @@ renders (at the noisy views) are scored against those views' ground truth (PSNR,
 x0 sharpens as t falls. Three unconditional samples (blank input view, seeds 0-2) are scored against every object,
 their silhouettes at the end and their x0 renders at each step. ``--free-fit`` instead fits a free triplane (no
 network) per object and config: the ceiling of the render setting itself.
+
+``--speed`` prints a table per config, batch 1, fresh weights: the denoiser network alone (``forward_planes``), one
+DDIM sampling step (network + x0 render at the 4 noisy views, the config's ray samples) and, for ``tiny`` and
+``bench``, one training step (the recipe's forward, backward, AdamW; ``tiny`` preset, ``bench`` with
+:data:`BENCH`), each with its peak resident memory (measured in a forked process). ``small`` and ``base`` get no
+training row: the recipe renders all 7 views whole (7 x 256^2 rays x 96-128 samples) under autograd, tens of GB.
 """
 
 from __future__ import annotations
@@ -38,20 +45,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gen3d.backend.commands.demo import render_views, ring_cameras, spot_mesh  # noqa: E402
 from gen3d.backend.geometry.transforms import save_transforms, scan_transforms  # noqa: E402
-from gen3d.backend.models.dmv3d import (CONFIGS, DMV3DConfig, fresh_dmv3d, load_dmv3d,  # noqa: E402
-                                        render_views as render_triplane, sample_triplane)
+from gen3d.backend.models.dmv3d import (CONFIGS, DMV3D, DMV3DConfig, fresh_dmv3d, load_dmv3d,  # noqa: E402
+                                        plucker_rays, render_views as render_triplane, sample_triplane,
+                                        view_cameras)
 from gen3d.backend.representations.mesh import TexturedMesh  # noqa: E402
 from gen3d.backend.training import prepare, train  # noqa: E402
 from gen3d.backend.training.data import ObjectViews  # noqa: E402
 from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews, balanced_mask_loss  # noqa: E402
 
 NOISY = [2, 4, 6, 10]
-#: ``--set`` overrides of the tiny preset for the ``bench`` architecture (models/dmv3d/config.py): 2 extra
-#: supervision views, 16 ray samples, the condition dropped one item in 5 (the unconditional path has 3 objects to
-#: learn). The same run by hand: ``python -m gen3d train dmv3d --data DATA --out OUT --preset tiny --set config=bench
-#: --set steps=4000 --set lr=1e-3 --set warmup_steps=50 --set extra_views=2 --set samples_per_ray=16
+#: ``--set`` overrides of the tiny preset for the ``bench`` architecture (models/dmv3d/config.py): batches of 3, i.e.
+#: every object once a step (the keyed sampler's epochs are permutations of the 3 objects), 2 extra supervision views,
+#: 16 ray samples, the condition dropped one item in 5 (the unconditional path has 3 objects to learn). Batches of one
+#: object at a time (session 5's run) took ~2000 steps to tell the box from the rest and never told Spot from the ball
+#: in 6000; batches of 3 tell the box apart by step 400 (lr 2e-3 instead: no object told apart at step 400). 2000 steps
+#: of 3 (58 min here, session 6): ball IoU 0.91, box 0.68 (own object best), Spot still the ball's blob. The same
+#: run by hand: ``python -m gen3d train dmv3d --data DATA --out OUT --preset tiny --set config=bench --set steps=2000
+#: --set batch_size=3 --set lr=1e-3 --set warmup_steps=50 --set extra_views=2 --set samples_per_ray=16
 #: --set uncond_prob=0.2``, DATA holding the 3 objects' training renders (``write_views``), then ``--run OUT``
-BENCH = {"config": "bench", "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
+BENCH = {"config": "bench", "batch_size": 3, "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
          "uncond_prob": 0.2, "log_every": 50}
 
 
@@ -192,17 +204,119 @@ def free_fit_table(steps: int) -> dict[str, dict[str, float]]:
     return rows
 
 
+def in_child(fn, *args):
+    """``fn(*args)`` in a forked process -> (its result, the process's peak resident memory above its start, MiB;
+    Linux's VmHWM, reset at the start by ``clear_refs``)."""
+    import multiprocessing as mp
+
+    def child(conn):
+        Path("/proc/self/clear_refs").write_text("5")
+        status = Path("/proc/self/status")
+        kb = lambda key: int(next(ln for ln in status.read_text().splitlines() if ln.startswith(key)).split()[1])
+        start = kb("VmRSS:")
+        result = fn(*args)
+        conn.send((result, (kb("VmHWM:") - start) / 1024))
+
+    ctx = mp.get_context("fork")
+    parent, end = ctx.Pipe()
+    proc = ctx.Process(target=child, args=(end,))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call (``repeats`` 1: the one cold call)."""
+    if repeats > 1:
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def speed_network(name: str, repeats: int) -> dict[str, float]:
+    """Config ``name``, batch 1, no gradients: the denoiser network alone (``forward_planes`` over the input and
+    noisy views) and one DDIM sampling step (that network plus the x0 render at the noisy views with the config's
+    ray samples, as :func:`sample_triplane` does it)."""
+    torch.manual_seed(0)
+    model = fresh_dmv3d(CONFIGS[name]).eval()
+    V, S = model.config.views, model.cfg.image_size
+    rays = plucker_rays(*view_cameras(model).pixel_rays())[None]
+    images, t = torch.rand(1, V, 3, S, S) * 2 - 1, torch.tensor([500])
+    source = torch.rand(1, 3, S, S)
+    with torch.no_grad():
+        network = timed(lambda: model.forward_planes(images, rays, t), repeats)
+    step = timed(lambda: sample_triplane(model, source, 1, torch.Generator().manual_seed(0)), repeats)
+    return {"network_s": network, "sampling_step_s": step}
+
+
+def speed_train(name: str, repeats: int) -> dict[str, float]:
+    """Config ``name`` (``tiny``: the tiny preset; ``bench``: with :data:`BENCH`), one training step at batch 1 on
+    Spot's views: the recipe's forward (denoiser + renders of every view), backward and AdamW step."""
+    from gen3d.backend.training.recipes.dmv3d import DMV3DWithLoss
+
+    cfg = DMV3DTrainConfig.resolve("tiny", {**(BENCH if name == "bench" else {}), "config": name})
+    folder = write_views(Path(tempfile.mkdtemp(prefix="bench_dmv3d_speed_")), spot_mesh(), 64, 0.0)
+    views = DMV3DViews([ObjectViews("spot", scan_transforms(folder))], cfg.architecture.lrm, cfg)
+    batch = {k: v[None] for k, v in views[(0, 0)].items()}
+    model = DMV3DWithLoss(fresh_dmv3d(cfg.architecture, 0).train(), cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {"train_step_s": timed(step, repeats)}
+
+
+SPEED_COLUMNS = ("params_M", "network_s", "sampling_step_s", "sampling_peak_MiB", "train_step_s", "train_peak_MiB")
+
+
+def speed_table(names: list[str]) -> dict[str, dict[str, float]]:
+    """Per config: parameters, seconds and peak memory (each measurement in its own forked process) of the denoiser
+    network, of one DDIM sampling step and, where this CPU's memory allows, of one training step."""
+    rows = {}
+    for name in names:
+        small = name in ("tiny", "bench")
+        with torch.device("meta"):
+            params = sum(p.numel() for p in DMV3D(CONFIGS[name]).parameters())
+        row = {"params_M": round(params / 1e6, 2)}
+        result, peak = in_child(speed_network, name, 5 if small else 1)
+        row |= {k: round(v, 3) for k, v in result.items()} | {"sampling_peak_MiB": round(peak)}
+        if small:
+            result, peak = in_child(speed_train, name, 5)
+            row |= {k: round(v, 3) for k, v in result.items()} | {"train_peak_MiB": round(peak)}
+        rows[name] = row
+        print(name, row, flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing gen3d train dmv3d output folder (skip training)")
     ap.add_argument("--config", choices=("bench", "tiny"), default="bench", help="architecture trained")
-    ap.add_argument("--steps", type=int, default=4000, help="training steps")
+    ap.add_argument("--steps", type=int, default=2000, help="training steps")
     ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=16, help="ray samples of the renders")
     ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")
     ap.add_argument("--free-fit", type=int, metavar="STEPS", nargs="?", const=300,
                     help="only fit free triplanes (no network) at each config's render setting")
+    ap.add_argument("--speed", nargs="*", choices=tuple(CONFIGS), metavar="CONFIG",
+                    help="only time these configs' (default: all) network, sampling step and training step (tiny, "
+                    "bench) and their peak memory")
     args = ap.parse_args()
+    if args.speed is not None:
+        rows = speed_table(args.speed or list(CONFIGS))
+        cols = sorted({c for row in rows.values() for c in row}, key=list(SPEED_COLUMNS).index)
+        print("| config | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+        for name, row in rows.items():
+            print(f"| {name} | " + " | ".join(str(row.get(c, "-")) for c in cols) + " |")
+        return 0
     if args.free_fit:
         print(json.dumps(free_fit_table(args.free_fit), indent=1))
         return 0
@@ -217,7 +331,7 @@ def main() -> int:
         out = tmp / "run"
         overrides = BENCH if args.config == "bench" else {}
         run = prepare("dmv3d", tmp / "data", out, "tiny", {**overrides, "steps": args.steps,
-                                                              "eval_every": args.steps, "checkpoint_every": 1000})
+                                                              "eval_every": args.steps, "checkpoint_every": 500})
         t0 = time.perf_counter()
         train(run)
         train_s = time.perf_counter() - t0

@@ -10,15 +10,18 @@ Sizes (parameters counted on ``meta`` by ``tests/test_dmv3d.py``; DMV3D's own si
 follows Open-DiffusionGS' 1024-wide transformer with patch 8 at 256 px; ``tiny`` is CI's, ``bench`` the CPU evidence
 run's of ``benchmarks/bench_dmv3d.py``, both with the triplane box of radius :data:`CPU_RADIUS`):
 
-========  =====  ======================  ==========================  ===========  ===========
-config    image  encoder (layers x dim)  triplane transf. (layers x   triplane     parameters
-                                         dim, heads)                  r, C
-========  =====  ======================  ==========================  ===========  ===========
-tiny      32     1 x 32                  2 x 64, 4                    4 -> 8, 8    0.20 M
-bench     32     2 x 64                  4 x 128, 4                   8 -> 16, 16  1.38 M
-small     256    6 x 512                 12 x 512, 8                  32 -> 64, 32 91 M
-base      256    12 x 1024               16 x 1024, 16                32 -> 64, 40 528 M
-========  =====  ======================  ==========================  ===========  ===========
+========  =====  =====  ======================  ==========================  ===========  ===========
+config    image  patch  encoder (layers x dim)  triplane transf. (layers x   triplane     parameters
+                                                dim, heads)                  r, C
+========  =====  =====  ======================  ==========================  ===========  ===========
+tiny      32     8      1 x 32                  2 x 64, 4                    4 -> 8, 8    0.20 M
+bench     32     4      2 x 64                  4 x 128, 4                   8 -> 16, 16  1.36 M
+small     256    8      6 x 512                 12 x 512, 8                  32 -> 64, 32 91 M
+base      256    8      12 x 1024               16 x 1024, 16                32 -> 64, 40 528 M
+========  =====  =====  ======================  ==========================  ===========  ===========
+
+``bench`` reads 4 x 4 patches (64 tokens a view): at 32 px an object spans only 2-3 patches of 8, and the
+network forward is ~5 % of a CPU training step (the renders are the rest; ``benchmarks/bench_dmv3d.py --speed``).
 """
 
 from __future__ import annotations
@@ -69,16 +72,16 @@ class DMV3DConfig:
 
 
 def _lrm(image: int, enc: tuple[int, int], dim: int, layers: int, heads: int, low_res: int, channels: int,
-         samples: int, time_dim: int, radius: float = 1.0) -> LRMConfig:
-    """OpenLRM's conventions at the given sizes, with a patch-8 RGB+ray encoder and no DINOv2 parts; the triplane
-    spans ``[-radius, radius]^3``."""
+         samples: int, time_dim: int, radius: float = 1.0, patch: int = 8) -> LRMConfig:
+    """OpenLRM's conventions at the given sizes, with a ``patch`` x ``patch`` RGB+ray encoder and no DINOv2 parts;
+    the triplane spans ``[-radius, radius]^3``."""
     base = from_openlrm_config({
         "camera_embed_dim": time_dim, "rendering_samples_per_ray": samples, "transformer_dim": dim,
         "transformer_layers": layers, "transformer_heads": heads, "triplane_low_res": low_res,
         "triplane_high_res": 2 * low_res, "triplane_dim": channels, "encoder_type": "dinov2",
         "encoder_model_name": "dinov2_vits14_reg", "encoder_feat_dim": enc[1], "encoder_dim": enc[1],
         "encoder_layers": enc[0], "encoder_heads": max(enc[1] // 64, 2), "source_size": image, "render_size": image})
-    return base.replace(enc_patch=8, enc_pos_grid=image // 8, enc_registers=0, enc_layerscale=False,
+    return base.replace(enc_patch=patch, enc_pos_grid=image // patch, enc_registers=0, enc_layerscale=False,
                         camera_raw_dim=0, background=1.0, foreground_ratio=0.8, radius=radius,
                         license="your own weights (trained with python -m gen3d train dmv3d)")
 
@@ -92,7 +95,7 @@ CPU_RADIUS = 0.6
 
 CONFIGS: dict[str, DMV3DConfig] = {
     "tiny": DMV3DConfig("tiny", _lrm(32, (1, 32), 64, 2, 4, 4, 8, 16, 32, CPU_RADIUS)),
-    "bench": DMV3DConfig("bench", _lrm(32, (2, 64), 128, 4, 4, 8, 16, 16, 64, CPU_RADIUS)),
+    "bench": DMV3DConfig("bench", _lrm(32, (2, 64), 128, 4, 4, 8, 16, 16, 64, CPU_RADIUS, patch=4)),
     "small": DMV3DConfig("small", _lrm(256, (6, 512), 512, 12, 8, 32, 32, 96, 512)),
     "base": DMV3DConfig("base", _lrm(256, (12, 1024), 1024, 16, 16, 32, 40, 128, 1024)),
 }
