@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gen3d.backend.commands.demo import render_views, ring_cameras, spot_mesh  # noqa: E402
 from gen3d.backend.geometry.transforms import save_transforms, scan_transforms  # noqa: E402
@@ -52,6 +53,7 @@ from gen3d.backend.representations.mesh import TexturedMesh  # noqa: E402
 from gen3d.backend.training import prepare, train  # noqa: E402
 from gen3d.backend.training.data import ObjectViews  # noqa: E402
 from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews, balanced_mask_loss  # noqa: E402
+from bench_magic123 import timed  # noqa: E402
 
 NOISY = [2, 4, 6, 10]
 #: ``--set`` overrides of the tiny preset for the ``bench`` architecture (models/dmv3d/config.py): batches of 3, i.e.
@@ -212,7 +214,10 @@ def in_child(fn, *args):
     def child(conn):
         Path("/proc/self/clear_refs").write_text("5")
         status = Path("/proc/self/status")
-        kb = lambda key: int(next(ln for ln in status.read_text().splitlines() if ln.startswith(key)).split()[1])
+
+        def kb(key: str) -> int:
+            return int(next(ln for ln in status.read_text().splitlines() if ln.startswith(key)).split()[1])
+
         start = kb("VmRSS:")
         result = fn(*args)
         conn.send((result, (kb("VmHWM:") - start) / 1024))
@@ -224,18 +229,6 @@ def in_child(fn, *args):
     result = parent.recv()
     proc.join()
     return result
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call (``repeats`` 1: the one cold call)."""
-    if repeats > 1:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def speed_network(name: str, repeats: int) -> dict[str, float]:
