@@ -13,8 +13,12 @@ of a closed object (no view carves it) stays solid.
 Marching cubes at ``level`` voxels gives a closed surface around everything not carved: for a sheet, a thin slab of
 two layers about ``level`` off the surface. The surface is then cut where no observed surface point lies within
 ``level + support`` voxels (faces around unobserved space), and each vertex is moved along its normal onto the
-plane of its nearest observed points plus ``layer_offset`` voxels: a sheet becomes two nearly coincident layers
-with outward normals (each baked from the views on its side), a closed surface lands on the observations.
+opaque Gaussians' centres near its normal line, plus ``layer_offset`` voxels: a sheet becomes two nearly coincident
+layers with outward normals (each baked from the views on its side), a closed surface lands on the Gaussians. The
+centres, not the rendered depth, because a rasteriser's depth is each Gaussian's centre depth composited front to
+back: where flat Gaussians overlap obliquely the nearest centre wins, so the depth sits in front of the surface
+(Gaussians laid exactly on a hemisphere: rendered depth points 1.2 voxels off it, a mesh snapped to them 0.60 %
+of the diagonal from it in Chamfer, snapped to the centres 0.22 %).
 
 ``surface="auto"`` measures how thin the carved solid is (share of observed boundary voxels whose local thickness
 is at most ``thin_voxels``) and uses this extraction when the share exceeds ``open_share``, else the density
@@ -56,7 +60,8 @@ class FuseConfig:
     empty_alpha: float = 0.05      #: opacity below which a pixel observes free space
     free_votes: int = 2            #: a voxel is as free as the ``free_votes``-th most convinced view says
     support: float = 1.5           #: voxels beyond ``level``: faces farther from every observed point are cut
-    neighbours: int = 128          #: nearest observed points searched when moving a vertex onto the surface
+    neighbours: int = 128          #: nearest Gaussian centres searched when moving a vertex onto the surface
+    center_opacity: float = 0.5    #: Gaussians at least this opaque place the surface
     thin_voxels: float = 2.5       #: local half-thickness (voxels) of the carved solid counted as thin
     open_share: float = 0.3        #: auto: open extraction when more of the observed boundary is thin
     target_faces: int = 50_000
@@ -154,14 +159,12 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
 @dataclass
 class FusedField:
     """The fused distance ``field [X,Y,Z]`` (voxels, clamped to +-truncation) at ``lo + voxel * (i, j, k)`` and the
-    observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell, and their ``counts
-    [P]``."""
+    observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell."""
 
     field: np.ndarray
     lo: np.ndarray
     voxel: float
     points: np.ndarray
-    counts: np.ndarray
 
 
 def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseConfig) -> torch.Tensor:
@@ -215,7 +218,7 @@ def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int
     band[tuple(idx.T.numpy())] = True
     band = torch.from_numpy(ndimage.binary_dilation(band, iterations=int(math.ceil(cfg.truncation)) + 1))
     field[band] = fused_values(obs, grid(1)[band], voxel, cfg)
-    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy())
+    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy())
 
 
 def thin_share(fused: FusedField, cfg: FuseConfig) -> float:
@@ -252,8 +255,9 @@ def grid_for(gaussians, resolution: int) -> tuple[torch.Tensor, float, tuple[int
     return lo, voxel, dims
 
 
-def open_surface_mesh(fused: FusedField, cfg: FuseConfig) -> trimesh.Trimesh:
-    """Marching cubes of the carved solid, cut where nothing was observed, moved onto the observations."""
+def open_surface_mesh(fused: FusedField, centers: np.ndarray, weights: np.ndarray, cfg: FuseConfig) -> trimesh.Trimesh:
+    """Marching cubes of the carved solid, cut where nothing was observed, moved onto the Gaussians' ``centers [G,3]``
+    (weighted by ``weights [G]``, their opacities; module docstring)."""
     verts, faces = mcubes.marching_cubes(-fused.field, -cfg.level)   # solid (field < level) is "inside"
     if len(faces) == 0:
         raise NumericalError("the fused depth has no surface", {"level": cfg.level})
@@ -267,16 +271,18 @@ def open_surface_mesh(fused: FusedField, cfg: FuseConfig) -> trimesh.Trimesh:
         raise NumericalError("no fused surface lies near the observed depth", {"level": cfg.level})
     mesh = cleanup_mesh(mesh, 0.01 * vox, cfg.min_component_ratio, cfg.smooth_iterations, cfg.target_faces,
                         close_holes=False)
-    # onto the observed points on the vertex's normal line (within a voxel of it: the nearest points alone would
-    # be biased towards the vertex's side of the noisy observations), then layer_offset outwards
+    # onto the centres near the vertex's normal line (within a voxel of it: the nearest centres alone would be
+    # biased towards the vertex's side of the layer), then layer_offset outwards
     normals = np.asarray(mesh.vertex_normals)
-    _, nn = tree.query(mesh.vertices, k=min(cfg.neighbours, len(fused.points)))
-    nn = nn.reshape(len(mesh.vertices), -1)
-    rel = fused.points[nn] - mesh.vertices[:, None]
-    along = (rel * normals[:, None]).sum(-1)
-    across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1)
-    w = fused.counts[nn] * (across < vox)
-    step = np.where(w.sum(1) > 0, (along * w).sum(1) / np.maximum(w.sum(1), 1e-9), 0.0)
+    step = np.zeros(len(mesh.vertices))
+    if len(centers):
+        _, nn = cKDTree(centers).query(mesh.vertices, k=min(cfg.neighbours, len(centers)))
+        nn = nn.reshape(len(mesh.vertices), -1)
+        rel = centers[nn] - mesh.vertices[:, None]
+        along = (rel * normals[:, None]).sum(-1)
+        across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1)
+        w = weights[nn] * (across < vox)
+        step = np.where(w.sum(1) > 0, (along * w).sum(1) / np.maximum(w.sum(1), 1e-9), 0.0)
     step = np.clip(step, -(cfg.level + cfg.support) * vox, vox) + cfg.layer_offset * vox
     mesh = trimesh.Trimesh(mesh.vertices + step[:, None] * normals, mesh.faces, process=False)
     return mesh
@@ -299,7 +305,9 @@ def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, su
         metrics["thin_share"] = round(share, 4)
         if surface == "open" or share > cfg.open_share:
             try:
-                mesh = open_surface_mesh(fused, cfg)
+                opaque = gaussians.opacities > cfg.center_opacity
+                mesh = open_surface_mesh(fused, gaussians.means[opaque].detach().cpu().double().numpy(),
+                                         gaussians.opacities[opaque].detach().cpu().double().numpy(), cfg)
                 log.info("surface: open (thin share %.2f), %d faces", share, len(mesh.faces))
                 return mesh, {**metrics, "surface": "open"}
             except NumericalError:
