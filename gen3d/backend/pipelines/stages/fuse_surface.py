@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
-from scipy import ndimage
+from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 
 from ...errors import NumericalError
@@ -62,6 +62,8 @@ class FuseConfig:
     support: float = 1.5           #: voxels beyond ``level``: faces farther from every observed point are cut
     neighbours: int = 128          #: nearest Gaussian centres searched when moving a vertex onto the surface
     center_opacity: float = 0.5    #: Gaussians at least this opaque place the surface
+    snap_smoothing: int = 4        #: diffusion passes of the snap offsets over the mesh
+    seen_voxels: float = 1.5       #: a view sees a Gaussian when its observed depth is this close to the centre's
     thin_voxels: float = 2.5       #: local half-thickness (voxels) of the carved solid counted as thin
     open_share: float = 0.3        #: auto: open extraction when more of the observed boundary is thin
     target_faces: int = 50_000
@@ -193,6 +195,24 @@ def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseCo
     return torch.where(torch.isfinite(top[-1]), top[-1].clamp(-T, T), -T)  # too few views: solid (-T)
 
 
+def views_seeing(obs: Observations, pts: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``[P]``: how many views' observed surface depth lies within ``tolerance`` (world units) of the camera depth
+    of each point ``pts [P,3]`` (the views that see it, rather than something in front of or behind it)."""
+    W, H = obs.cameras.width, obs.cameras.height
+    w2c, K = obs.cameras.viewmats(), obs.cameras.K
+    count = torch.zeros(len(pts))
+    for i in range(len(obs.cameras)):
+        cam = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
+        z = cam[:, 2]
+        u = (K[i, 0, 0] * cam[:, 0] + K[i, 0, 2] * z) / z
+        v = (K[i, 1, 1] * cam[:, 1] + K[i, 1, 2] * z) / z
+        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
+        lin = v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long()
+        hit = obs.surface[i].flatten()[lin] & ((obs.depth[i].flatten()[lin] - z).abs() < tolerance)
+        count += (inside & hit).float()
+    return count
+
+
 def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int, int], cfg: FuseConfig,
          coarse: int = 4) -> FusedField:
     """Fuse ``obs`` on the grid (module docstring): exactly within ``truncation + 1`` voxels of the observed
@@ -255,6 +275,34 @@ def grid_for(gaussians, resolution: int) -> tuple[torch.Tensor, float, tuple[int
     return lo, voxel, dims
 
 
+def snap_steps(mesh: trimesh.Trimesh, centers: np.ndarray, weights: np.ndarray, vox: float,
+               cfg: FuseConfig) -> np.ndarray:
+    """``[V]``: how far each vertex lies from the Gaussians' ``centers [G,3]`` along its normal: the mean of their
+    offsets along the normal, weighted by ``weights [G]`` and by a Gaussian (sigma one voxel) of their distance
+    across the normal line (the nearest centres alone would be biased towards the vertex's side of the layer).
+    The centres are sparse and the two layers of a sheet, snapped noisily, would cross and show each other's side,
+    so the displacements along the normals are diffused over the mesh ``snap_smoothing`` times (sums of weighted
+    displacement vectors and of weights, each averaged over the vertex and its neighbours) and projected back."""
+    if len(centers) == 0:
+        return np.zeros(len(mesh.vertices))
+    normals = np.asarray(mesh.vertex_normals)
+    _, nn = cKDTree(centers).query(mesh.vertices, k=min(cfg.neighbours, len(centers)))
+    nn = nn.reshape(len(mesh.vertices), -1)
+    rel = centers[nn] - mesh.vertices[:, None]
+    along = (rel * normals[:, None]).sum(-1)
+    across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1) / vox
+    w = weights[nn] * np.exp(-0.5 * across ** 2) * (across < 2.0)
+    num, den = (along * w).sum(1)[:, None] * normals, w.sum(1)   # weighted displacements [V,3], weights [V]
+    edges = mesh.edges_unique
+    n = len(mesh.vertices)
+    ring = sparse.coo_matrix((np.ones(2 * len(edges)), (edges.ravel(), edges[:, ::-1].ravel())), shape=(n, n))
+    ring = (ring + sparse.identity(n)).tocsr()
+    ring = sparse.diags(1.0 / np.asarray(ring.sum(1)).ravel()) @ ring
+    for _ in range(cfg.snap_smoothing):
+        num, den = ring @ num, ring @ den
+    return np.where(den > 1e-6, (num * normals).sum(1) / np.maximum(den, 1e-12), 0.0)
+
+
 def open_surface_mesh(fused: FusedField, centers: np.ndarray, weights: np.ndarray, cfg: FuseConfig) -> trimesh.Trimesh:
     """Marching cubes of the carved solid, cut where nothing was observed, moved onto the Gaussians' ``centers [G,3]``
     (weighted by ``weights [G]``, their opacities; module docstring)."""
@@ -263,27 +311,19 @@ def open_surface_mesh(fused: FusedField, centers: np.ndarray, weights: np.ndarra
         raise NumericalError("the fused depth has no surface", {"level": cfg.level})
     vox = fused.voxel
     mesh = trimesh.Trimesh(verts * vox + fused.lo, faces.astype(np.int64), process=False)
-    tree = cKDTree(fused.points)
-    far = tree.query(mesh.triangles_center, distance_upper_bound=(cfg.level + cfg.support) * vox)[0]
-    mesh.update_faces(np.isfinite(far))
+    reach = (cfg.level + cfg.support) * vox
+    near = np.isfinite(cKDTree(fused.points).query(mesh.triangles_center, distance_upper_bound=reach)[0])
+    if len(centers):
+        near &= np.isfinite(cKDTree(centers).query(mesh.triangles_center, distance_upper_bound=reach)[0])
+    mesh.update_faces(near)
     mesh.remove_unreferenced_vertices()
     if len(mesh.faces) == 0:
         raise NumericalError("no fused surface lies near the observed depth", {"level": cfg.level})
     mesh = cleanup_mesh(mesh, 0.01 * vox, cfg.min_component_ratio, cfg.smooth_iterations, cfg.target_faces,
                         close_holes=False)
-    # onto the centres near the vertex's normal line (within a voxel of it: the nearest centres alone would be
-    # biased towards the vertex's side of the layer), then layer_offset outwards
+    step = np.clip(snap_steps(mesh, centers, weights, vox, cfg), -(cfg.level + cfg.support) * vox, vox)
     normals = np.asarray(mesh.vertex_normals)
-    step = np.zeros(len(mesh.vertices))
-    if len(centers):
-        _, nn = cKDTree(centers).query(mesh.vertices, k=min(cfg.neighbours, len(centers)))
-        nn = nn.reshape(len(mesh.vertices), -1)
-        rel = centers[nn] - mesh.vertices[:, None]
-        along = (rel * normals[:, None]).sum(-1)
-        across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1)
-        w = weights[nn] * (across < vox)
-        step = np.where(w.sum(1) > 0, (along * w).sum(1) / np.maximum(w.sum(1), 1e-9), 0.0)
-    step = np.clip(step, -(cfg.level + cfg.support) * vox, vox) + cfg.layer_offset * vox
+    step = step + cfg.layer_offset * vox
     mesh = trimesh.Trimesh(mesh.vertices + step[:, None] * normals, mesh.faces, process=False)
     return mesh
 
@@ -300,14 +340,18 @@ def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, su
     metrics: dict = {}
     if surface != "closed":
         lo, voxel, dims = grid_for(gaussians, cfg.resolution)
-        fused = fuse(observe(gaussians, cameras, cfg, images), lo, voxel, dims, cfg)
+        obs = observe(gaussians, cameras, cfg, images)
+        fused = fuse(obs, lo, voxel, dims, cfg)
         share = thin_share(fused, cfg)
         metrics["thin_share"] = round(share, 4)
         if surface == "open" or share > cfg.open_share:
             try:
                 opaque = gaussians.opacities > cfg.center_opacity
-                mesh = open_surface_mesh(fused, gaussians.means[opaque].detach().cpu().double().numpy(),
-                                         gaussians.opacities[opaque].detach().cpu().double().numpy(), cfg)
+                centers = gaussians.means[opaque].detach().cpu()
+                weights = gaussians.opacities[opaque].detach().cpu()
+                weights = weights * views_seeing(obs, centers, cfg.seen_voxels * voxel)
+                seen = weights > 0
+                mesh = open_surface_mesh(fused, centers[seen].double().numpy(), weights[seen].double().numpy(), cfg)
                 log.info("surface: open (thin share %.2f), %d faces", share, len(mesh.faces))
                 return mesh, {**metrics, "surface": "open"}
             except NumericalError:
