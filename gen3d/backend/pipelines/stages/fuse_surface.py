@@ -13,12 +13,8 @@ of a closed object (no view carves it) stays solid.
 Marching cubes at ``level`` voxels gives a closed surface around everything not carved: for a sheet, a thin slab of
 two layers about ``level`` off the surface. The surface is then cut where no observed surface point lies within
 ``level + support`` voxels (faces around unobserved space), and each vertex is moved along its normal onto the
-opaque Gaussians' centres near its normal line, plus ``layer_offset`` voxels: a sheet becomes two nearly coincident
-layers with outward normals (each baked from the views on its side), a closed surface lands on the Gaussians. The
-centres, not the rendered depth, because a rasteriser's depth is each Gaussian's centre depth composited front to
-back: where flat Gaussians overlap obliquely the nearest centre wins, so the depth sits in front of the surface
-(Gaussians laid exactly on a hemisphere: rendered depth points 1.2 voxels off it, a mesh snapped to them 0.60 %
-of the diagonal from it in Chamfer, snapped to the centres 0.22 %).
+plane of its nearest observed points plus ``layer_offset`` voxels: a sheet becomes two nearly coincident layers
+with outward normals (each baked from the views on its side), a closed surface lands on the observations.
 
 ``surface="auto"`` measures how thin the carved solid is (share of observed boundary voxels whose local thickness
 is at most ``thin_voxels``) and uses this extraction when the share exceeds ``open_share``, else the density
@@ -36,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import trimesh
-from scipy import ndimage, sparse
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ...errors import NumericalError
@@ -60,10 +56,7 @@ class FuseConfig:
     empty_alpha: float = 0.05      #: opacity below which a pixel observes free space
     free_votes: int = 2            #: a voxel is as free as the ``free_votes``-th most convinced view says
     support: float = 1.5           #: voxels beyond ``level``: faces farther from every observed point are cut
-    neighbours: int = 128          #: nearest Gaussian centres searched when moving a vertex onto the surface
-    center_opacity: float = 0.5    #: Gaussians at least this opaque place the surface
-    snap_smoothing: int = 4        #: diffusion passes of the snap offsets over the mesh
-    seen_voxels: float = 1.5       #: a view sees a Gaussian when its observed depth is this close to the centre's
+    neighbours: int = 128          #: nearest observed points searched when moving a vertex onto the surface
     thin_voxels: float = 2.5       #: local half-thickness (voxels) of the carved solid counted as thin
     open_share: float = 0.3        #: auto: open extraction when more of the observed boundary is thin
     target_faces: int = 50_000
@@ -161,12 +154,14 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
 @dataclass
 class FusedField:
     """The fused distance ``field [X,Y,Z]`` (voxels, clamped to +-truncation) at ``lo + voxel * (i, j, k)`` and the
-    observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell."""
+    observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell, and their ``counts
+    [P]``."""
 
     field: np.ndarray
     lo: np.ndarray
     voxel: float
     points: np.ndarray
+    counts: np.ndarray
 
 
 def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseConfig) -> torch.Tensor:
@@ -195,24 +190,6 @@ def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseCo
     return torch.where(torch.isfinite(top[-1]), top[-1].clamp(-T, T), -T)  # too few views: solid (-T)
 
 
-def views_seeing(obs: Observations, pts: torch.Tensor, tolerance: float) -> torch.Tensor:
-    """``[P]``: how many views' observed surface depth lies within ``tolerance`` (world units) of the camera depth
-    of each point ``pts [P,3]`` (the views that see it, rather than something in front of or behind it)."""
-    W, H = obs.cameras.width, obs.cameras.height
-    w2c, K = obs.cameras.viewmats(), obs.cameras.K
-    count = torch.zeros(len(pts))
-    for i in range(len(obs.cameras)):
-        cam = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
-        z = cam[:, 2]
-        u = (K[i, 0, 0] * cam[:, 0] + K[i, 0, 2] * z) / z
-        v = (K[i, 1, 1] * cam[:, 1] + K[i, 1, 2] * z) / z
-        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
-        lin = v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long()
-        hit = obs.surface[i].flatten()[lin] & ((obs.depth[i].flatten()[lin] - z).abs() < tolerance)
-        count += (inside & hit).float()
-    return count
-
-
 def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int, int], cfg: FuseConfig,
          coarse: int = 4) -> FusedField:
     """Fuse ``obs`` on the grid (module docstring): exactly within ``truncation + 1`` voxels of the observed
@@ -238,7 +215,7 @@ def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int
     band[tuple(idx.T.numpy())] = True
     band = torch.from_numpy(ndimage.binary_dilation(band, iterations=int(math.ceil(cfg.truncation)) + 1))
     field[band] = fused_values(obs, grid(1)[band], voxel, cfg)
-    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy())
+    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy())
 
 
 def thin_share(fused: FusedField, cfg: FuseConfig) -> float:
@@ -275,55 +252,32 @@ def grid_for(gaussians, resolution: int) -> tuple[torch.Tensor, float, tuple[int
     return lo, voxel, dims
 
 
-def snap_steps(mesh: trimesh.Trimesh, centers: np.ndarray, weights: np.ndarray, vox: float,
-               cfg: FuseConfig) -> np.ndarray:
-    """``[V]``: how far each vertex lies from the Gaussians' ``centers [G,3]`` along its normal: the mean of their
-    offsets along the normal, weighted by ``weights [G]`` and by a Gaussian (sigma one voxel) of their distance
-    across the normal line (the nearest centres alone would be biased towards the vertex's side of the layer).
-    The centres are sparse and the two layers of a sheet, snapped noisily, would cross and show each other's side,
-    so the displacements along the normals are diffused over the mesh ``snap_smoothing`` times (sums of weighted
-    displacement vectors and of weights, each averaged over the vertex and its neighbours) and projected back."""
-    if len(centers) == 0:
-        return np.zeros(len(mesh.vertices))
-    normals = np.asarray(mesh.vertex_normals)
-    _, nn = cKDTree(centers).query(mesh.vertices, k=min(cfg.neighbours, len(centers)))
-    nn = nn.reshape(len(mesh.vertices), -1)
-    rel = centers[nn] - mesh.vertices[:, None]
-    along = (rel * normals[:, None]).sum(-1)
-    across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1) / vox
-    w = weights[nn] * np.exp(-0.5 * across ** 2) * (across < 2.0)
-    num, den = (along * w).sum(1)[:, None] * normals, w.sum(1)   # weighted displacements [V,3], weights [V]
-    edges = mesh.edges_unique
-    n = len(mesh.vertices)
-    ring = sparse.coo_matrix((np.ones(2 * len(edges)), (edges.ravel(), edges[:, ::-1].ravel())), shape=(n, n))
-    ring = (ring + sparse.identity(n)).tocsr()
-    ring = sparse.diags(1.0 / np.asarray(ring.sum(1)).ravel()) @ ring
-    for _ in range(cfg.snap_smoothing):
-        num, den = ring @ num, ring @ den
-    return np.where(den > 1e-6, (num * normals).sum(1) / np.maximum(den, 1e-12), 0.0)
-
-
-def open_surface_mesh(fused: FusedField, centers: np.ndarray, weights: np.ndarray, cfg: FuseConfig) -> trimesh.Trimesh:
-    """Marching cubes of the carved solid, cut where nothing was observed, moved onto the Gaussians' ``centers [G,3]``
-    (weighted by ``weights [G]``, their opacities; module docstring)."""
+def open_surface_mesh(fused: FusedField, cfg: FuseConfig) -> trimesh.Trimesh:
+    """Marching cubes of the carved solid, cut where nothing was observed, moved onto the observations."""
     verts, faces = mcubes.marching_cubes(-fused.field, -cfg.level)   # solid (field < level) is "inside"
     if len(faces) == 0:
         raise NumericalError("the fused depth has no surface", {"level": cfg.level})
     vox = fused.voxel
     mesh = trimesh.Trimesh(verts * vox + fused.lo, faces.astype(np.int64), process=False)
-    reach = (cfg.level + cfg.support) * vox
-    near = np.isfinite(cKDTree(fused.points).query(mesh.triangles_center, distance_upper_bound=reach)[0])
-    if len(centers):
-        near &= np.isfinite(cKDTree(centers).query(mesh.triangles_center, distance_upper_bound=reach)[0])
-    mesh.update_faces(near)
+    tree = cKDTree(fused.points)
+    far = tree.query(mesh.triangles_center, distance_upper_bound=(cfg.level + cfg.support) * vox)[0]
+    mesh.update_faces(np.isfinite(far))
     mesh.remove_unreferenced_vertices()
     if len(mesh.faces) == 0:
         raise NumericalError("no fused surface lies near the observed depth", {"level": cfg.level})
     mesh = cleanup_mesh(mesh, 0.01 * vox, cfg.min_component_ratio, cfg.smooth_iterations, cfg.target_faces,
                         close_holes=False)
-    step = np.clip(snap_steps(mesh, centers, weights, vox, cfg), -(cfg.level + cfg.support) * vox, vox)
+    # onto the observed points on the vertex's normal line (within a voxel of it: the nearest points alone would
+    # be biased towards the vertex's side of the noisy observations), then layer_offset outwards
     normals = np.asarray(mesh.vertex_normals)
-    step = step + cfg.layer_offset * vox
+    _, nn = tree.query(mesh.vertices, k=min(cfg.neighbours, len(fused.points)))
+    nn = nn.reshape(len(mesh.vertices), -1)
+    rel = fused.points[nn] - mesh.vertices[:, None]
+    along = (rel * normals[:, None]).sum(-1)
+    across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1)
+    w = fused.counts[nn] * (across < vox)
+    step = np.where(w.sum(1) > 0, (along * w).sum(1) / np.maximum(w.sum(1), 1e-9), 0.0)
+    step = np.clip(step, -(cfg.level + cfg.support) * vox, vox) + cfg.layer_offset * vox
     mesh = trimesh.Trimesh(mesh.vertices + step[:, None] * normals, mesh.faces, process=False)
     return mesh
 
@@ -340,18 +294,12 @@ def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, su
     metrics: dict = {}
     if surface != "closed":
         lo, voxel, dims = grid_for(gaussians, cfg.resolution)
-        obs = observe(gaussians, cameras, cfg, images)
-        fused = fuse(obs, lo, voxel, dims, cfg)
+        fused = fuse(observe(gaussians, cameras, cfg, images), lo, voxel, dims, cfg)
         share = thin_share(fused, cfg)
         metrics["thin_share"] = round(share, 4)
         if surface == "open" or share > cfg.open_share:
             try:
-                opaque = gaussians.opacities > cfg.center_opacity
-                centers = gaussians.means[opaque].detach().cpu()
-                weights = gaussians.opacities[opaque].detach().cpu()
-                weights = weights * views_seeing(obs, centers, cfg.seen_voxels * voxel)
-                seen = weights > 0
-                mesh = open_surface_mesh(fused, centers[seen].double().numpy(), weights[seen].double().numpy(), cfg)
+                mesh = open_surface_mesh(fused, cfg)
                 log.info("surface: open (thin share %.2f), %d faces", share, len(mesh.faces))
                 return mesh, {**metrics, "surface": "open"}
             except NumericalError:
