@@ -22,9 +22,10 @@ network) per object and config: the ceiling of the render setting itself.
 
 ``--speed`` prints a table per config, batch 1, fresh weights: the denoiser network alone (``forward_planes``), one
 DDIM sampling step (network + x0 render at the 4 noisy views, the config's ray samples) and, for ``tiny`` and
-``bench``, one training step (the recipe's forward, backward, AdamW; ``tiny`` preset, ``bench`` with
-:data:`BENCH`), each with its peak resident memory (measured in a forked process). ``small`` and ``base`` get no
-training row: the recipe renders all 7 views whole (7 x 256^2 rays x 96-128 samples) under autograd, tens of GB.
+``bench``, one training step (the recipe's forward, backward, AdamW; ``tiny`` preset with whole images, ``bench``
+with :data:`BENCH`, i.e. 256 rays a view), each with its peak resident memory (measured in a forked process).
+``small`` and ``base`` get no training row: with whole images the recipe renders 7 x 256^2 rays x 96-128 samples
+under autograd, tens of GB (``rays_per_view`` would cut that; not measured).
 """
 
 from __future__ import annotations
@@ -58,15 +59,19 @@ from bench_magic123 import timed  # noqa: E402
 NOISY = [2, 4, 6, 10]
 #: ``--set`` overrides of the tiny preset for the ``bench`` architecture (models/dmv3d/config.py): batches of 3, i.e.
 #: every object once a step (the keyed sampler's epochs are permutations of the 3 objects), 2 extra supervision views,
-#: 16 ray samples, the condition dropped one item in 5 (the unconditional path has 3 objects to learn). Batches of one
-#: object at a time (session 5's run) took ~2000 steps to tell the box from the rest and never told Spot from the ball
-#: in 6000; batches of 3 tell the box apart by step 400 (lr 2e-3 instead: no object told apart at step 400). 2000 steps
-#: of 3 (58 min here, session 6): ball IoU 0.91, box 0.68 (own object best), Spot still the ball's blob. The same
-#: run by hand: ``python -m gen3d train dmv3d --data DATA --out OUT --preset tiny --set config=bench --set steps=2000
+#: 16 ray samples, the condition dropped one item in 5 (the unconditional path has 3 objects to learn), and 256 of each
+#: view's 1024 pixels rendered, half on the object and half on the background (``rays_per_view``: a step 3.3x faster,
+#: and colour weighed like the mask). Batches of one object at a time (session 5) took ~2000 steps to tell the box from
+#: the rest; batches of 3 tell it apart by step 400. 2000 whole-image steps of 3 (58 min here, session 6): ball IoU
+#: 0.91, box 0.68, Spot the ball's blob, colours averages (masked PSNR 10-14 dB). 12000 steps at 256 rays (94 min,
+#: session 7): ball IoU 0.98 and masked PSNR 20.9 dB (its normal colours), box IoU 0.84 (cyan top, brown sides), Spot
+#: a Spot-coloured blob whose silhouette still matches the ball's best (IoU 0.54 own, 0.77 vs ball). The same run by
+#: hand: ``python -m gen3d train dmv3d --data DATA --out OUT --preset tiny --set config=bench --set steps=12000
 #: --set batch_size=3 --set lr=1e-3 --set warmup_steps=50 --set extra_views=2 --set samples_per_ray=16
-#: --set uncond_prob=0.2``, DATA holding the 3 objects' training renders (``write_views``), then ``--run OUT``
+#: --set uncond_prob=0.2 --set rays_per_view=256``, DATA holding the 3 objects' training renders (``write_views``),
+#: then ``--run OUT``
 BENCH = {"config": "bench", "batch_size": 3, "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
-         "uncond_prob": 0.2, "log_every": 50}
+         "uncond_prob": 0.2, "rays_per_view": 256, "log_every": 50}
 
 
 def box_mesh(size=(1.0, 0.5, 0.3)) -> TexturedMesh:
@@ -293,7 +298,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing gen3d train dmv3d output folder (skip training)")
     ap.add_argument("--config", choices=("bench", "tiny"), default="bench", help="architecture trained")
-    ap.add_argument("--steps", type=int, default=2000, help="training steps")
+    ap.add_argument("--steps", type=int, default=12000, help="training steps")
     ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=16, help="ray samples of the renders")
     ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")

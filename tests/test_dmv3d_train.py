@@ -184,3 +184,54 @@ def test_method_samples_text_variant_weights_from_a_prompt(tmp_path, monkeypatch
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "text variant" in err[0] and "prompt" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_rays_per_view_draws_half_object_half_background_and_the_loss_is_over_those_pixels(trained):
+    """``rays_per_view=64``: per view 32 object pixels (alpha > 0.5) then 32 distinct background ones, the same for
+    the same key, the item's other draws unchanged; the loss equals MSE + balanced mask computed here from rays
+    picked by (row, column), and with whole images (the default) the loss over whole-image renders. LPIPS with
+    subsampling is a config error."""
+    from gen3d.backend.errors import BadInput
+    from gen3d.backend.models.dmv3d import fresh_dmv3d, render_views
+    from gen3d.backend.models.dmv3d.sampler import to_model
+    from gen3d.backend.training.data import scan_objects
+    from gen3d.backend.training.recipes.dmv3d import DMV3DTrainConfig, DMV3DViews, DMV3DWithLoss
+
+    root, _ = trained
+    with pytest.raises(BadInput, match="lpips_weight=0"):
+        DMV3DTrainConfig.resolve("full", {"rays_per_view": 64})
+    objects = scan_objects(root / "data", 5)
+    cfgs = [DMV3DTrainConfig.resolve("tiny", {"rays_per_view": 64}), DMV3DTrainConfig.resolve("tiny")]
+    part, whole = (DMV3DViews(objects, c.architecture.lrm, c)[(3, 0)] for c in cfgs)
+    M, S = whole["alpha"].shape[:2]
+    assert all(torch.equal(part[k], whole[k]) for k in whole if k != "pixels")
+    assert torch.equal(DMV3DViews(objects, cfgs[0].architecture.lrm, cfgs[0])[(3, 0)]["pixels"], part["pixels"])
+    assert torch.equal(whole["pixels"], torch.arange(S * S).repeat(M, 1))
+    assert part["pixels"].shape == (M, 64)
+    for m, px in enumerate(part["pixels"].tolist()):
+        inside = [bool(whole["alpha"][m, p // S, p % S] > 0.5) for p in px]
+        assert all(inside[:32]) and not any(inside[32:]) and len(set(px[32:])) == 32
+
+    model = DMV3DWithLoss(fresh_dmv3d(cfgs[0].architecture, 0).train(), cfgs[0])
+    V = model.model.config.views
+    x0 = to_model(whole["rgb"][None, :V])
+    clean = x0[:, :1] * whole["keep_input"]
+    noisy = model.schedule.add_noise(x0[:, 1:], whole["noise"][None], whole["t"][None])
+    with torch.no_grad():
+        planes = model.model.forward_planes(torch.cat([clean, noisy], 1), whole["rays"][None, :V], whole["t"][None])
+    for item in (part, whole):
+        picked = [[(m, p // S, p % S) for p in px] for m, px in enumerate(item["pixels"].tolist())]
+        take = lambda x: torch.stack([torch.stack([x[i] for i in row]) for row in picked])[None]  # noqa: E731
+        alpha, bg = take(item["alpha"]), item["loss_background"][None, :, None]
+        torch.manual_seed(1)  # the ray jitter
+        with torch.no_grad():
+            rgb, opacity = render_views(model.model, planes, take(item["origins"]), take(item["dirs"]),
+                                        model.settings(True), background=bg.expand_as(alpha).reshape(1, -1, 1))
+            torch.manual_seed(1)
+            got = model({k: v[None] for k, v in item.items()})
+        target = take(item["rgb"]) - (1 - alpha[..., None]) * (1 - bg[..., None])
+        se = (opacity - alpha) ** 2
+        mask = 0.5 * ((se * alpha).sum() / alpha.sum() + (se * (1 - alpha)).sum() / (1 - alpha).sum())
+        pixel = ((rgb - target) ** 2).mean()
+        assert abs(float(got["pixel"]) - float(pixel)) < 1e-6 and abs(float(got["mask"]) - float(mask)) < 1e-6
+        assert abs(float(got["loss"]) - float(pixel + mask)) < 1e-6

@@ -11,6 +11,13 @@ blanked (condition dropout: the unconditional path of classifier-free guidance).
 + ``mask_weight`` x :func:`balanced_mask_loss` (opacity against alpha) + ``lpips_weight`` x LPIPS-VGG (only when
 installed locally, as the LRM recipe).
 
+``rays_per_view`` (default: whole images) renders only that many pixels of each view, half drawn from the object
+(alpha > 0.5) and half from the background (all from one class where a view has only one; with replacement where a
+class has fewer pixels than its half): the render under autograd, ~95 % of a CPU step, shrinks by ``S^2 /
+rays_per_view`` and the colour term weighs object and background equally. The denoiser still reads whole views. LPIPS
+needs whole images, so it must be off (``lpips_weight=0``; a config error says so otherwise). Whole images are the
+same code path with every pixel chosen (:func:`chosen_pixels`, :func:`gather_pixels`).
+
 Why the mask term is class-balanced: the object covers ~10 % of a view, so with a plain MSE an empty triplane costs
 only mean(alpha^2) ~ 0.09 and every tiny model trained so far fell onto that plateau first (opacity inside and
 outside the silhouette alike, IoU 0) and stayed there for ~100 steps before carving the object out. Weighting object
@@ -30,7 +37,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ...geometry.placement import fov_from_focal
@@ -50,6 +57,9 @@ class DMV3DTrainConfig(TrainConfig):
     pixel_weight: float = Field(1.0, ge=0)
     mask_weight: float = Field(1.0, ge=0)
     lpips_weight: float = Field(0.5, ge=0, description="used when lpips and its VGG16 weights are installed")
+    rays_per_view: int | None = Field(None, ge=2, description="render only this many pixels of each view, half on "
+                                      "the object and half on the background (None: whole images; needs "
+                                      "lpips_weight=0)")
     eval_sampling_steps: int = Field(10, ge=1, le=1000, description="DDIM steps of the evaluation sample")
     uncond_prob: float = Field(0.1, ge=0, le=1, description="chance an item's condition (input view, or caption "
                                "in the text variant) is dropped: the unconditional path of classifier-free guidance")
@@ -74,6 +84,17 @@ class DMV3DTrainConfig(TrainConfig):
         "full": {},
     }
 
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.rays_per_view is not None:
+            if self.lpips_weight > 0:
+                raise ValueError(f"rays_per_view={self.rays_per_view} renders scattered pixels, and LPIPS needs whole "
+                                 f"images: set lpips_weight=0 (or leave rays_per_view unset)")
+            pixels = self.architecture.lrm.image_size ** 2
+            if self.rays_per_view > pixels:
+                raise ValueError(f"rays_per_view={self.rays_per_view} is more than the {pixels} pixels of a view")
+        return self
+
     @property
     def architecture(self) -> DMV3DConfig:
         return CONFIGS[self.config]
@@ -92,8 +113,9 @@ class DMV3DTrainConfig(TrainConfig):
 class DMV3DViews(LRMViews):
     """Items of ``views [M]`` (0: input, then ``noisy_views`` denoised, then extras), whole images on white:
     ``rgb [M, S, S, 3]``, ``alpha``, ``origins``/``dirs`` ``[M, S, S, 3]``, ``rays [M, 6, S, S]``, ``t``,
-    ``keep_input`` (0: blank input view) and, with a ``tokenizer`` (text variant), the caption's ``input_ids``
-    (empty when dropped)."""
+    ``keep_input`` (0: blank input view), ``pixels [M, P]`` (the flat pixel indices rendered for the loss,
+    :func:`chosen_pixels`) and, with a ``tokenizer`` (text variant), the caption's ``input_ids`` (empty when
+    dropped)."""
 
     def __init__(self, objects, model_cfg, cfg: DMV3DTrainConfig, tokenizer=None):
         super().__init__(objects, model_cfg, cfg)
@@ -117,7 +139,31 @@ class DMV3DViews(LRMViews):
         if self.tokenizer is not None:
             item["input_ids"] = caption_ids(self.tokenizer, "" if drop else self.captions[index])
         item["loss_background"] = torch.tensor(BACKGROUNDS)[torch.randint(0, len(BACKGROUNDS), (M,), generator=gen)]
+        item["pixels"] = chosen_pixels(item["alpha"], self.cfg.rays_per_view, gen)
         return item
+
+
+def chosen_pixels(alpha: torch.Tensor, rays: int | None, generator: torch.Generator) -> torch.Tensor:
+    """Flat pixel indices ``[M, P]`` into each view of ``alpha [M, S, S]``: ``rays is None`` -> every pixel in order
+    (``P = S^2``, no draw); else ``P = rays``, ``rays // 2`` object pixels (alpha > 0.5) then the rest background,
+    without replacement where the class has enough pixels (all from one class where a view has only one)."""
+    M, flat = len(alpha), alpha.reshape(len(alpha), -1)
+    if rays is None:
+        return torch.arange(flat.shape[1]).expand(M, -1).contiguous()
+    picks = []
+    for inside in flat > 0.5:
+        classes = [c.float() for c in (inside, ~inside) if c.any()]
+        counts = [rays // 2, rays - rays // 2] if len(classes) == 2 else [rays]
+        picks.append(torch.cat([torch.multinomial(c, n, replacement=bool(n > c.sum()), generator=generator)
+                                for c, n in zip(classes, counts)]))
+    return torch.stack(picks)
+
+
+def gather_pixels(x: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """``x [B, M, S, S, ...]``, ``pixels [B, M, P]`` flat indices -> ``[B, M, P, ...]``."""
+    flat = x.flatten(2, 3)
+    index = pixels.reshape(*pixels.shape, *([1] * (flat.dim() - 3))).expand(-1, -1, -1, *flat.shape[3:])
+    return flat.gather(2, index)
 
 
 class DMV3DWithLoss(nn.Module):
@@ -151,14 +197,18 @@ class DMV3DWithLoss(nn.Module):
         clean = x0[:, :1] * batch["keep_input"].view(-1, 1, 1, 1, 1)  # dropped: blank (0), as unconditional sampling
         planes = self.model.forward_planes(torch.cat([clean, noisy], 1), batch["rays"][:, :V], batch["t"],
                                            self.encode_text(batch.get("input_ids")))
-        bg = batch["loss_background"][:, :, None, None, None]  # [B, M] random greys: empty space is never free
-        S = batch["rgb"].shape[-2]
-        rgb, opacity = render_views(self.model, planes, batch["origins"], batch["dirs"], self.settings(True),
-                                    background=bg.expand(-1, -1, S, S, 1).reshape(len(bg), -1, 1))
-        target = batch["rgb"] - (1 - batch["alpha"][..., None]) * (1 - bg)  # the white-composited views over bg
-        terms = {"pixel": F.mse_loss(rgb, target), "mask": balanced_mask_loss(opacity, batch["alpha"])}
+        origins, dirs, rgb, alpha = (gather_pixels(batch[k], batch["pixels"]) for k in ("origins", "dirs", "rgb",
+                                                                                       "alpha"))
+        bg = batch["loss_background"][:, :, None, None]  # [B, M] random greys: empty space is never free
+        rgb_pred, opacity = render_views(self.model, planes, origins, dirs, self.settings(True),
+                                         background=bg.expand(-1, -1, alpha.shape[2], 1).reshape(len(bg), -1, 1))
+        target = rgb - (1 - alpha[..., None]) * (1 - bg)  # the white-composited pixels over bg
+        terms = {"pixel": F.mse_loss(rgb_pred, target), "mask": balanced_mask_loss(opacity, alpha)}
         weights = {"pixel": self.cfg.pixel_weight, "mask": self.cfg.mask_weight}
-        return weighted_loss(terms, weights, self._lpips[0], self.cfg.lpips_weight, rgb, target)
+        if self._lpips[0] is not None:  # whole images (the config refuses LPIPS with rays_per_view)
+            S = batch["rgb"].shape[-2]
+            rgb_pred, target = rgb_pred.unflatten(2, (S, S)), target.unflatten(2, (S, S))
+        return weighted_loss(terms, weights, self._lpips[0], self.cfg.lpips_weight, rgb_pred, target)
 
 
 def balanced_mask_loss(opacity: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
