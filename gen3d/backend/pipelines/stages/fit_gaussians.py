@@ -7,7 +7,11 @@ contradict it (:func:`init_gaussians`); per-attribute Adam learning rates with a
 alpha/mask loss, densification (clone small / split large Gaussians whose screen-space mean gradient, averaged over
 the views that saw them, is high) and pruning (transparent or huge; with ``carve``, in the stereo depth's free
 space), SH degree growth and progressive resolution (each level with the input's screen-space low-pass,
-:func:`level_eps2d`). With ``two_sided`` the Gaussians are two-sided surfels (:mod:`.surfels`).
+:func:`level_eps2d`). With ``two_sided`` the Gaussians are two-sided surfels (:mod:`.surfels`). With
+``stereo_depth_weight`` an L1 term (divided by the object's radius) pulls the rendered expected depth towards the
+kept stereo depth: without it the fit paints a dome's inside on a second layer of large surfels 2-5 voxels in front
+of the inner surface, whatever the start (stereo points moved onto the true sphere: the same), densification (off:
+worse), position rate, views per step, mask or SSIM weight; the images alone do not pin that depth down.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ...geometry.cameras import Cameras, sample_pixels
 from .views import ShuffledViews, resized_views
 from ...representations.gaussians import Gaussians
 from .extract_mesh import quat_to_rotmat
-from .stereo import StereoConfig, in_free_space, stereo_points, surface_cells
+from .stereo import StereoConfig, StereoDepth, stereo_points, surface_cells
 from .surfels import as_surfels, flatten_, point_normals, two_sided_colors
 from .visual_hull import scene_box, visual_hull
 
@@ -67,6 +71,7 @@ class FitConfig:
     two_sided: bool = False          #: fit two-sided flat Gaussians (:mod:`.surfels`): a sheet becomes one layer
     flat_ratio: float = 0.1          #: surfels: z scale / smaller in-plane scale
     carve: bool = False              #: with ``stereo``: prune Gaussians in the stereo depth's free space
+    stereo_depth_weight: float = 0.0  #: with ``stereo``: L1 of the rendered depth against the stereo depth / radius
     random_background: bool = True
 
 
@@ -98,10 +103,10 @@ def check_views(cameras: Cameras, images: torch.Tensor) -> None:
 
 def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull_resolution: int,
                    sh_degree: int, generator: torch.Generator, stereo: StereoConfig | None = None,
-                   flat_ratio: float | None = None) -> tuple[Gaussians, float, dict, FreeSpace | None]:
+                   flat_ratio: float | None = None) -> tuple[Gaussians, float, dict, StereoDepth | None]:
     """Gaussians on the object's surface as the views show it; returns them, the object's radius, metrics and,
-    with ``stereo``, the test of which points ``[P,3]`` lie in the stereo depth's free space (:func:`in_free_space`
-    with the same margin and views as for the hull's points).
+    with ``stereo``, the views' kept stereo depth (its free space with the same margin and views as for the hull's
+    points).
 
     The surface: the points of the views' stereo depth (:mod:`.stereo`, coloured by their pixel; when ``stereo``
     is given), one per hull voxel (their mean) where enough of them and of their neighbours agree, and the visual
@@ -111,7 +116,7 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
     hull = visual_hull(cameras, images[..., 3], hull_resolution)
     voxel = hull.voxel
     pts = hull.centers()[hull.surface().reshape(-1)]
-    metrics, colors, free_space = {}, None, None
+    metrics, colors, kept = {}, None, None
     if len(pts) < 8:
         log.warning("the masks carve an empty visual hull; starting from a sphere")
         center, half = scene_box(cameras)
@@ -121,10 +126,8 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
         colors = _mean_colors(cameras, images, pts)
         seen, seen_colors, cams, depth = stereo_points(cameras, images, hull, stereo)
         seen, seen_colors, taken = surface_cells(seen, seen_colors, hull, stereo)
-        def free_space(points: torch.Tensor) -> torch.Tensor:
-            return in_free_space(points.cpu(), cams, depth, 2 * voxel, stereo.free_views).to(points.device)
-
-        free = free_space(pts)
+        kept = StereoDepth(cams, depth, 2 * voxel, stereo.free_views)
+        free = kept.free_space(pts)
         rest = ~free & ~taken.contains(pts)
         metrics = {"init_stereo_points": len(seen), "init_hull_points": int(rest.sum()),
                    "init_hull_free": int(free.sum())}
@@ -138,7 +141,7 @@ def init_gaussians(cameras: Cameras, images: torch.Tensor, num_points: int, hull
                                  torch.full((num_points,), 0.5), colors.clamp(0.02, 0.98), sh_degree)
     if flat_ratio is not None:
         g = as_surfels(g, point_normals(pts)[idx], flat_ratio)
-    return g, radius, metrics, free_space
+    return g, radius, metrics, kept
 
 
 def _mean_colors(cameras: Cameras, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -301,7 +304,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     """
     check_views(cameras, images)
     device = torch.device(device)
-    g, radius, init_metrics, free_space = init_gaussians(
+    g, radius, init_metrics, kept = init_gaussians(
         cameras, images, cfg.num_points, cfg.hull_resolution, cfg.sh_degree, generator,
         StereoConfig() if cfg.stereo else None, cfg.flat_ratio if cfg.two_sided else None)
     g = g.to(device)
@@ -335,12 +338,21 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         else:
             bg = torch.ones(len(views), 3, device=device)
         gs = opt.gaussians()
-        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, eps2d=eps2d)
+        use_depth = cfg.stereo_depth_weight > 0 and kept is not None
+        rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, eps2d=eps2d,
+                                            render_mode="RGB+ED" if use_depth else "RGB")
+        if use_depth:
+            rgb, depth = rgb[..., :3], rgb[..., 3]
         meta["means2d"].retain_grad()
         a = target[..., 3:]
         gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
         l1 = (rgb - gt).abs().mean()
         loss = (1 - cfg.ssim_weight) * l1 + cfg.mask_weight * (alpha - a).abs().mean()
+        if use_depth:  # where the view's stereo depth was kept and both the mask and the render are opaque
+            stereo_depth = kept.at(views, sub.height, sub.width).to(device)
+            on = torch.isfinite(stereo_depth) & (a[..., 0] > 0.5) & (alpha[..., 0].detach() > 0.5)
+            if on.any():
+                loss = loss + cfg.stereo_depth_weight * (depth[on] - stereo_depth[on]).abs().mean() / radius
         if cfg.ssim_weight > 0:
             loss = loss + cfg.ssim_weight * (1 - ssim(rgb.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)))
         if not torch.isfinite(loss):
@@ -364,7 +376,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
             if step >= cfg.densify_from and (step + 1) % cfg.densify_every == 0:
                 with torch.no_grad():
                     c, s, pr = densify_and_prune(opt, grad_sum / grad_cnt.clamp_min(1), cfg, radius, generator,
-                                                 free_space if cfg.carve else None)
+                                                 kept.free_space if cfg.carve and kept else None)
                 log.debug("step %d: cloned %d, split %d, pruned %d -> %d Gaussians", step, c, s, pr,
                           len(opt.params["means"]))
                 grad_sum = torch.zeros(len(opt.params["means"]), device=device)

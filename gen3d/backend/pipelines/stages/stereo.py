@@ -11,7 +11,8 @@ views looking the most alike). A depth is kept when at least ``min_agree`` neigh
 within ``agree_voxels`` of their own depth (geometric consistency, as in multi-view stereo pipelines).
 
 :func:`in_free_space` tells which hull points lie in front of kept depths in several views: the cap across an
-opening, and concavities the silhouettes could not carve.
+opening, and concavities the silhouettes could not carve. :class:`StereoDepth` keeps the kept depth for the fit,
+which prunes Gaussians in its free space and can pull its rendered depth towards it.
 """
 
 from __future__ import annotations
@@ -135,6 +136,26 @@ def surface_cells(points: torch.Tensor, colors: torch.Tensor, hull: VoxelGrid,
     kept = torch.zeros_like(taken)
     kept[tuple(cells[keep].T)] = True
     return means[keep], colors[keep], VoxelGrid(kept, hull.lo, hull.voxel)
+
+
+@dataclass
+class StereoDepth:
+    """The kept stereo depth ``depth [N,h,w]`` (+inf where none) of the views as ``cameras`` (resized) see them."""
+
+    cameras: Cameras
+    depth: torch.Tensor
+    margin: float      #: world units a point must lie in front of a depth to be in free space
+    free_views: int
+
+    def free_space(self, points: torch.Tensor) -> torch.Tensor:
+        """``[P]``: which ``points [P,3]`` :func:`in_free_space` puts in free space (on their device)."""
+        return in_free_space(points.cpu(), self.cameras, self.depth, self.margin, self.free_views).to(points.device)
+
+    def at(self, views: list[int], height: int, width: int) -> torch.Tensor:
+        """The depth of ``views`` resized (nearest) to ``height x width``: ``[V,height,width]``, +inf where none."""
+        d = self.depth[views].clamp_max(1e6)[:, None]
+        d = F.interpolate(d, size=(height, width), mode="nearest")[:, 0]
+        return torch.where(d < 1e6, d, math.inf)
 
 
 def in_free_space(points: torch.Tensor, cameras: Cameras, depth: torch.Tensor, margin: float,
