@@ -8,10 +8,11 @@ alpha/mask loss, densification (clone small / split large Gaussians whose screen
 the views that saw them, is high) and pruning (transparent or huge; with ``carve``, in the stereo depth's free
 space), SH degree growth and progressive resolution (each level with the input's screen-space low-pass,
 :func:`level_eps2d`). With ``two_sided`` the Gaussians are two-sided surfels (:mod:`.surfels`). With
-``stereo_depth_weight`` an L1 term (divided by the object's radius) pulls the rendered expected depth towards the
-kept stereo depth: without it the fit paints a dome's inside on a second layer of large surfels 2-5 voxels in front
-of the inner surface, whatever the start (stereo points moved onto the true sphere: the same), densification (off:
-worse), position rate, views per step, mask or SSIM weight; the images alone do not pin that depth down.
+``stereo_depth_weight`` an L1 term (divided by the object's radius; pixels where the two differ by more than the
+carving margin left out) pulls the rendered expected depth towards the kept stereo depth: without it the fit paints
+a dome's inside on a second layer of large surfels 2-5 voxels in front of the inner surface, whatever the start
+(stereo points moved onto the true sphere: the same), densification (off: worse), position rate, views per step,
+mask or SSIM weight; the images alone do not pin that depth down.
 """
 
 from __future__ import annotations
@@ -351,6 +352,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         if use_depth:  # where the view's stereo depth was kept and both the mask and the render are opaque
             stereo_depth = kept.at(views, sub.height, sub.width).to(device)
             on = torch.isfinite(stereo_depth) & (a[..., 0] > 0.5) & (alpha[..., 0].detach() > 0.5)
+            on &= (depth.detach() - stereo_depth).abs() < kept.margin  # a stereo mismatch must not pull
             if on.any():
                 loss = loss + cfg.stereo_depth_weight * (depth[on] - stereo_depth[on]).abs().mean() / radius
         if cfg.ssim_weight > 0:
