@@ -312,12 +312,15 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     lr_means0 = cfg.lr_means * radius
     opt = GaussianOptimizer(g, {"means": lr_means0, "quats": cfg.lr_quats, "log_scales": cfg.lr_scales,
                          "opacity_logits": cfg.lr_opacity, "sh": cfg.lr_sh})
-    # progressive resolution: one (cameras, images) pair per level, each used for an equal share of the steps
+    n_views = len(cameras)
+    use_depth = cfg.stereo_depth_weight > 0 and kept is not None
+    # progressive resolution: one (cameras, images, low-pass, stereo depth or None) per level, each used for an
+    # equal share of the steps
     levels = []
     for frac in cfg.resolutions:
         cams, imgs = resized_views(cameras, images, frac)
-        levels.append((cams.to(device), imgs.to(device), level_eps2d(cams.width / cameras.width)))
-    n_views = len(cameras)
+        depth = kept.at(cams.height, cams.width).to(device) if use_depth else None
+        levels.append((cams.to(device), imgs.to(device), level_eps2d(cams.width / cameras.width), depth))
     densify_until = int(cfg.densify_until_frac * cfg.steps)
     grad_sum = torch.zeros(len(g), device=device)
     grad_cnt = torch.zeros(len(g), device=device)
@@ -326,7 +329,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         if check_cancelled:
             check_cancelled()
         level = min(step * len(levels) // cfg.steps, len(levels) - 1)
-        cams, imgs, eps2d = levels[level]
+        cams, imgs, eps2d, level_depth = levels[level]
         # position learning rate: log-linear from lr_means0 to 1 % of it
         t = step / max(cfg.steps - 1, 1)
         opt.set_lr("means", math.exp((1 - t) * math.log(lr_means0) + t * math.log(lr_means0 * 0.01)))
@@ -339,7 +342,6 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         else:
             bg = torch.ones(len(views), 3, device=device)
         gs = opt.gaussians()
-        use_depth = cfg.stereo_depth_weight > 0 and kept is not None
         rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, eps2d=eps2d,
                                             render_mode="RGB+ED" if use_depth else "RGB")
         if use_depth:
@@ -350,7 +352,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         l1 = (rgb - gt).abs().mean()
         loss = (1 - cfg.ssim_weight) * l1 + cfg.mask_weight * (alpha - a).abs().mean()
         if use_depth:  # where the view's stereo depth was kept and both the mask and the render are opaque
-            stereo_depth = kept.at(views, sub.height, sub.width).to(device)
+            stereo_depth = level_depth[views]
             on = torch.isfinite(stereo_depth) & (a[..., 0] > 0.5) & (alpha[..., 0].detach() > 0.5)
             on &= (depth.detach() - stereo_depth).abs() < kept.margin  # a stereo mismatch must not pull
             if on.any():
@@ -389,7 +391,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         g = opt.gaussians()
         keep = g.opacities > cfg.min_opacity
         g = Gaussians(**{k: v[keep].detach() for k, v in opt.params.items()})
-        cams, imgs, _ = levels[-1]
+        cams, imgs = levels[-1][:2]
         some = torch.linspace(0, n_views - 1, min(n_views, 8)).round().long().tolist()
         metrics = {**init_metrics, "gaussians": len(g), "object_radius": round(radius, 4),
                    "fit_psnr_masked": round(evaluate_fit(g, cams[some], imgs[some]), 3)}

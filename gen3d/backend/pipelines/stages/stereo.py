@@ -151,9 +151,9 @@ class StereoDepth:
         """``[P]``: which ``points [P,3]`` :func:`in_free_space` puts in free space (on their device)."""
         return in_free_space(points.cpu(), self.cameras, self.depth, self.margin, self.free_views).to(points.device)
 
-    def at(self, views: list[int], height: int, width: int) -> torch.Tensor:
-        """The depth of ``views`` resized (nearest) to ``height x width``: ``[V,height,width]``, +inf where none."""
-        d = self.depth[views].clamp_max(1e6)[:, None]
+    def at(self, height: int, width: int) -> torch.Tensor:
+        """The depth resized (nearest) to ``height x width``: ``[N,height,width]``, +inf where none."""
+        d = self.depth.clamp_max(1e6)[:, None]
         d = F.interpolate(d, size=(height, width), mode="nearest")[:, 0]
         return torch.where(d < 1e6, d, math.inf)
 
