@@ -24,9 +24,21 @@ class MeshRender:
     rast: torch.Tensor    #: [C,H,W,4] rasterizer output
 
 
-def clip_positions(vertices: torch.Tensor, cameras: Cameras, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
-    """World vertices ``[V,3]`` -> clip space ``[C,V,4]``."""
-    P = cameras.clip_matrices(near, far).to(vertices)
+def depth_range(vertices: torch.Tensor, cameras: Cameras) -> tuple[float, float]:
+    """``(near, far)`` around the camera depths of ``vertices [V,3]`` in every camera: half the nearest depth in
+    front (at least 0.01) and 1.5x the farthest. The depth test compares ``z/w`` in float32, whose steps grow with
+    ``far / near``: with a fixed 0.01 - 100, two layers of a sheet 0.3 % of the diagonal apart z-fought."""
+    with torch.no_grad():
+        w2c = cameras.viewmats().to(vertices)
+        z = vertices.detach() @ w2c[:, 2, :3].T + w2c[:, 2, 3]
+        front = z[z > 0.01]
+        near = max(0.5 * float(front.min()), 0.01) if len(front) else 0.01
+        return near, max(1.5 * float(z.max()), 2 * near)
+
+
+def clip_positions(vertices: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """World vertices ``[V,3]`` -> clip space ``[C,V,4]``, near and far planes from :func:`depth_range`."""
+    P = cameras.clip_matrices(*depth_range(vertices, cameras)).to(vertices)
     return torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1) @ P.transpose(1, 2)
 
 
