@@ -36,3 +36,4 @@ def test_two_layers_a_thousandth_apart_render_only_the_nearer_one():
     blue = r.rgb[..., 2][covered]
     assert int((blue > 0.5).sum()) == 0, f"{int((blue > 0.5).sum())} of {len(blue)} pixels show the far layer"
     assert math.isfinite(float(r.depth[covered].max()))
+
