@@ -58,7 +58,7 @@ class FuseConfig:
     support: float = 1.5           #: voxels beyond ``level``: faces farther from every observed point are cut
     neighbours: int = 128          #: nearest observed points searched when moving a vertex onto the surface
     thin_voxels: float = 2.5       #: local half-thickness (voxels) of the carved solid counted as thin
-    open_share: float = 0.3        #: auto: open extraction when more of the observed boundary is thin
+    open_share: float = 0.05       #: auto: open extraction when more of the observed boundary is thin
     target_faces: int = 50_000
     smooth_iterations: int = 3
     min_component_ratio: float = 0.02
