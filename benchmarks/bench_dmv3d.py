@@ -298,7 +298,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing gen3d train dmv3d output folder (skip training)")
     ap.add_argument("--config", choices=("bench", "tiny"), default="bench", help="architecture trained")
-    ap.add_argument("--steps", type=int, default=12000, help="training steps")
+    ap.add_argument("--steps", type=int, nargs="+", default=[12000, 22000],
+                    help="training steps; several (increasing): train to the first, then resume the run to each "
+                    "next (gen3d train --resume: the longer run's cosine schedule picks up at the step reached)")
     ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=16, help="ray samples of the renders")
     ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")
@@ -308,6 +310,8 @@ def main() -> int:
                     help="only time these configs' (default: all) network, sampling step and training step (tiny, "
                     "bench) and their peak memory")
     args = ap.parse_args()
+    if any(b <= a for a, b in zip(args.steps, args.steps[1:])):
+        ap.error(f"--steps must increase, got {args.steps}")
     if args.speed is not None:
         rows = speed_table(args.speed or list(CONFIGS))
         cols = sorted({c for row in rows.values() for c in row}, key=list(SPEED_COLUMNS).index)
@@ -328,10 +332,10 @@ def main() -> int:
             write_views(tmp / "data" / name, mesh, 64, 0.0)
         out = tmp / "run"
         overrides = BENCH if args.config == "bench" else {}
-        run = prepare("dmv3d", tmp / "data", out, "tiny", {**overrides, "steps": args.steps,
-                                                              "eval_every": args.steps, "checkpoint_every": 500})
         t0 = time.perf_counter()
-        train(run)
+        for phase, steps in enumerate(args.steps):
+            train(prepare("dmv3d", tmp / "data", out, "tiny", {**overrides, "steps": steps, "eval_every": steps,
+                                                                "checkpoint_every": 500}, resume=phase > 0))
         train_s = time.perf_counter() - t0
     model = load_dmv3d(out / "weights" / "dmv3d")
     cfg = DMV3DTrainConfig.resolve("tiny")
