@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ...errors import NumericalError
 from ...geometry.cameras import Cameras
@@ -39,6 +40,7 @@ class RefineConfig:
     laplacian_weight: float = 10.0  #: keeps vertex offsets smooth
     mask_weight: float = 1.0       #: silhouette loss (only acts with train_vertices)
     background: tuple[float, float, float] | None = None  #: one fixed background colour; None = random per view
+    supersample: int = 1           #: render k x k samples a pixel and average them, as a camera integrates a pixel
 
 
 def images_as_targets(images: torch.Tensor) -> TargetsFn:
@@ -59,6 +61,11 @@ def photometric_error(mesh: TexturedMesh, cameras: Cameras, images: torch.Tensor
             err += float(((r.rgb - tgt[..., :3] * tgt[..., 3:]) ** 2)[m].sum())
             count += int(m.sum())
     return err / max(count, 1)
+
+
+def _box_downsample(images: torch.Tensor, k: int) -> torch.Tensor:
+    """``[C,kH,kW,ch] -> [C,H,W,ch]``: the mean of each ``k x k`` block."""
+    return images if k == 1 else F.avg_pool2d(images.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
 
 
 def _uniform_laplacian(faces: torch.Tensor, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -108,14 +115,16 @@ def refine_texture(mesh: TexturedMesh, cameras: Cameras | CamerasFn, targets_fn:
         verts = None
         if offsets is not None:
             verts = mesh.vertices + offsets.clamp(-cfg.max_offset * diag, cfg.max_offset * diag)
-        r = render_mesh(mesh, cams, bg, texture=torch.sigmoid(logits), vertices=verts,
-                        topology=topology)
-        target = targets_fn(step, ids, cams, r.rgb.detach())
+        k = cfg.supersample
+        r = render_mesh(mesh, cams if k == 1 else cams.resized(cams.width * k, cams.height * k), bg,
+                        texture=torch.sigmoid(logits), vertices=verts, topology=topology)
+        rgb, alpha = _box_downsample(r.rgb, k), _box_downsample(r.alpha, k)
+        target = targets_fn(step, ids, cams, rgb.detach())
         a = target[..., 3:]
         gt = target[..., :3] * a + bg[:, None, None, :] * (1 - a)
-        loss = (r.rgb - gt).abs().mean()
+        loss = (rgb - gt).abs().mean()
         if offsets is not None:
-            loss = loss + cfg.mask_weight * (r.alpha - a).abs().mean()
+            loss = loss + cfg.mask_weight * (alpha - a).abs().mean()
             loss = loss + cfg.laplacian_weight * (lap(offsets) ** 2).sum(-1).mean() / diag ** 2
         if not torch.isfinite(loss):
             raise NumericalError(f"texture refinement diverged at step {step}", {"stage": "refine", "step": step})
