@@ -24,21 +24,27 @@ class MeshRender:
     rast: torch.Tensor    #: [C,H,W,4] rasterizer output
 
 
-def depth_range(vertices: torch.Tensor, cameras: Cameras) -> tuple[float, float]:
-    """``(near, far)`` around the camera depths of ``vertices [V,3]`` in every camera: half the nearest depth in
-    front (at least 0.01) and 1.5x the farthest. The depth test compares ``z/w`` in float32, whose steps grow with
-    ``far / near``: with a fixed 0.01 - 100, two layers of a sheet 0.3 % of the diagonal apart z-fought."""
-    with torch.no_grad():
-        w2c = cameras.viewmats().to(vertices)
-        z = vertices.detach() @ w2c[:, 2, :3].T + w2c[:, 2, 3]
-        front = z[z > 0.01]
-        near = max(0.5 * float(front.min()), 0.01) if len(front) else 0.01
-        return near, max(1.5 * float(z.max()), 2 * near)
+def vertex_depths(vertices: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """``[C,V]``: the camera depth of each of ``vertices [V,3]`` in each camera."""
+    w2c = cameras.viewmats().to(vertices)
+    return (vertices @ w2c[:, 2, :3].T + w2c[:, 2, 3]).T.contiguous()
 
 
-def clip_positions(vertices: torch.Tensor, cameras: Cameras) -> torch.Tensor:
-    """World vertices ``[V,3]`` -> clip space ``[C,V,4]``, near and far planes from :func:`depth_range`."""
-    P = cameras.clip_matrices(*depth_range(vertices, cameras)).to(vertices)
+def depth_range(depths: torch.Tensor) -> tuple[float, float]:
+    """``(near, far)`` around vertex camera depths ``[C,V]``: half the nearest depth in front (at least 0.01) and
+    1.5x the farthest. The depth test compares ``z/w`` in float32, whose steps grow with ``far / near``: with a
+    fixed 0.01 - 100, two layers of a sheet 0.3 % of the diagonal apart z-fought."""
+    z = depths.detach()
+    front = z[z > 0.01]
+    near = max(0.5 * float(front.min()), 0.01) if len(front) else 0.01
+    return near, max(1.5 * float(z.max()), 2 * near)
+
+
+def clip_positions(vertices: torch.Tensor, cameras: Cameras, depths: torch.Tensor | None = None) -> torch.Tensor:
+    """World vertices ``[V,3]`` -> clip space ``[C,V,4]``, near and far planes from :func:`depth_range` of their
+    camera ``depths [C,V]`` (computed when not given)."""
+    depths = vertex_depths(vertices, cameras) if depths is None else depths
+    P = cameras.clip_matrices(*depth_range(depths)).to(vertices)
     return torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1) @ P.transpose(1, 2)
 
 
@@ -71,7 +77,8 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor |
     ``topology``: :func:`mesh_topology` of the mesh, to reuse over many renders of the same faces."""
     v = mesh.vertices if vertices is None else vertices
     tri = mesh.faces.to(torch.int32)
-    pos = clip_positions(v, cameras)
+    z_cam = vertex_depths(v, cameras)
+    pos = clip_positions(v, cameras, z_cam)
     rast, rast_db = km.rasterize(pos, tri, (cameras.height, cameras.width))
     tex = mesh.texture if texture is None else texture
     if tex is not None:
@@ -86,8 +93,6 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background: torch.Tensor |
     rgba = torch.cat([color * covered + bg[:, None, None, :] * (1 - covered), covered], -1)
     if antialias:
         rgba = km.antialias(rgba, rast, pos, tri, topology_hash=topology)
-    w2c = cameras.viewmats().to(v)
-    z_cam = (v @ w2c[:, 2, :3].T + w2c[:, 2, 3]).T.contiguous()  # [C,V] camera depth of each vertex
     depth, _ = km.interpolate(z_cam[..., None], rast, tri)
     depth = torch.where(rast[..., 3] > 0, depth[..., 0], torch.full_like(depth[..., 0], float("inf")))
     return MeshRender(rgba[..., :3], rgba[..., 3:], depth, rast)
