@@ -192,9 +192,12 @@ def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, con
     return sc, per_step, alpha[0], grid
 
 
-def text_samples(model, views: DMV3DViews, encode, names: list[str], steps: int, samples: int, seeds: int = 3):
+def text_samples(model, views: DMV3DViews, encode, names: list[str], steps: int, samples: int, seeds: int = 3,
+                 empty_seeds: int = 8):
     """The text variant: each object's caption (:data:`CAPTIONS`) at each guidance of :data:`GUIDANCE` and
-    ``seeds`` seeds, and the empty caption (unconditional, guidance 1) -> (rows, PNG rows). Each sample's
+    ``seeds`` seeds, and the empty caption (unconditional, guidance 1, ``empty_seeds`` seeds: does it ever give
+    another object?) -> (rows, PNG rows: per caption its object's ground truth, guidance 1 seed 0, the last guidance
+    seeds 0-2; then the empty caption's seeds 0-2). Each sample's
     silhouettes are scored against every object's held-out silhouettes (``iou_vs``, ``best``); a caption's sample
     also against its own object (masked PSNR, PSNR, IoU, x0 PSNR per step); the empty caption's x0 against each."""
     V = model.config.views
@@ -205,7 +208,8 @@ def text_samples(model, views: DMV3DViews, encode, names: list[str], steps: int,
         caption = CAPTIONS[name] if name else ""
         tokens = encode([caption])
         runs = [(untrained, "untrained", 1.0, 0)] if name else []
-        runs += [(model, "text", w, seed) for w in (GUIDANCE if name else (1.0,)) for seed in range(seeds)]
+        runs += [(model, "text", w, seed) for w in (GUIDANCE if name else (1.0,))
+                 for seed in range(seeds if name else empty_seeds)]
         for m, label, w, seed in runs:
             sc, per_step, alpha, grid = evaluate(m, views, k, steps, samples, seed=seed, text=(tokens, null),
                                                  guidance=w)
@@ -216,7 +220,7 @@ def text_samples(model, views: DMV3DViews, encode, names: list[str], steps: int,
             else:
                 row["x0_psnr_vs_each_by_t"] = [f"t={t}: " + " / ".join(f"{x:.2f}" for x in p) for t, p in per_step]
             rows[f"{label}/{caption or '(empty)'}/w={w:g}/seed={seed}"] = row
-            if label == "text" and (seed == 0 or w == GUIDANCE[-1] or not name):
+            if label == "text" and (seed == 0 or w == GUIDANCE[-1] or not name) and seed < 3:
                 grids.append(grid if name and w == 1.0 and seed == 0 else grid[grid.shape[0] // 2:])
     return rows, grids
 
