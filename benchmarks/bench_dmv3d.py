@@ -88,7 +88,11 @@ NOISY = [2, 4, 6, 10]
 #: (``write_views``), then ``--run OUT``
 #: ``--text``: the text variant's captions (by object folder name) and guidance scales; its prompt encoder is the tiny
 #: random CLIP of ``python -m gen3d weights tiny`` (SD 2.1's layout): frozen and random, it still maps different
-#: captions to different tokens, which is all this test of the denoiser needs (no language understanding is claimed)
+#: captions to different tokens, which is all this test of the denoiser needs (no language understanding is claimed).
+#: ``--text --steps 12000`` with :data:`BENCH` (91 min here, session 9): each caption gives its own object at every
+#: seed (IoU at guidance 1: Spot 0.90 with legs, head and patches, box 0.95, ball 0.99; guidance 3 overshoots: 0.78 /
+#: 0.95 / 0.98) and the empty caption gives a training object, which one depending on the seed (8 seeds: 2 Spot, 3
+#: box, 3 ball, IoU 0.90-0.99 against it), its x0 sharpening from ~16-18 dB at t = 900 to 25-33 dB
 CAPTIONS = {"spot": "a spotted cow", "box": "a box", "ball": "a ball"}
 GUIDANCE = (1.0, 3.0)
 BENCH = {"config": "bench", "batch_size": 3, "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
