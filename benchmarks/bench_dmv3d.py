@@ -92,7 +92,7 @@ NOISY = [2, 4, 6, 10]
 #: ``--text --steps 12000`` with :data:`BENCH` (91 min here, session 9): each caption gives its own object at every
 #: seed (IoU at guidance 1: Spot 0.90 with legs, head and patches, box 0.95, ball 0.99; guidance 3 overshoots: 0.78 /
 #: 0.95 / 0.98) and the empty caption gives a training object, which one depending on the seed (8 seeds: 2 Spot, 3
-#: box, 3 ball, IoU 0.90-0.99 against it), its x0 sharpening from ~16-18 dB at t = 900 to 25-33 dB
+#: box, 3 ball, IoU 0.90-0.99 against it), its x0 sharpening from ~15-18 dB at t = 900 to 25-33 dB
 CAPTIONS = {"spot": "a spotted cow", "box": "a box", "ball": "a ball"}
 GUIDANCE = (1.0, 3.0)
 BENCH = {"config": "bench", "batch_size": 3, "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
