@@ -4,6 +4,7 @@
                                                       # 12000 steps, then resumed to 22000 (--steps)
     python benchmarks/bench_dmv3d.py --config tiny    # the CI architecture instead
     python benchmarks/bench_dmv3d.py --run OUT        # samples from an existing run's OUT/weights/dmv3d
+    python benchmarks/bench_dmv3d.py --text --steps 12000   # the text variant on CAPTIONS (a tiny random CLIP)
     python benchmarks/bench_dmv3d.py --free-fit       # can the render setting represent the objects at all?
     python benchmarks/bench_dmv3d.py --speed [CONFIG ...]  # per config: seconds and peak memory of a step
 
@@ -20,6 +21,12 @@ renders (at the noisy views) are scored against those views' ground truth (PSNR,
 x0 sharpens as t falls. Three unconditional samples (blank input view, seeds 0-2) are scored against every object,
 their silhouettes at the end and their x0 renders at each step. ``--free-fit`` instead fits a free triplane (no
 network) per object and config: the ceiling of the render setting itself.
+
+``--text`` trains (or, with ``--run``, reads) the text variant: the recipe's world frame (each object in its own
+world pose, the blank input slot at the world's front) and :data:`CAPTIONS`. Each caption is sampled at each
+guidance of :data:`GUIDANCE` with seeds 0-2 at the same held-out cameras (its input slot the canonical camera) and
+scored against every object's silhouettes (which object it is) and its own object's pixels; the empty caption is
+the unconditional path. The untrained network per caption is the baseline.
 
 ``--speed`` prints a table per config, batch 1, fresh weights: the denoiser network alone (``forward_planes``), one
 DDIM sampling step (network + x0 render at the 4 noisy views, the config's ray samples) and, for ``tiny`` and
@@ -46,11 +53,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gen3d.backend import weights  # noqa: E402
 from gen3d.backend.commands.demo import render_views, ring_cameras, spot_mesh  # noqa: E402
 from gen3d.backend.geometry.transforms import save_transforms, scan_transforms  # noqa: E402
 from gen3d.backend.models.dmv3d import (CONFIGS, DMV3D, DMV3DConfig, fresh_dmv3d, load_dmv3d,  # noqa: E402
                                         plucker_rays, render_views as render_triplane, sample_triplane,
                                         view_cameras)
+from gen3d.backend.models.dmv3d.text import PromptEncoder  # noqa: E402
 from gen3d.backend.representations.mesh import TexturedMesh  # noqa: E402
 from gen3d.backend.training import prepare, train  # noqa: E402
 from gen3d.backend.training.data import ObjectViews  # noqa: E402
@@ -77,6 +86,15 @@ NOISY = [2, 4, 6, 10]
 #: --set warmup_steps=50 --set extra_views=2 --set samples_per_ray=16 --set uncond_prob=0.2 --set rays_per_view=256``,
 #: then the same command with ``--resume`` and ``--set steps=22000``, DATA holding the 3 objects' training renders
 #: (``write_views``), then ``--run OUT``
+#: ``--text``: the text variant's captions (by object folder name) and guidance scales; its prompt encoder is the tiny
+#: random CLIP of ``python -m gen3d weights tiny`` (SD 2.1's layout): frozen and random, it still maps different
+#: captions to different tokens, which is all this test of the denoiser needs (no language understanding is claimed).
+#: ``--text --steps 12000`` with :data:`BENCH` (91 min here, session 9): each caption gives its own object at every
+#: seed (IoU at guidance 1: Spot 0.90 with legs, head and patches, box 0.95, ball 0.99; guidance 3 overshoots: 0.78 /
+#: 0.95 / 0.98) and the empty caption gives a training object, which one depending on the seed (8 seeds: 2 Spot, 3
+#: box, 3 ball, IoU 0.90-0.99 against it), its x0 sharpening from ~15-18 dB at t = 900 to 25-33 dB
+CAPTIONS = {"spot": "a spotted cow", "box": "a box", "ball": "a ball"}
+GUIDANCE = (1.0, 3.0)
 BENCH = {"config": "bench", "batch_size": 3, "lr": 1e-3, "warmup_steps": 50, "extra_views": 2, "samples_per_ray": 16,
          "uncond_prob": 0.2, "rays_per_view": 256, "log_every": 50}
 
@@ -145,11 +163,13 @@ def held_item(views: DMV3DViews, index: int, V: int) -> dict[str, torch.Tensor]:
 
 
 def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, conditional: bool = True,
-             seed: int = 0):
+             seed: int = 0, text: tuple[torch.Tensor, torch.Tensor] | None = None, guidance: float = 1.0):
     """Sample object ``index`` from its held-out view 0 (``conditional=False``: a blank input view, at the same
-    cameras) -> (scores, x0 PSNR per step against every object's noisy-view ground truth ``[(t, [psnr per
-    object])]``, sample's opacity, grid). The held-out cameras of all objects coincide after the recipe's
-    normalisation (same rings, distance 2), so every object's ground truth is comparable at them."""
+    cameras; ``text``: the text variant's prompt and empty-prompt tokens ``[1, L, D]``, blank input view at the
+    canonical camera, classifier-free ``guidance``) -> (scores, x0 PSNR per step against every object's noisy-view
+    ground truth ``[(t, [psnr per object])]``, sample's opacity, grid). The held-out cameras of all objects coincide
+    after the recipe's normalisation (same rings, distance 2; in the text variant's world frame too), so every
+    object's ground truth is comparable at them."""
     V = model.config.views
     item = held_item(views, index, V)
     truths = [held_item(views, k, V)["rgb"][1:V] for k in range(len(views.objects))]
@@ -158,9 +178,14 @@ def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, con
     def on_step(i, t, x0):
         per_step.append((t, [float(-10 * torch.log10((x0 - gt).pow(2).mean())) for gt in truths]))
 
-    source = item["rgb"][:1].permute(0, 3, 1, 2) if conditional else None
-    planes = sample_triplane(model, source, steps, torch.Generator().manual_seed(seed),
-                             rays=(item["origins"][:V], item["dirs"][:V]), samples_per_ray=samples, on_step=on_step)
+    source = item["rgb"][:1].permute(0, 3, 1, 2) if conditional and text is None else None
+    origins, dirs = item["origins"][:V], item["dirs"][:V]
+    prompt = {}
+    if text is not None:
+        origins, dirs = (torch.cat([a, b[1:]]) for a, b in zip(views.input_rays(index, 0), (origins, dirs)))
+        prompt = {"text": text[0], "null_text": text[1], "guidance": guidance}
+    planes = sample_triplane(model, source, steps, torch.Generator().manual_seed(seed), rays=(origins, dirs),
+                             samples_per_ray=samples, on_step=on_step, **prompt)
     settings = model.render_settings(jitter=False, ray_chunk=1 << 16)
     settings.n_coarse, settings.n_importance = samples - samples // 2, samples // 2
     with torch.no_grad():
@@ -169,6 +194,50 @@ def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, con
     grid = np.concatenate([np.concatenate(list(item["rgb"][V:].numpy()), 1),
                            np.concatenate(list(rgb[0].clamp(0, 1).numpy()), 1)], 0)
     return sc, per_step, alpha[0], grid
+
+
+def text_samples(model, views: DMV3DViews, encode, names: list[str], steps: int, samples: int, seeds: int = 3,
+                 empty_seeds: int = 8):
+    """The text variant: each object's caption (:data:`CAPTIONS`) at each guidance of :data:`GUIDANCE` and
+    ``seeds`` seeds, and the empty caption (unconditional, guidance 1, ``empty_seeds`` seeds: does it ever give
+    another object?) -> (rows, PNG rows: per caption its object's ground truth, guidance 1 seed 0, the last guidance
+    seeds 0-2; then the empty caption's seeds 0-2). Each sample's
+    silhouettes are scored against every object's held-out silhouettes (``iou_vs``, ``best``); a caption's sample
+    also against its own object (masked PSNR, PSNR, IoU, x0 PSNR per step); the empty caption's x0 against each."""
+    V = model.config.views
+    held_alpha = [held_item(views, k, V)["alpha"][V:] for k in range(len(names))]
+    null = encode([""])
+    rows, grids, untrained = {}, [], fresh_dmv3d(model.config, 0).eval()
+    for k, name in [*enumerate(names), (0, None)]:
+        caption = CAPTIONS[name] if name else ""
+        tokens = encode([caption])
+        runs = [(untrained, "untrained", 1.0, 0)] if name else []
+        runs += [(model, "text", w, seed) for w in (GUIDANCE if name else (1.0,))
+                 for seed in range(seeds if name else empty_seeds)]
+        for m, label, w, seed in runs:
+            sc, per_step, alpha, grid = evaluate(m, views, k, steps, samples, seed=seed, text=(tokens, null),
+                                                 guidance=w)
+            iou_vs = {other: round(iou(alpha, a), 3) for other, a in zip(names, held_alpha)}
+            row = {"iou_vs": iou_vs, "best": max(iou_vs, key=iou_vs.get) if max(iou_vs.values()) > 0 else None}
+            if name:
+                row |= sc | {"x0_psnr_by_t": [f"t={t}: {p[k]:.2f}" for t, p in per_step]}
+            else:
+                row["x0_psnr_vs_each_by_t"] = [f"t={t}: " + " / ".join(f"{x:.2f}" for x in p) for t, p in per_step]
+            rows[f"{label}/{caption or '(empty)'}/w={w:g}/seed={seed}"] = row
+            if label == "text" and (seed == 0 or w == GUIDANCE[-1] or not name) and seed < 3:
+                grids.append(grid if name and w == 1.0 and seed == 0 else grid[grid.shape[0] // 2:])
+    return rows, grids
+
+
+def text_summary(rows: dict) -> dict[str, dict]:
+    """Per caption and guidance over the seeds: mean IoU against each object and how many seeds match each best."""
+    groups: dict[str, list[dict]] = {}
+    for key, row in rows.items():
+        if key.startswith("text/"):
+            groups.setdefault(key.rsplit("/", 1)[0], []).append(row)
+    return {g: {"mean_iou_vs": {o: round(float(np.mean([r["iou_vs"][o] for r in rs])), 3) for o in rs[0]["iou_vs"]},
+                "best_counts": {o: sum(r["best"] == o for r in rs) for o in rs[0]["iou_vs"]}}
+            for g, rs in groups.items()}
 
 
 def free_fit(config: DMV3DConfig, mesh: TexturedMesh, steps: int = 300, seed: int = 0) -> dict[str, float]:
@@ -310,6 +379,8 @@ def main() -> int:
                     "next (gen3d train --resume: the longer run's cosine schedule picks up at the step reached)")
     ap.add_argument("--sampling-steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=16, help="ray samples of the renders")
+    ap.add_argument("--text", action="store_true", help="the text variant: train on CAPTIONS with a tiny random "
+                    "CLIP (or --run a text-variant run) and sample each caption and the empty one")
     ap.add_argument("--png", help="write held-out ground truth and sample renders (pairs of rows per object) here")
     ap.add_argument("--free-fit", type=int, metavar="STEPS", nargs="?", const=300,
                     help="only fit free triplanes (no network) at each config's render setting")
@@ -339,6 +410,10 @@ def main() -> int:
             write_views(tmp / "data" / name, mesh, 64, 0.0)
         out = tmp / "run"
         overrides = BENCH if args.config == "bench" else {}
+        if args.text:
+            (tmp / "captions.json").write_text(json.dumps(CAPTIONS))
+            overrides = {**overrides, "text_encoder": str(weights.write_tiny("sd21-base", tmp)),
+                         "captions": str(tmp / "captions.json")}
         t0 = time.perf_counter()
         for phase, steps in enumerate(args.steps):
             train(prepare("dmv3d", tmp / "data", out, "tiny", {**overrides, "steps": steps, "eval_every": steps,
@@ -346,8 +421,13 @@ def main() -> int:
         train_s = time.perf_counter() - t0
     model = load_dmv3d(out / "weights" / "dmv3d")
     cfg = DMV3DTrainConfig.resolve("tiny")
+    encode = PromptEncoder(out / "weights" / "dmv3d") if args.text else None
     views = DMV3DViews([ObjectViews(name, scan_transforms(write_views(tmp / "held" / name, mesh, 64, 11.25)))
-                        for name, mesh in meshes.items()], model.cfg, cfg)
+                        for name, mesh in meshes.items()], model.cfg, cfg, encode.tokenizer if encode else None)
+    if args.text:
+        rows, grids = text_samples(model, views, encode, list(meshes), args.sampling_steps, args.samples)
+        rows = {"summary": text_summary(rows), **rows}
+        return report(out, train_s, rows, grids, args.png)
     V = model.config.views
     held_alpha = [held_item(views, k, V)["alpha"][V:] for k in range(len(meshes))]
     rows, grids = {}, []
@@ -365,10 +445,15 @@ def main() -> int:
                                          "x0_psnr_vs_each_by_t": [f"t={t}: " + " / ".join(f"{x:.2f}" for x in p)
                                                                   for t, p in per_step]}
         grids.append(grid[grid.shape[0] // 2:])
-    if args.png:
+    return report(out, train_s, rows, grids, args.png)
+
+
+def report(out: Path, train_s: float | None, rows: dict, grids: list[np.ndarray], png: str | None) -> int:
+    """Print the JSON (training steps, time and last loss of run ``out``, then ``rows``); write the grids' PNG."""
+    if png:
         from PIL import Image
 
-        Image.fromarray((np.clip(np.concatenate(grids, 0), 0, 1) * 255 + 0.5).astype(np.uint8)).save(args.png)
+        Image.fromarray((np.clip(np.concatenate(grids, 0), 0, 1) * 255 + 0.5).astype(np.uint8)).save(png)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     print(json.dumps({"train_steps": metrics[-1]["step"], "train_seconds": train_s,
                       "final_loss": metrics[-1]["loss"], **rows}, indent=1))

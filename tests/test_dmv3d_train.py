@@ -131,6 +131,7 @@ def test_text_variant_trains_on_captions_and_exports_its_prompt_encoder(trained,
     folder = tmp_path / "run" / "weights" / "dmv3d"
     model = load_dmv3d(folder)
     assert model.config.text_dim > 0 and model.text_proj is not None
+    assert abs(model.config.view_elevation_deg - 15.0) < 1e-3  # sampling at the data's rings (15 and 45): the lower
     assert (folder / "tokenizer").is_dir() and (folder / "text_encoder" / "config.json").is_file()
 
     from gen3d.backend.training.data import caption_ids, scan_objects
@@ -142,6 +143,55 @@ def test_text_variant_trains_on_captions_and_exports_its_prompt_encoder(trained,
     assert all(float(item["keep_input"]) == 0.0 for item in items)
     ids = {tuple(item["input_ids"].tolist()) for item in items}
     assert ids == {tuple(caption_ids(data.tokenizer, c).tolist()) for c in ("a spotted cow", "")}
+
+
+def test_text_variant_keeps_the_worlds_frame_and_the_image_variant_view_0s(trained, tmp_path):
+    """Reference: Spot's transforms.json (OpenGL camera-to-world about Spot's box centre, orbit radius r) and the
+    canonical input camera written out here (on -Y at distance 2, Z up). Text variant: every view's rays are the
+    file's camera moved by -centre and scaled by 2 / r, axes kept, and the blank input slot's rays are the canonical
+    camera's (the sampler's input camera). Image variant: the drawn view 0 is the canonical camera and the angles
+    between the cameras about the centre are the file's."""
+    from gen3d.backend import weights
+    from gen3d.backend.commands.demo import spot_mesh
+    from gen3d.backend.models.dmv3d import plucker_rays
+    from gen3d.backend.training.data import scan_objects
+    from gen3d.backend.training.recipes.dmv3d import DMV3DRecipe, DMV3DTrainConfig
+
+    root, _ = trained
+    meta = json.loads((root / "data" / "spot" / "transforms.json").read_text())
+    gl = torch.tensor([f["transform_matrix"] for f in meta["frames"]])  # [8, 4, 4] OpenGL
+    lo, hi = spot_mesh().vertices.min(0).values, spot_mesh().vertices.max(0).values
+    centre = (lo + hi) / 2
+    S, scale = 32, 32 / meta["w"]
+    pix = torch.arange(S, dtype=torch.float32) + 0.5
+    x = ((pix[None, :] - meta["cx"] * scale) / (meta["fl_x"] * scale)).expand(S, S)
+    y = ((pix[:, None] - meta["cy"] * scale) / (meta["fl_y"] * scale)).expand(S, S)
+    cam_gl = torch.stack([x, -y, -torch.ones(S, S)], -1)  # pixel directions in OpenGL camera axes
+    world_dirs = torch.nn.functional.normalize(torch.einsum("nij,hwj->nhwi", gl[:, :3, :3], cam_gl), dim=-1)
+    offsets = gl[:, :3, 3] - centre
+    canon_dirs = torch.nn.functional.normalize(torch.stack([x, torch.ones(S, S), -y], -1), dim=-1)
+    canon_origin = torch.tensor([0.0, -2.0, 0.0])
+
+    sd = weights.write_tiny("sd21-base", tmp_path)
+    objects = scan_objects(root / "data", 5)
+    text = DMV3DRecipe().dataset(objects, DMV3DTrainConfig.resolve("tiny", {"text_encoder": str(sd)}))
+    image = DMV3DRecipe().dataset(objects, DMV3DTrainConfig.resolve("tiny"))
+    order = [3, 0, 5, 6, 1, 7, 2, 4]
+    grid = (S, torch.zeros(8, 2, dtype=torch.long), S, torch.ones(8))
+    item = text.views(0, order, *grid)
+    expected = offsets[order] * 2 / offsets.norm(dim=-1).mean()
+    assert torch.allclose(item["origins"], expected[:, None, None].expand(-1, S, S, -1), atol=1e-4)
+    assert torch.allclose(item["dirs"], world_dirs[order], atol=1e-4)
+    canon_rays = plucker_rays(canon_origin.expand(S, S, 3), canon_dirs)
+    for epoch in range(3):
+        assert torch.allclose(text[(epoch, 0)]["rays"][0], canon_rays, atol=1e-4)
+
+    item = image.views(0, order, *grid)
+    assert torch.allclose(item["origins"][0], canon_origin.expand(S, S, 3), atol=1e-4)
+    assert torch.allclose(item["dirs"][0], canon_dirs, atol=1e-4)
+    cos = lambda v: torch.nn.functional.normalize(v, dim=-1) @ torch.nn.functional.normalize(v, dim=-1).T  # noqa: E731
+    assert torch.allclose(cos(item["origins"][:, 0, 0]), cos(offsets[order]), atol=1e-4)
+    assert not torch.allclose(item["origins"], text.views(0, order, *grid)["origins"], atol=1e-2)
 
 
 def test_method_samples_text_variant_weights_from_a_prompt(tmp_path, monkeypatch, capsys):

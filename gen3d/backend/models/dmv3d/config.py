@@ -45,7 +45,7 @@ class DMV3DConfig:
     train_steps: int = 1000  # diffusion steps T
     beta_start: float = 1e-4  # DDPM linear beta schedule
     beta_end: float = 0.02
-    view_elevation_deg: float = 20.0  # sampling layout: noisy views on the input camera's orbit ...
+    view_elevation_deg: float = 20.0  # sampling layout: noisy views on the input camera's orbit (text: the data's)
     view_azimuths_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)  # ... at these azimuths from it
     view_fov_deg: float = 40.0  # vertical field of view of the sampling cameras (the recipe writes its data's)
     text_dim: int = 0  # text variant: width of the CLIP text tokens the triplane transformer also attends to

@@ -24,7 +24,9 @@ from .model import DMV3D
 def view_cameras(model: DMV3D) -> Cameras:
     """The sampling layout, ``views`` cameras at the model's image size: the input camera (on -Y at
     ``source_camera_distance``, elevation 0, looking at the origin) then the noisy views on its sphere, all with
-    ``view_fov_deg``."""
+    ``view_fov_deg``. Image variant: the frame is the input view's (it is the canonical camera). Text variant: the
+    frame is the training data's world (Z up, front on -Y; the recipe's ``world_frame``), the blank input slot its
+    front camera, and the exported ``view_elevation_deg`` the data's median elevation."""
     c, cfg = model.config, model.cfg
     el = torch.tensor([0.0] + [c.view_elevation_deg] * c.noisy_views)
     az = torch.tensor([0.0, *c.view_azimuths_deg[:c.noisy_views]])

@@ -1,7 +1,12 @@
 """Recipe ``dmv3d``: train a DMV3D denoiser from multi-view renders (``python -m gen3d dataset multiview``).
 
-One item: ``1 + noisy_views + extra_views`` views of one object at the model's image size on white; the scene is
-moved so that view 0 (the clean input) is the canonical input camera (the LRM recipe's :func:`normalise_cameras`).
+One item: ``1 + noisy_views + extra_views`` views of one object at the model's image size on white. Image variant:
+the scene is moved so that view 0 (the clean input) is the canonical input camera (the LRM recipe's
+:func:`normalise_cameras`). Text variant: the input view is always blank, so it cannot fix the frame; the scene
+keeps the data's world axes (Z up, front = azimuth 0 on -Y, ``dataset multiview``'s and ``orbit_cameras``'
+convention) and is only moved and scaled (:func:`world_frame`): each object sits in its own world pose, the blank
+input slot is the canonical input camera (the world's front at elevation 0, the sampler's input camera) and the
+sampling layout's noisy views sit at the data's median elevation (written into the export).
 A timestep ``t`` is drawn uniformly from ``[0, T)`` (DDPM's sampling, also Open-DiffusionGS'), the noisy views get
 ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (one ``t`` for all of them), the denoiser predicts a triplane from
 (input view, noisy views, Plücker rays of all, ``t``) and renders it at *every* view: the noisy views (the x0
@@ -40,13 +45,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from ...geometry.cameras import Cameras, orbit_angles
 from ...geometry.placement import fov_from_focal
 from ...models.dmv3d import CONFIGS, DMV3D, DMV3DConfig, Schedule, fresh_dmv3d, plucker_rays, render_views
 from ...models.dmv3d.sampler import sample_triplane, to_model
 from ..data import caption_ids, item_generator
 from . import Recipe, TrainConfig
 from .agp import class_prompt, load_captions
-from .lrm import BACKGROUNDS, LRMViews, perceptual_loss, weighted_loss
+from .lrm import BACKGROUNDS, LRMViews, canonical_c2w, perceptual_loss, weighted_loss
 
 
 class DMV3DTrainConfig(TrainConfig):
@@ -134,6 +140,8 @@ class DMV3DViews(LRMViews):
         item["t"] = torch.randint(0, c.train_steps, (), generator=gen)
         item["noise"] = torch.randn(c.noisy_views, 3, S, S, generator=gen)
         item["rays"] = plucker_rays(item["origins"], item["dirs"])
+        if self.tokenizer is not None:  # text variant: the blank input slot always at the canonical input camera
+            item["rays"][0] = plucker_rays(*self.input_rays(index, views[0]))[0]
         drop = bool(torch.rand((), generator=gen) < self.cfg.uncond_prob)
         item["keep_input"] = torch.tensor(float(not drop and self.tokenizer is None))
         if self.tokenizer is not None:
@@ -141,6 +149,31 @@ class DMV3DViews(LRMViews):
         item["loss_background"] = torch.tensor(BACKGROUNDS)[torch.randint(0, len(BACKGROUNDS), (M,), generator=gen)]
         item["pixels"] = chosen_pixels(item["alpha"], self.cfg.rays_per_view, gen)
         return item
+
+    def frame(self, index: int, views: list[int], rgba: torch.Tensor) -> tuple[Cameras, dict[str, torch.Tensor]]:
+        """Image variant: the LRM recipe's (view 0 canonical); text variant: :func:`world_frame`."""
+        if self.tokenizer is None:
+            return super().frame(index, views, rgba)
+        cams = self.objects[index].views.cameras
+        c2w = world_frame(cams.c2w, self.pivots[index], self.model_cfg.source_camera_distance)[views]
+        return Cameras(cams.K[views], c2w, cams.width, cams.height), {}
+
+    def input_rays(self, index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text variant's input slot: ``origins, dirs [1, S, S, 3]`` of the canonical input camera with view
+        ``view``'s intrinsics at the model's image size."""
+        cams, S = self.objects[index].views.cameras, self.model_cfg.image_size
+        c2w = canonical_c2w(self.model_cfg.source_camera_distance)[None]
+        return Cameras(cams.K[view:view + 1], c2w, cams.width, cams.height).resized(S, S).pixel_rays()
+
+
+def world_frame(c2w: torch.Tensor, pivot: torch.Tensor, distance: float) -> torch.Tensor:
+    """``c2w [N, 4, 4]`` moved by ``-pivot`` and scaled by ``distance / mean |centre - pivot|``, axes kept: the
+    world's front camera on the mean orbit (azimuth 0, elevation 0, looking at ``pivot``) becomes
+    :func:`canonical_c2w` (the same as :func:`normalise_cameras` with that virtual camera as the source)."""
+    centres = c2w[:, :3, 3]
+    out = c2w.clone()
+    out[:, :3, 3] = (centres - pivot) * (distance / float((centres - pivot).norm(dim=-1).mean()))
+    return out
 
 
 def chosen_pixels(alpha: torch.Tensor, rays: int | None, generator: torch.Generator) -> torch.Tensor:
@@ -226,6 +259,13 @@ def input_fov_deg(dataset: LRMViews) -> float:
     return fov_from_focal(float(cams.K[0, 1, 1]) / cams.height)
 
 
+def median_elevation_deg(dataset: LRMViews) -> float:
+    """Median elevation of all the data's cameras about their object's pivot (world axes, Z up): the text variant's
+    sampling elevation, so that its noisy views sit where it was trained (e.g. 15 degrees for rings at 15 and 45)."""
+    return float(torch.cat([orbit_angles(o.views.cameras.c2w, pivot.tolist())[:, 0]
+                            for o, pivot in zip(dataset.objects, dataset.pivots)]).median())
+
+
 class DMV3DRecipe(Recipe):
     name = "dmv3d"
     Config = DMV3DTrainConfig
@@ -241,6 +281,7 @@ class DMV3DRecipe(Recipe):
             tokenizer = CLIPTokenizer.from_pretrained(Path(cfg.text_encoder) / "tokenizer")
         views = DMV3DViews(objects, cfg.architecture.lrm, cfg, tokenizer)
         self._data_fov = input_fov_deg(views)
+        self._layout = {"view_elevation_deg": median_elevation_deg(views)} if tokenizer is not None else {}
         return views
 
     def model(self, cfg: DMV3DTrainConfig) -> DMV3DWithLoss:
@@ -270,11 +311,13 @@ class DMV3DRecipe(Recipe):
         item = dataset.views(0, views, S, torch.zeros(len(views), 2, dtype=torch.long), S, torch.ones(len(views)))
         dev = next(m.parameters()).device
         source, text = item["rgb"][:1].permute(0, 3, 1, 2).to(dev), {}
-        if dataset.tokenizer is not None:  # text variant: object 0's caption, blank input view
+        origins, dirs = item["origins"][:V], item["dirs"][:V]
+        if dataset.tokenizer is not None:  # text variant: object 0's caption, blank input view at the canonical camera
             ids = torch.stack([caption_ids(dataset.tokenizer, c) for c in (dataset.captions[0], "")]).to(dev)
             source, (text["text"], text["null_text"]) = None, model.encode_text(ids).split(1)
+            origins, dirs = (torch.cat([a, b[1:]]) for a, b in zip(dataset.input_rays(0, views[0]), (origins, dirs)))
         planes = sample_triplane(m, source, cfg.eval_sampling_steps, torch.Generator().manual_seed(cfg.seed),
-                                 rays=(item["origins"][:V].to(dev), item["dirs"][:V].to(dev)),
+                                 rays=(origins.to(dev), dirs.to(dev)),
                                  samples_per_ray=cfg.samples_per_ray, **text)
         held = slice(V, None) if len(views) > V else slice(1, V)
         rgb, _ = render_views(m, planes, item["origins"][None, held].to(dev), item["dirs"][None, held].to(dev),
@@ -289,7 +332,7 @@ class DMV3DRecipe(Recipe):
         from ...models.dmv3d import save_dmv3d
 
         m = model.model.cpu().float()
-        m.config = dataclasses.replace(m.config, view_fov_deg=self._data_fov)
+        m.config = dataclasses.replace(m.config, view_fov_deg=self._data_fov, **self._layout)
         save_dmv3d(m, folder)
         for part in ("tokenizer", "text_encoder") if cfg.text_encoder else ():  # the text variant's prompt encoder
             shutil.copytree(Path(cfg.text_encoder) / part, folder / part, dirs_exist_ok=True)
