@@ -1,7 +1,7 @@
 """Two-sided flat Gaussians (issue 30): normals of a point cloud against a sphere's, the rotation that faces a
 surfel along a normal, a two-sided disc rendered from both sides against one-sided renders of the same disc in
 each colour, and a fit of a bent sheet (warm above, cool below, rendered by the mesh rasterizer) against the
-analytic surface."""
+analytic surface, and the depth of overlapping surfels on an oblique plane against the analytic ray-plane depth."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from gen3d.backend.geometry.cameras import orbit_cameras
 from gen3d.backend.pipelines.stages.extract_mesh import quat_to_rotmat
 from gen3d.backend.pipelines.stages.fit_gaussians import FitConfig, fit_gaussians, render_gaussians
 from gen3d.backend.pipelines.stages.mesh_render import render_mesh
-from gen3d.backend.pipelines.stages.surfels import point_normals, quats_from_normals
+from gen3d.backend.pipelines.stages.surfels import plane_depth, point_normals, quats_from_normals
 from gen3d.backend.representations.gaussians import Gaussians
 from gen3d.backend.representations.mesh import TexturedMesh
 from gen3d.kernels.gaussians import rasterization
@@ -92,3 +92,27 @@ def test_a_two_sided_fit_puts_one_layer_on_a_sheet():
     assert fits[True][0] < 0.03, fits
     assert fits[False][0] > 1.3 * fits[True][0], fits
     assert fits[True][1] > fits[False][1] + 2.0, fits
+
+
+def test_plane_depth_of_overlapping_surfels_is_the_ray_plane_depth():
+    """Opaque surfels overlapping on the plane z = 0.3 x, seen obliquely: where each pixel's ray meets the plane
+    (analytic) against :func:`plane_depth` and the rasteriser's expected (centre) depth, which is biased towards
+    the camera by the front surfels' centres."""
+    s = torch.linspace(-0.5, 0.5, 60)
+    x, y = torch.meshgrid(s, s, indexing="ij")
+    normal = F.normalize(torch.tensor([-0.3, 0.0, 1.0]), dim=0)
+    spacing = 1.5 / 60
+    surfels = Gaussians.from_activated(torch.stack([x, y, 0.3 * x], -1).reshape(-1, 3),
+                                       torch.tensor([spacing, spacing, 0.1 * spacing]).expand(3600, 3),
+                                       quats_from_normals(normal.expand(3600, 3)), torch.full((3600,), 0.98),
+                                       torch.full((3600, 3), 0.5))
+    cams = orbit_cameras(torch.tensor([60.0, 25.0]), torch.tensor([30.0, 200.0]), 2.5, 40.0, 96, 96)
+    origins, dirs = cams.pixel_rays()
+    hit = origins - dirs * ((origins @ normal) / (dirs @ normal))[..., None]
+    true_depth = ((hit - origins) * cams.c2w[:, None, None, :3, 2]).sum(-1)
+    depth, alpha = plane_depth(surfels, cams)
+    inside = (hit[..., :2].abs() < 0.45).all(-1) & (alpha > 0.9)
+    assert int(inside.sum()) > 2000
+    assert float((depth - true_depth)[inside].abs().max()) < 1e-4
+    centre_depth = render_gaussians(surfels, cams, render_mode="RGB+ED")[0][..., 3]
+    assert float((true_depth - centre_depth)[inside].mean()) > 0.01    # the bias the plane depth removes

@@ -1,14 +1,15 @@
 """Stage 2 for open and thin surfaces: fuse the Gaussians' rendered depth and opacity into a distance field.
 
 The density iso-surface of :mod:`.extract_mesh` is watertight: it closes holes and turns a sheet into a slab. Here
-the Gaussians are rendered (expected depth ``ED`` and opacity) from the input cameras and from extra cameras spread
-over a sphere, and every voxel gets, per view, its signed distance to the observed surface along the view ray,
-scaled to a point-to-plane distance by the depth map's normal (``(D - z) |cos|``): ``+T`` where the pixel is empty
-(free space, from the input masks where there are any), nothing where the voxel is outside the view, the pixel is
-ambiguous (opacity between ``empty_alpha`` and ``surface_alpha``) or the voxel is more than ``T`` behind the
-surface. The fused value is the ``free_votes``-th largest over the views (space carving that needs two witnesses),
-so a sheet seen from both sides is carved down to it from both sides, holes seen through stay empty, and the inside
-of a closed object (no view carves it) stays solid.
+the Gaussians are rendered (the depth where each pixel's ray meets their planes, :func:`.surfels.plane_depth`, and
+opacity) from the input cameras and from extra cameras spread over a sphere, and every voxel gets, per view, its
+signed distance to the observed surface along the view ray, scaled to a point-to-plane distance by the depth map's
+normal (``(D - z) |cos|``): ``+T`` where the pixel is empty (free space, from the input masks where there are any),
+nothing where the voxel is outside the view, the pixel is ambiguous (opacity between ``empty_alpha`` and
+``surface_alpha``) or the voxel is more than ``T`` behind the surface. The fused value is the ``free_votes``-th
+largest over the views (space carving that needs two witnesses), so a sheet seen from both sides is carved down to
+it from both sides, holes seen through stay empty, and the inside of a closed object (no view carves it) stays
+solid.
 
 Marching cubes at ``level`` voxels gives a closed surface around everything not carved: for a sheet, a thin slab of
 two layers about ``level`` off the surface. The surface is then cut where no observed surface point lies within
@@ -38,6 +39,7 @@ from scipy.spatial import cKDTree
 from ...errors import NumericalError
 from ...geometry.cameras import Cameras, orbit_cameras
 from .extract_mesh import MeshExtractConfig, cleanup_mesh, extract_mesh
+from .surfels import plane_depth
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class FuseConfig:
     max_view_size: int = 256       #: fusion renders are at most this many pixels wide
     level: float = 1.0             #: voxels: marching-cubes level of the fused distance
     truncation: float = 4.0        #: voxels
-    layer_offset: float = 0.3      #: voxels: each layer of a sheet lies this far off the observed surface
+    layer_offset: float = 0.5      #: voxels: each layer of a sheet lies this far off the observed surface
     surface_alpha: float = 0.5     #: rendered opacity above which a pixel observes a surface
     empty_alpha: float = 0.05      #: opacity below which a pixel observes free space
     free_votes: int = 2            #: a voxel is as free as the ``free_votes``-th most convinced view says
@@ -113,8 +115,6 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
             chunk: int = 4) -> Observations:
     """Render ``gaussians`` from ``cameras`` (with ``images [N,H,W,4]``: their masks also mark free space) and
     ``cfg.extra_views`` sphere cameras at the same distance and field of view."""
-    from .fit_gaussians import render_gaussians
-
     opaque = gaussians.opacities > 0.5
     center = gaussians.means[opaque if opaque.any() else slice(None)].detach().median(0).values.cpu()
     radius = float((cameras.centers.cpu() - center).norm(dim=-1).mean())
@@ -135,8 +135,8 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
         with torch.no_grad():
             for s in range(0, len(cams), chunk):
                 sub = cams[s:s + chunk].to(gaussians.device)
-                rgbd, a, _ = render_gaussians(gaussians, sub, render_mode="RGB+ED")
-                depth.append(rgbd[..., 3].cpu()), alpha.append(a[..., 0].cpu())
+                d, a = plane_depth(gaussians, sub)
+                depth.append(d.cpu()), alpha.append(a.cpu())
         depth, alpha = torch.cat(depth), torch.cat(alpha)
         surface = alpha > cfg.surface_alpha
         empty = alpha < cfg.empty_alpha
