@@ -179,11 +179,8 @@ def evaluate(model, views: DMV3DViews, index: int, steps: int, samples: int, con
         per_step.append((t, [float(-10 * torch.log10((x0 - gt).pow(2).mean())) for gt in truths]))
 
     source = item["rgb"][:1].permute(0, 3, 1, 2) if conditional and text is None else None
-    origins, dirs = item["origins"][:V], item["dirs"][:V]
-    prompt = {}
-    if text is not None:
-        origins, dirs = (torch.cat([a, b[1:]]) for a, b in zip(views.input_rays(index, 0), (origins, dirs)))
-        prompt = {"text": text[0], "null_text": text[1], "guidance": guidance}
+    origins, dirs = views.denoiser_rays(index, 0, item["origins"][:V], item["dirs"][:V])
+    prompt = {} if text is None else {"text": text[0], "null_text": text[1], "guidance": guidance}
     planes = sample_triplane(model, source, steps, torch.Generator().manual_seed(seed), rays=(origins, dirs),
                              samples_per_ray=samples, on_step=on_step, **prompt)
     settings = model.render_settings(jitter=False, ray_chunk=1 << 16)

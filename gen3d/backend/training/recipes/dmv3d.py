@@ -139,9 +139,7 @@ class DMV3DViews(LRMViews):
         c = self.cfg.architecture
         item["t"] = torch.randint(0, c.train_steps, (), generator=gen)
         item["noise"] = torch.randn(c.noisy_views, 3, S, S, generator=gen)
-        item["rays"] = plucker_rays(item["origins"], item["dirs"])
-        if self.tokenizer is not None:  # text variant: the blank input slot always at the canonical input camera
-            item["rays"][0] = plucker_rays(*self.input_rays(index, views[0]))[0]
+        item["rays"] = plucker_rays(*self.denoiser_rays(index, views[0], item["origins"], item["dirs"]))
         drop = bool(torch.rand((), generator=gen) < self.cfg.uncond_prob)
         item["keep_input"] = torch.tensor(float(not drop and self.tokenizer is None))
         if self.tokenizer is not None:
@@ -158,12 +156,17 @@ class DMV3DViews(LRMViews):
         c2w = world_frame(cams.c2w, self.pivots[index], self.model_cfg.source_camera_distance)[views]
         return Cameras(cams.K[views], c2w, cams.width, cams.height), {}
 
-    def input_rays(self, index: int, view: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text variant's input slot: ``origins, dirs [1, S, S, 3]`` of the canonical input camera with view
-        ``view``'s intrinsics at the model's image size."""
+    def denoiser_rays(self, index: int, view: int, origins: torch.Tensor,
+                      dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rays the denoiser reads for views ``origins, dirs [M, S, S, 3]`` (slot 0 the input view, ``view`` of
+        object ``index``): unchanged in the image variant; in the text variant the blank input slot's are the
+        canonical input camera's (the sampler's), with ``view``'s intrinsics at the model's image size."""
+        if self.tokenizer is None:
+            return origins, dirs
         cams, S = self.objects[index].views.cameras, self.model_cfg.image_size
         c2w = canonical_c2w(self.model_cfg.source_camera_distance)[None]
-        return Cameras(cams.K[view:view + 1], c2w, cams.width, cams.height).resized(S, S).pixel_rays()
+        slot = Cameras(cams.K[view:view + 1], c2w, cams.width, cams.height).resized(S, S).pixel_rays()
+        return tuple(torch.cat([a, b[1:]]) for a, b in zip(slot, (origins, dirs)))
 
 
 def world_frame(c2w: torch.Tensor, pivot: torch.Tensor, distance: float) -> torch.Tensor:
@@ -311,11 +314,10 @@ class DMV3DRecipe(Recipe):
         item = dataset.views(0, views, S, torch.zeros(len(views), 2, dtype=torch.long), S, torch.ones(len(views)))
         dev = next(m.parameters()).device
         source, text = item["rgb"][:1].permute(0, 3, 1, 2).to(dev), {}
-        origins, dirs = item["origins"][:V], item["dirs"][:V]
-        if dataset.tokenizer is not None:  # text variant: object 0's caption, blank input view at the canonical camera
+        origins, dirs = dataset.denoiser_rays(0, views[0], item["origins"][:V], item["dirs"][:V])
+        if dataset.tokenizer is not None:  # text variant: object 0's caption, blank input view
             ids = torch.stack([caption_ids(dataset.tokenizer, c) for c in (dataset.captions[0], "")]).to(dev)
             source, (text["text"], text["null_text"]) = None, model.encode_text(ids).split(1)
-            origins, dirs = (torch.cat([a, b[1:]]) for a, b in zip(dataset.input_rays(0, views[0]), (origins, dirs)))
         planes = sample_triplane(m, source, cfg.eval_sampling_steps, torch.Generator().manual_seed(cfg.seed),
                                  rays=(origins.to(dev), dirs.to(dev)),
                                  samples_per_ray=cfg.samples_per_ray, **text)
