@@ -4,7 +4,8 @@ The Gaussian density ``d(x) = sum_i o_i exp(-1/2 (x - mu_i)^T Sigma_i^-1 (x - mu
 without a dense Gaussians x voxels product: the grid is cut into blocks of ``block`` voxels per side, each
 Gaussian is paired only with the blocks its 3-sigma bounding box touches, and each (Gaussian, block) pair adds its
 contribution to that block's voxels. Marching cubes (PyMCubes) at ``level`` gives the surface; hollow shells are
-filled first so the inside of an object fitted by surface Gaussians does not produce a second, inner surface.
+filled first (pinholes between surfels sealed) so the inside of an object fitted by surface Gaussians does not
+produce a second, inner surface.
 When the input views' masks are known, the level is the one whose mesh silhouettes best match them (mask IoU):
 the density of a fit has no fixed value at the object's boundary. Cleanup uses trimesh (and fast-simplification
 for decimation).
@@ -36,6 +37,7 @@ class MeshExtractConfig:
     silhouette_rays: int = 600_000  #: at most this many pixel rays score the levels (a strided subset)
     min_opacity: float = 0.005     #: Gaussians below this opacity are ignored
     block: int = 8                 #: voxels per block side for the Gaussian/block pairing
+    seal: int = 2                  #: pinholes up to twice this many voxels wide do not open a cavity to the outside
     min_component_ratio: float = 0.02  #: components with fewer faces than this share of the largest are dropped
     merge_ratio: float = 0.01      #: vertices closer than this fraction of a voxel are merged
     smooth_iterations: int = 5     #: Taubin smoothing iterations (0 = none)
@@ -99,12 +101,21 @@ def density_grid(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     return grid[:dims[0], :dims[1], :dims[2]].contiguous()
 
 
-def _fill_hollow(density: np.ndarray, level: float) -> np.ndarray:
-    """Raise enclosed cavities above ``level`` so a shell of Gaussians gives one outer surface."""
+def _fill_hollow(density: np.ndarray, level: float, seal: int) -> np.ndarray:
+    """Raise enclosed cavities above ``level`` so a shell of Gaussians gives one outer surface.
+
+    A shell of sharp surfels leaks through pinholes between them, which would leave the cavity connected to the
+    outside and mesh its inner wall too. So what is enclosed is decided on the occupancy dilated by ``seal``
+    voxels (gaps up to ``2 * seal`` wide closed); the outside then grows back ``seal`` voxels through free space,
+    so concave slots keep their mouths and openings wider than the seal stay open."""
     occupied = density > level
-    filled = ndimage.binary_fill_holes(occupied)
+    cross = ndimage.generate_binary_structure(3, 1)
+    sealed = ndimage.binary_dilation(occupied, cross, iterations=seal) if seal > 0 else occupied
+    outside = ~ndimage.binary_fill_holes(sealed)
+    if seal > 0:
+        outside = ndimage.binary_dilation(outside, cross, iterations=seal, mask=~occupied)
     out = density.copy()
-    out[filled & ~occupied] = 2.0 * level
+    out[~occupied & ~outside] = 2.0 * level
     return out
 
 
@@ -232,7 +243,7 @@ def extract_mesh(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor,
     level = min(cfg.level, 0.25 * centre_density)
     if cameras is not None and masks is not None:
         level, _ = choose_level(density, lo.cpu(), voxel, centre_density, cameras.to("cpu"), masks.cpu(), cfg)
-    density = _fill_hollow(density, level)
+    density = _fill_hollow(density, level, cfg.seal)
     verts, faces = mcubes.marching_cubes(density, level)
     if len(faces) == 0:
         raise NumericalError(f"the Gaussians' density never reaches the level {level}",
