@@ -35,7 +35,8 @@ def test_sphere_of_gaussians_meshes_to_that_sphere_in_place():
     torch.manual_seed(0)
     center, radius, n = torch.tensor([0.3, -0.2, 1.1]), 0.6, 4000
     means, quats, scales = _sphere_discs(center, radius, n)
-    mesh = extract_mesh(means, quats, scales, torch.full((n,), 0.9), MeshExtractConfig(resolution=48, target_faces=3000))
+    mesh = extract_mesh(means, quats, scales, torch.full((n,), 0.9),
+                        MeshExtractConfig(resolution=48, target_faces=3000))
     r = np.linalg.norm(mesh.vertices - center.numpy(), axis=1)
     voxel = 2.2 * radius / 48  # the grid spans the discs plus margins; discs thinner than a voxel mesh within one
     assert abs(r.mean() - radius) < voxel and r.std() < 0.04 * radius and r.min() > radius - voxel
