@@ -2,12 +2,12 @@
 after (``surface=auto``), plus the shipped Spot.
 
 Test objects with known geometry and texture are generated here: an open box, a hemispherical shell (opening
-down), a thin curved sheet and an ellipsoidal shell with window holes (a car body). Each is a sheet of thickness
-``THICKNESS`` x its size: two layers with outward normals, the outer one textured with a warm checker, the inner
-one with a cool one, so a view through a hole or from below shows the inside colours. Blender renders them
-(Workbench, flat texture colour, no back-face culling: ``gen3d.backend.blender.unlit``) from 16 cameras on rings
-at +-35 degrees elevation at 256 x 256; 8 cameras at +-20 degrees between them are held out. Spot uses
-``bench_reconstruct``'s set-up (rings at 15 and 45 degrees, held out at 30).
+down), a thin curved sheet, an ellipsoidal shell with window holes (a car body) and a closed ball beside a sheet.
+Each is a sheet of thickness ``THICKNESS`` x its size: two layers with outward normals, the outer one textured with
+a warm checker, the inner one with a cool one, so a view through a hole or from below shows the inside colours.
+Blender renders them (Workbench, flat texture colour, no back-face culling: ``gen3d.backend.blender.unlit``) from
+16 cameras on rings at +-35 degrees elevation at 256 x 256; 8 cameras at +-20 degrees between them are held out.
+Spot uses ``bench_reconstruct``'s set-up (rings at 15 and 45 degrees, held out at 30).
 
 Per object, ``reconstruct`` runs once with ``surface=auto`` (the whole method, timed: with ``auto`` the fit uses
 two-sided surfels from the stereo start); the "before" row meshes the same fitted Gaussians (``gaussians.ply``)
@@ -17,7 +17,8 @@ volumetric Gaussians from the hull start), run this script from the older checko
 ``bench_reconstruct``: PSNR over the reference mask and mask IoU of Blender renders of ``mesh.obj`` at the held-out
 cameras, Chamfer-L1 between the mesh and the true (middle) surface in % of the bounding-box diagonal.
 
-    .venv/bin/python benchmarks/bench_open_surfaces.py [--objects open_box hemisphere sheet window_shell spot]
+    .venv/bin/python benchmarks/bench_open_surfaces.py [--objects open_box hemisphere sheet window_shell
+        ball_and_sheet spot]
         [--preset standard] [--size 256] [--keep DIR]
 """
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 THICKNESS = 0.004   #: sheet thickness, x the object's bounding-box diagonal
 CELL = 128          #: texels per side of each patch's texture cell
-OBJECTS = ("open_box", "hemisphere", "sheet", "window_shell")
+OBJECTS = ("open_box", "hemisphere", "sheet", "window_shell", "ball_and_sheet")
 
 
 # --- test objects: parametric patches (u, v in [0, 1]) -> points [n, n, 3] and a keep mask over the grid cells --
@@ -88,8 +89,18 @@ def _window_shell_patches(n: int):
     return [(p, ~hole)]
 
 
+def _ball_and_sheet_patches(n: int):
+    """A closed ball of radius 0.4 and, 0.25 beside it, a bent sheet 0.9 x 0.8: a closed body next to an open part
+    (``auto`` should mesh each its own way)."""
+    ball, _, _ = _ellipsoid(n, (0.4, 0.4, 0.4), np.pi)
+    u, v = np.meshgrid(np.linspace(0, 1, n), np.linspace(0, 1, n), indexing="ij")
+    x, y = 0.9 * (u - 0.5), 0.8 * (v - 0.5)
+    sheet = np.stack([x + 0.6, y, 0.15 * np.cos(3.0 * x) + 0.1 * x * y], -1)
+    return [(ball + np.array([-0.55, 0.0, 0.0]), None), (sheet, None)]
+
+
 PATCHES = {"open_box": _box_patches, "hemisphere": _hemisphere_patches, "sheet": _sheet_patches,
-           "window_shell": _window_shell_patches}
+           "window_shell": _window_shell_patches, "ball_and_sheet": _ball_and_sheet_patches}
 
 
 def _pattern(u: np.ndarray, v: np.ndarray, warm: bool) -> np.ndarray:

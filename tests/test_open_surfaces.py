@@ -128,3 +128,30 @@ def test_surface_option_is_validated():
     assert ReconstructOptions(surface="open").surface == "open"
     with pytest.raises(ValueError):
         ReconstructOptions(surface="watertight")
+
+
+def test_auto_meshes_a_ball_closed_and_a_sheet_beside_it_open():
+    """A closed ball of discs and a separate flat sheet: per object, one extraction would serve both (a slab for the
+    sheet or an open ball); per component, the ball is watertight and the sheet is two layers on its plane."""
+    p = fibonacci(3000, -1.0)
+    ball = discs(0.6 * p + torch.tensor([-0.9, 0.0, 0.0]), p, 0.6 * math.sqrt(4 * math.pi / len(p)))
+    ball.log_scales[:, 2] = math.log(0.02)  # the density of much thinner discs aliases on the grid
+    u, v = torch.meshgrid(torch.linspace(0.2, 1.4, 40), torch.linspace(-0.6, 0.6, 40), indexing="ij")
+    sheet = discs(torch.stack([u, v, torch.zeros_like(u)], -1).reshape(-1, 3),
+                  torch.tensor([[0.0, 0.0, 1.0]]).expand(1600, 3), 1.2 / 39)
+    g = Gaussians(**{k: torch.cat([getattr(ball, k), getattr(sheet, k)]) for k in ("means", "quats", "log_scales",
+                                                                                   "opacity_logits", "sh")})
+    el = torch.tensor([30.0] * 8 + [-30.0] * 8)
+    cams = orbit_cameras(el, torch.arange(16) * 45.0 + (torch.arange(16) >= 8) * 22.5, 5.0, 45.0, 96, 96)
+    mesh, metrics = extract_surface(g, cams, None, "auto", MeshExtractConfig(resolution=48), CFG)
+    assert metrics["surface"] == "mixed", metrics
+    vox = voxel_of(g)
+    parts = mesh.split(only_watertight=False)
+    left = [m for m in parts if m.centroid[0] < -0.3]
+    right = [m for m in parts if m.centroid[0] > 0.0]
+    assert len(left) == 1 and left[0].is_watertight
+    r = np.linalg.norm(left[0].vertices - np.array([-0.9, 0.0, 0.0]), axis=1)
+    assert 0.6 - vox < r.min() and r.max() < 0.6 + 2 * vox, (r.min(), r.max(), vox)
+    sheet_verts = np.concatenate([m.vertices for m in right])
+    assert np.abs(sheet_verts[:, 2]).max() < 1.5 * vox  # two layers on the plane, not a slab
+    assert not any(m.is_watertight for m in right)

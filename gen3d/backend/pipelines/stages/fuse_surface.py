@@ -19,7 +19,8 @@ with outward normals (each baked from the views on its side), a closed surface l
 
 ``surface="auto"`` measures how thin the carved solid is (share of observed boundary voxels whose local thickness
 is at most ``thin_voxels``) and uses this extraction when the share exceeds ``open_share``, else the density
-iso-surface (unchanged for closed objects).
+iso-surface (unchanged for closed objects). Where the solid falls into several large components that disagree (a
+closed body beside a sheet), each component's faces come from its own extraction.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class FuseConfig:
     neighbours: int = 128          #: nearest observed points searched when moving a vertex onto the surface
     thin_voxels: float = 2.5       #: local half-thickness (voxels) of the carved solid counted as thin
     open_share: float = 0.05       #: auto: open extraction when more of the observed boundary is thin
+    component_share: float = 0.1   #: auto: components with this share of the observed boundary decide alone
     target_faces: int = 50_000
     smooth_iterations: int = 3
     min_component_ratio: float = 0.02
@@ -218,10 +220,13 @@ def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int
     return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy())
 
 
-def thin_share(fused: FusedField, cfg: FuseConfig) -> float:
-    """Share of the carved solid's boundary voxels near observed points whose local half-thickness (largest
-    distance to free space within ``thin_voxels + 1`` voxels) is at most ``thin_voxels``."""
+def thin_shares(fused: FusedField, cfg: FuseConfig) -> tuple[float, np.ndarray, dict[int, tuple[float, int]]]:
+    """How thin the carved solid is: the share of its boundary voxels near observed points whose local
+    half-thickness (largest distance to free space within ``thin_voxels + 1`` voxels) is at most ``thin_voxels``;
+    over the whole solid, and per connected component. Returns ``(share, labels [X,Y,Z] (0 outside the solid),
+    {label: (share, boundary voxels)})``."""
     solid = fused.field < cfg.level
+    labels, _ = ndimage.label(solid, ndimage.generate_binary_structure(3, 3))
     boundary = solid & ~ndimage.binary_erosion(solid)
     observed = np.zeros_like(solid)
     idx = np.round((fused.points - fused.lo) / fused.voxel).astype(np.int64)
@@ -230,10 +235,25 @@ def thin_share(fused: FusedField, cfg: FuseConfig) -> float:
     observed = ndimage.binary_dilation(observed, iterations=int(math.ceil(cfg.level + cfg.support)))
     boundary &= observed
     if not boundary.any():
-        return 0.0
+        return 0.0, labels, {}
     radius = int(math.ceil(cfg.thin_voxels)) + 1
     local = ndimage.maximum_filter(ndimage.distance_transform_edt(solid), size=2 * radius + 1)
-    return float((local[boundary] <= cfg.thin_voxels).mean())
+    thin, owner = local[boundary] <= cfg.thin_voxels, labels[boundary]
+    count = np.bincount(owner)
+    share = np.bincount(owner, weights=thin) / np.maximum(count, 1)
+    return float(thin.mean()), labels, {int(k): (float(share[k]), int(count[k])) for k in np.flatnonzero(count)}
+
+
+def _faces_in(mesh: trimesh.Trimesh, labels: np.ndarray, fused: FusedField, keep: set[int]) -> trimesh.Trimesh:
+    """The faces of ``mesh`` whose centre's nearest solid voxel belongs to a component in ``keep``."""
+    _, nearest = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    idx = np.clip(np.round((mesh.triangles_center - fused.lo) / fused.voxel).astype(np.int64), 0,
+                  np.array(labels.shape) - 1)
+    owner = labels[tuple(nearest[:, idx[:, 0], idx[:, 1], idx[:, 2]])]
+    mesh = mesh.copy()
+    mesh.update_faces(np.isin(owner, list(keep)))
+    mesh.remove_unreferenced_vertices()
+    return mesh
 
 
 def grid_for(gaussians, resolution: int) -> tuple[torch.Tensor, float, tuple[int, int, int]]:
@@ -287,27 +307,46 @@ def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, su
                     match_level: bool = True) -> tuple[trimesh.Trimesh, dict]:
     """The mesh of ``gaussians``: ``surface="closed"`` the density iso-surface (:func:`extract_mesh`; its level
     matched to the masks of ``images [N,H,W,4]`` when given and ``match_level``), ``"open"`` the fused one,
-    ``"auto"`` the fused one when the object is thin (module docstring). ``cameras`` (with ``images``, the views the
-    Gaussians were fitted to) set the fusion views. Returns ``(mesh, metrics)``."""
+    ``"auto"`` the fused one where the object is thin (module docstring): per component of the carved solid when
+    components holding at least ``component_share`` of its observed boundary disagree (``surface`` "mixed" in the
+    metrics: thin ones fused, thick ones from the density), else for the whole. ``cameras`` (with ``images``, the
+    views the Gaussians were fitted to) set the fusion views. Returns ``(mesh, metrics)``."""
     if surface not in SURFACES:
         raise ValueError(f"surface must be one of {SURFACES}, got {surface!r}")
-    metrics: dict = {}
-    if surface != "closed":
-        lo, voxel, dims = grid_for(gaussians, cfg.resolution)
-        fused = fuse(observe(gaussians, cameras, cfg, images), lo, voxel, dims, cfg)
-        share = thin_share(fused, cfg)
-        metrics["thin_share"] = round(share, 4)
-        if surface == "open" or share > cfg.open_share:
-            try:
-                mesh = open_surface_mesh(fused, cfg)
+
+    def closed() -> trimesh.Trimesh:
+        masks = images[..., 3] > 0.5 if images is not None and match_level else None
+        return extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities, closed_cfg,
+                            cameras if masks is not None else None, masks)
+
+    if surface == "closed":
+        return closed(), {"surface": "closed"}
+    lo, voxel, dims = grid_for(gaussians, cfg.resolution)
+    fused = fuse(observe(gaussians, cameras, cfg, images), lo, voxel, dims, cfg)
+    share, labels, parts = thin_shares(fused, cfg)
+    metrics: dict = {"thin_share": round(share, 4)}
+    total = sum(n for _, n in parts.values())
+    big = {k: s > cfg.open_share for k, (s, n) in parts.items() if n >= cfg.component_share * total}
+    mixed = surface == "auto" and len(set(big.values())) == 2
+    if surface == "open" or share > cfg.open_share or mixed:
+        try:
+            mesh = open_surface_mesh(fused, cfg)
+        except NumericalError:
+            if surface == "open":
+                raise
+            log.warning("surface: the fused depth has no usable surface; using the closed one")
+        else:
+            if not mixed:
                 log.info("surface: open (thin share %.2f), %d faces", share, len(mesh.faces))
                 return mesh, {**metrics, "surface": "open"}
-            except NumericalError:
-                if surface == "open":
-                    raise
-                log.warning("surface: the fused depth has no usable surface; using the closed one")
-        log.info("surface: closed (thin share %.2f)", share)
-    masks = images[..., 3] > 0.5 if images is not None and match_level else None
-    mesh = extract_mesh(gaussians.means, gaussians.rotations, gaussians.scales, gaussians.opacities, closed_cfg,
-                        cameras if masks is not None else None, masks)
-    return mesh, {**metrics, "surface": "closed"}
+            # small components go with the largest one
+            default = big[max(big, key=lambda k: parts[k][1])]
+            thin = {k for k in parts if big.get(k, default)}
+            mesh = trimesh.util.concatenate([_faces_in(mesh, labels, fused, thin),
+                                             _faces_in(closed(), labels, fused, set(parts) - thin)])
+            metrics["component_thin_shares"] = [round(parts[k][0], 4) for k in sorted(big)]
+            log.info("surface: mixed (%d of %d components open), %d faces", sum(big.values()), len(big),
+                     len(mesh.faces))
+            return mesh, {**metrics, "surface": "mixed"}
+    log.info("surface: closed (thin share %.2f)", share)
+    return closed(), {**metrics, "surface": "closed"}
