@@ -7,12 +7,13 @@ contradict it (:func:`init_gaussians`); per-attribute Adam learning rates with a
 alpha/mask loss, densification (clone small / split large Gaussians whose screen-space mean gradient, averaged over
 the views that saw them, is high) and pruning (transparent or huge; with ``carve``, in the stereo depth's free
 space), SH degree growth and progressive resolution (each level with the input's screen-space low-pass,
-:func:`level_eps2d`). With ``two_sided`` the Gaussians are two-sided surfels (:mod:`.surfels`). With
-``stereo_depth_weight`` an L1 term (divided by the object's radius; pixels where the two differ by more than the
-carving margin left out) pulls the rendered expected depth towards the kept stereo depth: without it the fit paints
-a dome's inside on a second layer of large surfels 2-5 voxels in front of the inner surface, whatever the start
-(stereo points moved onto the true sphere: the same), densification (off: worse), position rate, views per step,
-mask or SSIM weight; the images alone do not pin that depth down.
+:func:`level_eps2d`; the last one optionally supersampled, its low-pass then in sample pixels). With ``two_sided``
+the Gaussians are two-sided surfels (:mod:`.surfels`). With ``stereo_depth_weight`` an L1 term (divided by the
+object's radius; pixels where the two differ by more than the carving margin left out) pulls the rendered expected
+depth towards the kept stereo depth: without it the fit paints a dome's inside on a second layer of large surfels
+2-5 voxels in front of the inner surface, whatever the start (stereo points moved onto the true sphere: the same),
+densification (off: worse), position rate, views per step, mask or SSIM weight; the images alone do not pin that
+depth down.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class FitConfig:
     carve: bool = False              #: with ``stereo``: prune Gaussians in the stereo depth's free space
     stereo_depth_weight: float = 0.0  #: with ``stereo``: L1 of the rendered depth against the stereo depth / radius
     random_background: bool = True
+    supersample: int = 1             #: the last level averages k x k samples a pixel, its low-pass in sample pixels
 
 
 # --- initialisation ------------------------------------------------------------------------------------------------
@@ -191,18 +193,25 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 # --- rendering -----------------------------------------------------------------------------------------------------
 def render_gaussians(g: Gaussians, cameras: Cameras, background: torch.Tensor | None = None,
-                     sh_degree: int | None = None, render_mode: str = "RGB", eps2d: float = 0.3):
+                     sh_degree: int | None = None, render_mode: str = "RGB", eps2d: float = 0.3,
+                     supersample: int = 1):
     """Render ``g`` into ``cameras``: ``(rgb [C,H,W,3], alpha [C,H,W,1], meta)``; ``background [C,3]`` or None.
     ``render_mode="RGB+ED"`` appends the expected camera depth as a fourth channel. Two-sided Gaussians
     (``g.sh_back``) show each camera the colour of its side. ``eps2d``: the screen-space low-pass (pixels^2) added
-    to every splat's 2D covariance."""
+    to every splat's 2D covariance. ``supersample`` k: each pixel is the mean of k x k samples (a render at k times
+    the size, ``eps2d`` in its pixels; ``meta`` is that render's)."""
     deg = g.sh_degree if sh_degree is None else sh_degree
     colors, colors_deg = g.sh[:, :(deg + 1) ** 2], deg
     if g.sh_back is not None:
         colors, colors_deg = two_sided_colors(g, cameras, deg), None
-    return rasterization(g.means, g.quats, g.scales, g.opacities, colors, cameras.viewmats().to(g.device),
-                         cameras.K.to(g.device), cameras.width, cameras.height, sh_degree=colors_deg,
-                         backgrounds=background, render_mode=render_mode, eps2d=eps2d)
+    k = supersample
+    sampled = cameras.resized(cameras.width * k, cameras.height * k) if k > 1 else cameras
+    rgb, alpha, meta = rasterization(g.means, g.quats, g.scales, g.opacities, colors, sampled.viewmats().to(g.device),
+                                     sampled.K.to(g.device), sampled.width, sampled.height, sh_degree=colors_deg,
+                                     backgrounds=background, render_mode=render_mode, eps2d=eps2d)
+    if k > 1:
+        rgb, alpha = (F.avg_pool2d(t.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1) for t in (rgb, alpha))
+    return rgb, alpha, meta
 
 
 def level_eps2d(frac: float, full: float = 0.3) -> float:
@@ -320,7 +329,8 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
     for frac in cfg.resolutions:
         cams, imgs = resized_views(cameras, images, frac)
         depth = kept.at(cams.height, cams.width).to(device) if use_depth else None
-        levels.append((cams.to(device), imgs.to(device), level_eps2d(cams.width / cameras.width), depth))
+        ss = cfg.supersample if frac == cfg.resolutions[-1] else 1
+        levels.append((cams.to(device), imgs.to(device), level_eps2d(cams.width / cameras.width), depth, ss))
     densify_until = int(cfg.densify_until_frac * cfg.steps)
     grad_sum = torch.zeros(len(g), device=device)
     grad_cnt = torch.zeros(len(g), device=device)
@@ -329,7 +339,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         if check_cancelled:
             check_cancelled()
         level = min(step * len(levels) // cfg.steps, len(levels) - 1)
-        cams, imgs, eps2d, level_depth = levels[level]
+        cams, imgs, eps2d, level_depth, ss = levels[level]
         # position learning rate: log-linear from lr_means0 to 1 % of it
         t = step / max(cfg.steps - 1, 1)
         opt.set_lr("means", math.exp((1 - t) * math.log(lr_means0) + t * math.log(lr_means0 * 0.01)))
@@ -343,7 +353,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
             bg = torch.ones(len(views), 3, device=device)
         gs = opt.gaussians()
         rgb, alpha, meta = render_gaussians(gs, sub, bg, deg, eps2d=eps2d,
-                                            render_mode="RGB+ED" if use_depth else "RGB")
+                                            render_mode="RGB+ED" if use_depth else "RGB", supersample=ss)
         if use_depth:
             rgb, depth = rgb[..., :3], rgb[..., 3]
         meta["means2d"].retain_grad()
@@ -372,7 +382,7 @@ def fit_gaussians(cameras: Cameras, images: torch.Tensor, cfg: FitConfig, genera
         if step < densify_until:
             grad2d = meta["means2d"].grad
             if grad2d is not None:
-                scale = torch.tensor([sub.width / 2, sub.height / 2], device=device)
+                scale = torch.tensor([ss * sub.width / 2, ss * sub.height / 2], device=device)
                 norm = (grad2d * scale).norm(dim=-1)                       # [C,N]
                 seen = (meta["radii"] > 0).all(-1) if meta["radii"].ndim == 3 else meta["radii"] > 0
                 grad_sum += (norm * seen).sum(0)
