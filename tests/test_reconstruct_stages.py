@@ -13,17 +13,15 @@ from gen3d.backend.pipelines.stages.bake_texture import BakeConfig, bake_texture
 from gen3d.backend.pipelines.stages.extract_mesh import MeshExtractConfig, extract_mesh, ray_max_density
 from gen3d.backend.pipelines.stages.refine_texture import (RefineConfig, images_as_targets, photometric_error,
                                                      refine_texture)
+from gen3d.backend.pipelines.stages.surfels import quats_from_normals
 from gen3d.backend.representations.mesh import TexturedMesh
 
 
 def _discs_facing(normal: torch.Tensor, center: torch.Tensor, radius: float, scale: float):
     """Flat Gaussian discs tangent to a sphere at the unit ``normal [N,3]`` (local z axis along it): means, quats,
     scales."""
-    z = torch.tensor([0.0, 0.0, 1.0]).expand_as(normal)
-    axis = torch.nn.functional.normalize(torch.linalg.cross(z, normal, dim=-1), dim=-1)
-    angle = torch.acos((normal * z).sum(-1).clamp(-1, 1))
-    quats = torch.cat([torch.cos(angle / 2)[:, None], torch.sin(angle / 2)[:, None] * axis], -1)
-    return center + radius * normal, quats, torch.tensor([scale, scale, 0.08 * scale]).expand(len(normal), 3)
+    return (center + radius * normal, quats_from_normals(normal),
+            torch.tensor([scale, scale, 0.08 * scale]).expand(len(normal), 3))
 
 
 def _sphere_discs(center: torch.Tensor, radius: float, n: int):
