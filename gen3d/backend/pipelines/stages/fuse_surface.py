@@ -14,11 +14,11 @@ solid.
 Marching cubes at ``level`` voxels gives a closed surface around everything not carved: for a sheet, a thin slab of
 two layers about ``level`` off the surface. Each vertex then moves along its normal onto the first observed surface
 on its normal line, plus ``layer_offset`` voxels: a sheet becomes two nearly coincident layers with outward normals
-(each baked from the views on its side), a closed surface lands on the observations. Only observed points that
-``witnesses`` input views confirm (their depth agrees) count: the extra cameras also see what no input view
-constrained (the fit's guesses inside a box whose floor the views see only from below), and a face there moves up
-to ``reach`` voxels inwards onto what the input views saw, so the unseen side of a sheet becomes its second layer.
-Vertices with nothing on their normal line take the mean position of their neighbours (ring by ring); faces
+(each baked from the views on its side), a closed surface lands on the observations. Only observed points that a
+``witnesses`` share of the input views confirm (their depth agrees) count: the extra cameras also see what no input
+view constrained (the fit's guesses inside a box whose floor the views see only from below), and a face there moves
+up to ``reach`` voxels inwards onto what the input views saw, so the unseen side of a sheet becomes its second
+layer. Vertices with nothing on their normal line take the mean position of their neighbours (ring by ring); faces
 farther than ``reach`` from every confirmed point, or left without a position, are cut.
 
 ``surface="auto"`` measures how thin the carved solid is (share of observed boundary voxels whose local thickness
@@ -70,7 +70,7 @@ class FuseConfig:
     target_faces: int = 50_000
     smooth_iterations: int = 3
     min_component_ratio: float = 0.02
-    witnesses: int = 3             #: input views whose depth must agree for an observed point to anchor the mesh
+    witnesses: float = 1 / 3       #: share of the input views whose depth must agree for a point to place the mesh
     agree: float = 1.5             #: voxels: depth agreement of a witness
     reach: float = 24.0            #: voxels: how far an unanchored vertex looks inwards for the sheet's other side
     fill_rings: int = 8            #: vertices with nothing on their normal line: neighbours' mean, this many rings
@@ -245,7 +245,7 @@ def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int
     band[tuple(idx.T.numpy())] = True
     band = torch.from_numpy(ndimage.binary_dilation(band, iterations=int(math.ceil(cfg.truncation)) + 1))
     field[band] = fused_values(obs, grid(1)[band], voxel, cfg)
-    need = min(cfg.witnesses, max(1, obs.given // 4))
+    need = max(1, round(cfg.witnesses * obs.given))
     anchored = obs.witnesses(points, cfg.agree * voxel) >= need
     return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy(), anchored.numpy())
 
