@@ -104,6 +104,19 @@ def test_ply_round_trip_with_vertex_colours(tmp_path):
     assert load_mesh(save_ply(mesh, tmp_path / "plain.ply")).vertex_colors is None
 
 
+def test_vertex_normals_are_unit_where_faces_fold_or_vanish():
+    """Area-weighted normals against hand-computed ones; where they cancel (a face folded back over two others, as
+    a collapsed patch of an open mesh leaves) the largest face's normal; +z without any face of non-zero area."""
+    v = torch.tensor([[0.0, 0, 0], [0, 2, 0], [0, 0, 2], [0, 1, 0], [0, 0, 2], [3, 0, 0], [3, 0, 0], [4, 4, 4]])
+    # vertex 0: face (0,1,2) faces +x with area 2, each (0,4,3) faces -x with area 1: the sum cancels
+    f = [[0, 1, 2], [0, 4, 3], [0, 4, 3], [5, 6, 6]]
+    n = TexturedMesh(v, f).with_vertex_normals().normals
+    assert torch.allclose(n[0], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(n[1], torch.tensor([1.0, 0, 0])) and torch.allclose(n[3], torch.tensor([-1.0, 0, 0]))
+    assert torch.allclose(n[5], torch.tensor([0.0, 0, 1])) and torch.allclose(n[7], torch.tensor([0.0, 0, 1]))
+    assert torch.allclose(n.norm(dim=-1), torch.ones(len(v)))
+
+
 def test_sample_texture_is_bilinear_with_v_up():
     texture = torch.tensor([[[0.0, 0, 0], [1, 1, 1]], [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]])  # 2x2, top row black/white
     uvs = torch.tensor([[0.25, 0.75], [0.75, 0.75], [0.5, 0.75], [0.25, 0.25], [0.5, 0.5], [0.0, 1.0]])

@@ -155,3 +155,24 @@ def test_auto_meshes_a_ball_closed_and_a_sheet_beside_it_open():
     sheet_verts = np.concatenate([m.vertices for m in right])
     assert np.abs(sheet_verts[:, 2]).max() < 1.5 * vox  # two layers on the plane, not a slab
     assert not any(m.is_watertight for m in right)
+
+
+def test_what_only_extra_cameras_see_lands_on_the_sheet_the_input_views_saw():
+    """A floor seen by the input views from below only (the inside of a box's floor), and a patch of stray
+    Gaussians hovering above it that no input view can see: the extra cameras above see the patch, but the mesh
+    is the floor's two layers, the upper one where the input views' floor is, with nothing near the patch."""
+    u, v = torch.meshgrid(torch.linspace(-1, 1, 60), torch.linspace(-1, 1, 60), indexing="ij")
+    floor = torch.stack([u, v, torch.zeros_like(u)], -1).reshape(-1, 3)
+    r, phi = torch.meshgrid(torch.linspace(0, 0.4, 12), torch.linspace(0, 2 * math.pi, 40), indexing="ij")
+    patch = torch.stack([r * torch.cos(phi), r * torch.sin(phi), 0.25 + 0.1 * r], -1).reshape(-1, 3)
+    p = torch.cat([floor, patch])
+    g = discs(p, torch.tensor([0.0, 0.0, 1.0]).expand_as(p), 2 / 59)
+    below = orbit_cameras(torch.full((8,), -35.0), torch.arange(8) * 45.0, 4.0, 40.0, 96, 96)
+    mesh, metrics = extract_surface(g, below, None, "open", MeshExtractConfig(resolution=48), CFG)
+    vox = voxel_of(g)
+    verts = np.asarray(mesh.vertices)
+    inner = (np.abs(verts[:, 0]) < 0.9) & (np.abs(verts[:, 1]) < 0.9)
+    assert np.abs(verts[inner, 2]).max() < 2 * vox  # the patch lies flat on the floor (before: 6.8 voxels up)
+    # both layers cover the floor: upward faces (the side no input view saw) and downward ones
+    nz, area = np.asarray(mesh.face_normals)[:, 2], np.asarray(mesh.area_faces)
+    assert area[nz > 0.8].sum() > 0.9 * 4 and area[nz < -0.8].sum() > 0.9 * 4

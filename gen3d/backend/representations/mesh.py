@@ -78,10 +78,21 @@ class TexturedMesh:
         return replace(self, **{k: (v.to(device) if v is not None else None) for k, v in vars(self).items()})
 
     def with_vertex_normals(self) -> "TexturedMesh":
-        """A copy with area-weighted vertex normals computed from the faces."""
+        """A copy with area-weighted vertex normals computed from the faces. Where they cancel (faces folded over
+        each other) a vertex takes the normal of its largest face, and +z when it has no face with an area, so
+        every normal is of unit length (glTF requires it)."""
         v, f = self.vertices, self.faces
         face_n = torch.linalg.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]], dim=-1)
-        n = torch.zeros_like(v).index_add_(0, f.reshape(-1), face_n.repeat_interleave(3, dim=0))
+        corner, area = f.reshape(-1), face_n.norm(dim=-1).repeat_interleave(3)
+        n = torch.zeros_like(v).index_add_(0, corner, face_n.repeat_interleave(3, dim=0))
+        total = torch.zeros(len(v), dtype=v.dtype, device=v.device).index_add_(0, corner, area)
+        largest = torch.zeros_like(total).scatter_reduce(0, corner, area, "amax")
+        ids = torch.arange(len(corner), device=v.device)
+        first = torch.full((len(v),), len(corner), device=v.device).scatter_reduce(
+            0, corner, torch.where(area == largest[corner], ids, len(corner)), "amin")
+        fallback = torch.cat([face_n, v.new_tensor([[0.0, 0.0, 1.0]])])[(first // 3).clamp(max=len(f))]
+        fallback[largest == 0] = v.new_tensor([0.0, 0.0, 1.0])
+        n = torch.where((n.norm(dim=-1) > 1e-6 * total)[:, None], n, fallback)
         return replace(self, normals=torch.nn.functional.normalize(n, dim=-1))
 
     def sample_texture(self) -> torch.Tensor:

@@ -12,10 +12,14 @@ it from both sides, holes seen through stay empty, and the inside of a closed ob
 solid.
 
 Marching cubes at ``level`` voxels gives a closed surface around everything not carved: for a sheet, a thin slab of
-two layers about ``level`` off the surface. The surface is then cut where no observed surface point lies within
-``level + support`` voxels (faces around unobserved space), and each vertex is moved along its normal onto the
-plane of its nearest observed points plus ``layer_offset`` voxels: a sheet becomes two nearly coincident layers
-with outward normals (each baked from the views on its side), a closed surface lands on the observations.
+two layers about ``level`` off the surface. Each vertex then moves along its normal onto the first observed surface
+on its normal line, plus ``layer_offset`` voxels: a sheet becomes two nearly coincident layers with outward normals
+(each baked from the views on its side), a closed surface lands on the observations. Only observed points that a
+``witnesses`` share of the input views confirm (their depth agrees) count: the extra cameras also see what no input
+view constrained (the fit's guesses inside a box whose floor the views see only from below), and a face there moves
+up to ``reach`` voxels inwards onto what the input views saw, so the unseen side of a sheet becomes its second
+layer. Vertices with nothing on their normal line take the mean position of their neighbours (ring by ring); faces
+farther than ``reach`` from every confirmed point, or left without a position, are cut.
 
 ``surface="auto"`` measures how thin the carved solid is (share of observed boundary voxels whose local thickness
 is at most ``thin_voxels``) and uses this extraction when the share exceeds ``open_share``, else the density
@@ -66,18 +70,24 @@ class FuseConfig:
     target_faces: int = 50_000
     smooth_iterations: int = 3
     min_component_ratio: float = 0.02
+    witnesses: float = 1 / 3       #: share of the input views whose depth must agree for a point to place the mesh
+    agree: float = 1.5             #: voxels: depth agreement of a witness
+    reach: float = 24.0            #: voxels: how far an unanchored vertex looks inwards for the sheet's other side
+    fill_rings: int = 8            #: vertices with nothing on their normal line: neighbours' mean, this many rings
 
 
 @dataclass
 class Observations:
     """Depth maps of the Gaussians: camera ``depth``, ``surface`` and ``empty`` masks and ``cos`` (|normal . ray|,
-    from the depth map) per pixel, all ``[N,H,W]``, seen by ``cameras``."""
+    from the depth map) per pixel, all ``[N,H,W]``, seen by ``cameras``, of which the first ``given`` are the views
+    the Gaussians were fitted to (the rest: extra cameras, which also see what no input view constrained)."""
 
     cameras: Cameras
     depth: torch.Tensor
     surface: torch.Tensor
     empty: torch.Tensor
     cos: torch.Tensor
+    given: int
 
     def points(self) -> torch.Tensor:
         """World positions ``[P,3]`` of the surface pixels."""
@@ -85,6 +95,29 @@ class Observations:
         forward = self.cameras.c2w[:, None, None, :3, 2]
         t = self.depth / (dirs * forward).sum(-1).clamp_min(1e-6)    # z-depth -> distance along the unit ray
         return (origins + dirs * t[..., None])[self.surface]
+
+    def witnesses(self, pts: torch.Tensor, tolerance: float) -> torch.Tensor:
+        """``[P]``: how many of the given views see a surface within ``tolerance`` (world units, along the view
+        axis) of each of ``pts [P,3]``."""
+        count = torch.zeros(len(pts), dtype=torch.long)
+        for i in range(self.given):
+            z, lin, inside = _project(pts, self.cameras, i)
+            hit = self.surface[i].flatten()[lin] & ((self.depth[i].flatten()[lin] - z).abs() < tolerance)
+            count += (inside & hit).long()
+        return count
+
+
+def _project(pts: torch.Tensor, cameras: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World points ``[P,3]`` in camera ``i``: camera depth ``z``, flat pixel index ``lin`` (clamped into the
+    image) and whether the point projects ``inside`` the image, in front of the camera."""
+    w2c, K = cameras.viewmats()[i], cameras.K[i]
+    cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    u = (K[0, 0] * cam[:, 0] + K[0, 2] * z) / z
+    v = (K[1, 1] * cam[:, 1] + K[1, 2] * z) / z
+    W, H = cameras.width, cameras.height
+    inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
+    return z, v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long(), inside
 
 
 def sphere_cameras(count: int, center: torch.Tensor, radius: float, fov_deg: float, width: int,
@@ -144,26 +177,28 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
         empty = alpha < cfg.empty_alpha
         if given_empty is not None and cams is all_cams[0]:
             empty, surface = given_empty, surface & ~given_empty
-        out.append(Observations(cams, depth, surface, empty, _depth_cosine(cams, depth, surface)))
+        out.append(Observations(cams, depth, surface, empty, _depth_cosine(cams, depth, surface), len(cameras)))
     if len(out) == 1:
         return out[0]
     a, b = out
     return Observations(Cameras(torch.cat([a.cameras.K, b.cameras.K]), torch.cat([a.cameras.c2w, b.cameras.c2w]),
                                 a.cameras.width, a.cameras.height),
-                        *(torch.cat([getattr(a, k), getattr(b, k)]) for k in ("depth", "surface", "empty", "cos")))
+                        *(torch.cat([getattr(a, k), getattr(b, k)]) for k in ("depth", "surface", "empty", "cos")),
+                        len(cameras))
 
 
 @dataclass
 class FusedField:
     """The fused distance ``field [X,Y,Z]`` (voxels, clamped to +-truncation) at ``lo + voxel * (i, j, k)`` and the
-    observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell, and their ``counts
-    [P]``."""
+    observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell, their ``counts [P]``
+    and whether enough input views agree with each (``anchored [P]``, :func:`fuse`)."""
 
     field: np.ndarray
     lo: np.ndarray
     voxel: float
     points: np.ndarray
     counts: np.ndarray
+    anchored: np.ndarray
 
 
 def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseConfig) -> torch.Tensor:
@@ -173,17 +208,10 @@ def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseCo
     cos = obs.cos.clamp_min(0.1)
     scaled = torch.where(obs.surface, obs.depth * cos, torch.where(obs.empty, math.inf, math.nan)).flatten(1)
     cos = cos.flatten(1)
-    W, H = obs.cameras.width, obs.cameras.height
-    w2c, K = obs.cameras.viewmats(), obs.cameras.K
     # running k largest values per point (k = free_votes), largest first
     top = [torch.full((len(pts),), -math.inf) for _ in range(cfg.free_votes)]
     for i in range(len(obs.cameras)):
-        cam = pts @ w2c[i, :3, :3].T + w2c[i, :3, 3]
-        z = cam[:, 2]
-        u = (K[i, 0, 0] * cam[:, 0] + K[i, 0, 2] * z) / z
-        v = (K[i, 1, 1] * cam[:, 1] + K[i, 1, 2] * z) / z
-        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
-        lin = (v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long())
+        z, lin, inside = _project(pts, obs.cameras, i)
         c = cos[i][lin]
         d = (scaled[i][lin] - z * c) / voxel
         val = torch.where(inside & (d > -T), d.clamp_max(T), -math.inf)   # NaN (ambiguous) compares False
@@ -217,7 +245,9 @@ def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int
     band[tuple(idx.T.numpy())] = True
     band = torch.from_numpy(ndimage.binary_dilation(band, iterations=int(math.ceil(cfg.truncation)) + 1))
     field[band] = fused_values(obs, grid(1)[band], voxel, cfg)
-    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy())
+    need = max(1, round(cfg.witnesses * obs.given))
+    anchored = obs.witnesses(points, cfg.agree * voxel) >= need
+    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy(), anchored.numpy())
 
 
 def thin_shares(fused: FusedField, cfg: FuseConfig) -> tuple[float, np.ndarray, dict[int, tuple[float, int]]]:
@@ -272,33 +302,70 @@ def grid_for(gaussians, resolution: int) -> tuple[torch.Tensor, float, tuple[int
 
 
 def open_surface_mesh(fused: FusedField, cfg: FuseConfig) -> trimesh.Trimesh:
-    """Marching cubes of the carved solid, cut where nothing was observed, moved onto the observations."""
+    """Marching cubes of the carved solid, its vertices moved onto the confirmed observations (module docstring)."""
     verts, faces = mcubes.marching_cubes(-fused.field, -cfg.level)   # solid (field < level) is "inside"
     if len(faces) == 0:
         raise NumericalError("the fused depth has no surface", {"level": cfg.level})
     vox = fused.voxel
+    points, counts = fused.points[fused.anchored], fused.counts[fused.anchored]
+    if len(points) == 0:
+        raise NumericalError("no observed surface point is confirmed by the input views",
+                             {"witnesses": cfg.witnesses})
     mesh = trimesh.Trimesh(verts * vox + fused.lo, faces.astype(np.int64), process=False)
-    tree = cKDTree(fused.points)
-    far = tree.query(mesh.triangles_center, distance_upper_bound=(cfg.level + cfg.support) * vox)[0]
+    tree = cKDTree(points)
+    far = tree.query(mesh.triangles_center, distance_upper_bound=cfg.reach * vox)[0]
     mesh.update_faces(np.isfinite(far))
     mesh.remove_unreferenced_vertices()
     if len(mesh.faces) == 0:
         raise NumericalError("no fused surface lies near the observed depth", {"level": cfg.level})
     mesh = cleanup_mesh(mesh, 0.01 * vox, cfg.min_component_ratio, cfg.smooth_iterations, cfg.target_faces,
                         close_holes=False)
-    # onto the observed points on the vertex's normal line (within a voxel of it: the nearest points alone would
-    # be biased towards the vertex's side of the noisy observations), then layer_offset outwards
     normals = np.asarray(mesh.vertex_normals)
-    _, nn = tree.query(mesh.vertices, k=min(cfg.neighbours, len(fused.points)))
-    nn = nn.reshape(len(mesh.vertices), -1)
-    rel = fused.points[nn] - mesh.vertices[:, None]
+    step = snap_steps(mesh.vertices, normals, points, counts, tree, vox, cfg)
+    moved = _fill(mesh.vertices + step[:, None] * normals, mesh.edges_unique, cfg.fill_rings)
+    placed = np.isfinite(moved[:, 0])
+    mesh = trimesh.Trimesh(np.where(placed[:, None], moved, mesh.vertices), mesh.faces, process=False)
+    mesh.update_faces(placed[mesh.faces].all(1))
+    mesh.remove_unreferenced_vertices()
+    return mesh
+
+
+def _fill(values: np.ndarray, edges: np.ndarray, rings: int) -> np.ndarray:
+    """``values [V,C]`` with NaN rows filled ring by ring, up to ``rings`` edges away, with the mean of their filled
+    neighbours (vertex positions: a membrane over the unplaced patch); rows still NaN stay NaN."""
+    values = values.copy()
+    for _ in range(rings):
+        missing = np.isnan(values[:, 0])
+        if not missing.any():
+            break
+        total, count = np.zeros_like(values), np.zeros(len(values))
+        for a, b in ((edges[:, 0], edges[:, 1]), (edges[:, 1], edges[:, 0])):
+            ok = missing[a] & ~missing[b]
+            np.add.at(total, a[ok], values[b[ok]])
+            np.add.at(count, a[ok], 1)
+        got = count > 0
+        values[got] = total[got] / count[got, None]
+    return values
+
+
+def snap_steps(vertices: np.ndarray, normals: np.ndarray, points: np.ndarray, counts: np.ndarray, tree: cKDTree,
+               vox: float, cfg: FuseConfig) -> np.ndarray:
+    """``[V]``: how far each vertex moves along its normal: onto the observed points on its normal line (within a
+    voxel of it; the nearest points alone would be biased towards the vertex's side of the noisy observations): the
+    first surface met from one voxel outside down to ``reach`` voxels inside, then ``layer_offset`` outwards; NaN
+    where there is none. A face that no input view saw (the inside of a box's floor seen only from below, of a
+    dome's top seen only from outside) so lands on the seen side of the sheet, as its second layer."""
+    near = (cfg.level + cfg.support) * vox
+    _, nn = tree.query(vertices, k=min(cfg.neighbours, len(points)))
+    nn = nn.reshape(len(vertices), -1)
+    rel = points[nn] - vertices[:, None]
     along = (rel * normals[:, None]).sum(-1)
     across = np.linalg.norm(rel - along[..., None] * normals[:, None], axis=-1)
-    w = fused.counts[nn] * (across < vox)
-    step = np.where(w.sum(1) > 0, (along * w).sum(1) / np.maximum(w.sum(1), 1e-9), 0.0)
-    step = np.clip(step, -(cfg.level + cfg.support) * vox, vox) + cfg.layer_offset * vox
-    mesh = trimesh.Trimesh(mesh.vertices + step[:, None] * normals, mesh.faces, process=False)
-    return mesh
+    line = (across < vox) & (along <= vox) & (along >= -cfg.reach * vox)
+    first = np.where(line, along, -np.inf).max(1, keepdims=True)      # the nearest observed surface inwards
+    w = counts[nn] * line * (along >= first - near)
+    step = np.where(w.sum(1) > 0, (along * w).sum(1) / np.maximum(w.sum(1), 1e-9), np.nan)
+    return step + cfg.layer_offset * vox
 
 
 def extract_surface(gaussians, cameras: Cameras, images: torch.Tensor | None, surface: str,
