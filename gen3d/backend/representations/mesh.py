@@ -88,10 +88,9 @@ class TexturedMesh:
         total = torch.zeros(len(v), dtype=v.dtype, device=v.device).index_add_(0, corner, area)
         largest = torch.zeros_like(total).scatter_reduce(0, corner, area, "amax")
         ids = torch.arange(len(corner), device=v.device)
-        first = torch.full((len(v),), len(corner), device=v.device).scatter_reduce(
-            0, corner, torch.where(area == largest[corner], ids, len(corner)), "amin")
-        fallback = torch.cat([face_n, v.new_tensor([[0.0, 0.0, 1.0]])])[(first // 3).clamp(max=len(f))]
-        fallback[largest == 0] = v.new_tensor([0.0, 0.0, 1.0])
+        first = torch.full((len(v),), len(corner), device=v.device).scatter_reduce(   # len(corner): no such face
+            0, corner, torch.where((area == largest[corner]) & (area > 0), ids, len(corner)), "amin")
+        fallback = torch.cat([face_n, v.new_tensor([[0.0, 0.0, 1.0]])])[first // 3]
         n = torch.where((n.norm(dim=-1) > 1e-6 * total)[:, None], n, fallback)
         return replace(self, normals=torch.nn.functional.normalize(n, dim=-1))
 

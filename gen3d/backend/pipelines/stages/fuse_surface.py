@@ -72,7 +72,7 @@ class FuseConfig:
     min_component_ratio: float = 0.02
     witnesses: float = 1 / 3       #: share of the input views whose depth must agree for a point to place the mesh
     agree: float = 1.5             #: voxels: depth agreement of a witness
-    reach: float = 24.0            #: voxels: how far an unanchored vertex looks inwards for the sheet's other side
+    reach: float = 24.0            #: voxels: how far an unconfirmed vertex looks inwards for the sheet's other side
     fill_rings: int = 8            #: vertices with nothing on their normal line: neighbours' mean, this many rings
 
 
@@ -100,22 +100,22 @@ class Observations:
         """``[P]``: how many of the given views see a surface within ``tolerance`` (world units, along the view
         axis) of each of ``pts [P,3]``."""
         count = torch.zeros(len(pts), dtype=torch.long)
+        w2c = self.cameras.viewmats()
         for i in range(self.given):
-            z, lin, inside = _project(pts, self.cameras, i)
+            z, lin, inside = _project(pts, w2c[i], self.cameras.K[i], self.cameras.width, self.cameras.height)
             hit = self.surface[i].flatten()[lin] & ((self.depth[i].flatten()[lin] - z).abs() < tolerance)
             count += (inside & hit).long()
         return count
 
 
-def _project(pts: torch.Tensor, cameras: Cameras, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """World points ``[P,3]`` in camera ``i``: camera depth ``z``, flat pixel index ``lin`` (clamped into the
-    image) and whether the point projects ``inside`` the image, in front of the camera."""
-    w2c, K = cameras.viewmats()[i], cameras.K[i]
+def _project(pts: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor, W: int,
+             H: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World points ``[P,3]`` in a ``W x H`` camera (``w2c [4,4]``, ``K [3,3]``): camera depth ``z``, flat pixel
+    index ``lin`` (clamped into the image) and whether the point projects ``inside`` the image, in front."""
     cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
     z = cam[:, 2]
     u = (K[0, 0] * cam[:, 0] + K[0, 2] * z) / z
     v = (K[1, 1] * cam[:, 1] + K[1, 2] * z) / z
-    W, H = cameras.width, cameras.height
     inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
     return z, v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long(), inside
 
@@ -191,14 +191,14 @@ def observe(gaussians, cameras: Cameras, cfg: FuseConfig, images: torch.Tensor |
 class FusedField:
     """The fused distance ``field [X,Y,Z]`` (voxels, clamped to +-truncation) at ``lo + voxel * (i, j, k)`` and the
     observed surface: ``points [P,3]``, the mean of the surface pixels in each half-voxel cell, their ``counts [P]``
-    and whether enough input views agree with each (``anchored [P]``, :func:`fuse`)."""
+    and whether enough input views agree with each (``confirmed [P]``, :func:`fuse`)."""
 
     field: np.ndarray
     lo: np.ndarray
     voxel: float
     points: np.ndarray
     counts: np.ndarray
-    anchored: np.ndarray
+    confirmed: np.ndarray
 
 
 def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseConfig) -> torch.Tensor:
@@ -208,10 +208,11 @@ def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseCo
     cos = obs.cos.clamp_min(0.1)
     scaled = torch.where(obs.surface, obs.depth * cos, torch.where(obs.empty, math.inf, math.nan)).flatten(1)
     cos = cos.flatten(1)
+    w2c, K, W, H = obs.cameras.viewmats(), obs.cameras.K, obs.cameras.width, obs.cameras.height
     # running k largest values per point (k = free_votes), largest first
     top = [torch.full((len(pts),), -math.inf) for _ in range(cfg.free_votes)]
     for i in range(len(obs.cameras)):
-        z, lin, inside = _project(pts, obs.cameras, i)
+        z, lin, inside = _project(pts, w2c[i], K[i], W, H)
         c = cos[i][lin]
         d = (scaled[i][lin] - z * c) / voxel
         val = torch.where(inside & (d > -T), d.clamp_max(T), -math.inf)   # NaN (ambiguous) compares False
@@ -246,8 +247,8 @@ def fuse(obs: Observations, lo: torch.Tensor, voxel: float, dims: tuple[int, int
     band = torch.from_numpy(ndimage.binary_dilation(band, iterations=int(math.ceil(cfg.truncation)) + 1))
     field[band] = fused_values(obs, grid(1)[band], voxel, cfg)
     need = max(1, round(cfg.witnesses * obs.given))
-    anchored = obs.witnesses(points, cfg.agree * voxel) >= need
-    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy(), anchored.numpy())
+    confirmed = obs.witnesses(points, cfg.agree * voxel) >= need
+    return FusedField(field.numpy(), lo.numpy(), voxel, points.numpy(), counts.float().numpy(), confirmed.numpy())
 
 
 def thin_shares(fused: FusedField, cfg: FuseConfig) -> tuple[float, np.ndarray, dict[int, tuple[float, int]]]:
@@ -307,7 +308,7 @@ def open_surface_mesh(fused: FusedField, cfg: FuseConfig) -> trimesh.Trimesh:
     if len(faces) == 0:
         raise NumericalError("the fused depth has no surface", {"level": cfg.level})
     vox = fused.voxel
-    points, counts = fused.points[fused.anchored], fused.counts[fused.anchored]
+    points, counts = fused.points[fused.confirmed], fused.counts[fused.confirmed]
     if len(points) == 0:
         raise NumericalError("no observed surface point is confirmed by the input views",
                              {"witnesses": cfg.witnesses})
