@@ -6,8 +6,9 @@ down), a thin curved sheet, an ellipsoidal shell with window holes (a car body) 
 Each is a sheet of thickness ``THICKNESS`` x its size: two layers with outward normals, the outer one textured with
 a warm checker, the inner one with a cool one, so a view through a hole or from below shows the inside colours.
 Blender renders them (Workbench, flat texture colour, no back-face culling: ``gen3d.backend.blender.unlit``) from
-16 cameras on rings at +-35 degrees elevation at 256 x 256; 8 cameras at +-20 degrees between them are held out.
-Spot uses ``bench_reconstruct``'s set-up (rings at 15 and 45 degrees, held out at 30).
+16 cameras on rings at +-35 degrees elevation at 256 x 256 (``--rings``, ``--per-ring``: other input views, in a
+fresh ``--keep`` folder); 8 cameras at +-20 degrees between them are held out. Spot uses ``bench_reconstruct``'s
+set-up (rings at 15 and 45 degrees, held out at 30).
 
 Per object, ``reconstruct`` runs once with ``surface=auto`` (the whole method, timed: with ``auto`` the fit uses
 two-sided surfels from the stereo start); the "before" row meshes the same fitted Gaussians (``gaussians.ply``)
@@ -19,7 +20,7 @@ cameras, Chamfer-L1 between the mesh and the true (middle) surface in % of the b
 
     .venv/bin/python benchmarks/bench_open_surfaces.py [--objects open_box hemisphere sheet window_shell
         ball_and_sheet spot]
-        [--preset standard] [--size 256] [--keep DIR]
+        [--preset standard] [--size 256] [--keep DIR] [--rings 35 -35] [--per-ring 8]
 """
 
 from __future__ import annotations
@@ -156,9 +157,9 @@ def make_object(name: str, n: int = 65):
 
 
 # --- benchmark --------------------------------------------------------------------------------------------------
-def prepare(name: str, root: Path, size: int):
-    """Render the object's training and held-out views with bpy; returns ``(views folder, held cameras, held
-    images, true surface points, diagonal)``."""
+def prepare(name: str, root: Path, size: int, rings: tuple[float, ...] = (35.0, -35.0), per_ring: int = 8):
+    """Render the object's training views (``per_ring`` on each of the ``rings``' elevations; Spot: its own) and
+    held-out views with bpy; returns ``(views folder, held cameras, held images, true surface points, diagonal)``."""
     import torch
     import trimesh
 
@@ -172,16 +173,16 @@ def prepare(name: str, root: Path, size: int):
         mesh = spot_mesh()
         obj, tex = SPOT_DIR / "spot_triangulated.obj", SPOT_DIR / "spot_texture.png"
         truth = trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False)
-        rings, held_rings = (15.0, 45.0), (30.0,)
+        rings, per_ring, held_rings = (15.0, 45.0), 8, (30.0,)
     else:
         mesh, truth = make_object(name)
         folder.mkdir(parents=True, exist_ok=True)
         save_obj(mesh, folder / "truth.obj")
         obj, tex = folder / "truth.obj", folder / "truth.png"
-        rings, held_rings = (35.0, -35.0), (20.0, -20.0)
+        held_rings = (20.0, -20.0)
     lo, hi = mesh.vertices.min(0).values, mesh.vertices.max(0).values
     center, diag = (lo + hi) / 2, float((hi - lo).norm())
-    train = ring_cameras(center, diag, size, elevations=rings)
+    train = ring_cameras(center, diag, size, elevations=rings, per_ring=per_ring)
     held = ring_cameras(center, diag, size, elevations=held_rings, per_ring=8 // len(held_rings),
                         offset_deg=22.5 / 2)
     views = folder / "views"
@@ -243,6 +244,8 @@ def main() -> None:
     ap.add_argument("--preset", default="standard")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--keep", help="folder to keep inputs and results in (default: a temporary one)")
+    ap.add_argument("--rings", type=float, nargs="+", default=[35.0, -35.0], help="input view elevations")
+    ap.add_argument("--per-ring", type=int, default=8, help="input views on each ring")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="option override for every run")
     ap.add_argument("--oracle", action="store_true", help="Gaussians laid on the true surface instead of fitted "
                     "ones: judges the surface extraction alone")
@@ -259,7 +262,7 @@ def main() -> None:
     rows = []
     for name in args.objects:
         t = time.perf_counter()
-        views, held, held_imgs, points, diag = prepare(name, root, args.size)
+        views, held, held_imgs, points, diag = prepare(name, root, args.size, tuple(args.rings), args.per_ring)
         print(f"{name}: bpy renders {time.perf_counter() - t:.1f} s", flush=True)
         auto = root / name / "out_auto"
         if args.oracle:  # no fit: the oracle Gaussians stand in for gaussians.ply
