@@ -62,7 +62,7 @@ class FuseConfig:
     surface_alpha: float = 0.5     #: rendered opacity above which a pixel observes a surface
     empty_alpha: float = 0.05      #: opacity below which a pixel observes free space
     free_votes: int = 2            #: a voxel is as free as the ``free_votes``-th most convinced view says
-    support: float = 1.5           #: voxels beyond ``level``: faces farther from every observed point are cut
+    support: float = 1.5           #: voxels beyond ``level``: how thick an observed surface counts (snap, thin share)
     neighbours: int = 128          #: nearest observed points searched when moving a vertex onto the surface
     thin_voxels: float = 2.5       #: local half-thickness (voxels) of the carved solid counted as thin
     open_share: float = 0.05       #: auto: open extraction when more of the observed boundary is thin
@@ -100,22 +100,19 @@ class Observations:
         """``[P]``: how many of the given views see a surface within ``tolerance`` (world units, along the view
         axis) of each of ``pts [P,3]``."""
         count = torch.zeros(len(pts), dtype=torch.long)
-        w2c = self.cameras.viewmats()
         for i in range(self.given):
-            z, lin, inside = _project(pts, w2c[i], self.cameras.K[i], self.cameras.width, self.cameras.height)
+            z, lin, inside = _project(pts, self.cameras[i])
             hit = self.surface[i].flatten()[lin] & ((self.depth[i].flatten()[lin] - z).abs() < tolerance)
             count += (inside & hit).long()
         return count
 
 
-def _project(pts: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor, W: int,
-             H: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """World points ``[P,3]`` in a ``W x H`` camera (``w2c [4,4]``, ``K [3,3]``): camera depth ``z``, flat pixel
-    index ``lin`` (clamped into the image) and whether the point projects ``inside`` the image, in front."""
-    cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
-    u = (K[0, 0] * cam[:, 0] + K[0, 2] * z) / z
-    v = (K[1, 1] * cam[:, 1] + K[1, 2] * z) / z
+def _project(pts: torch.Tensor, camera: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """World points ``[P,3]`` in one camera: camera depth ``z``, flat pixel index ``lin`` (clamped into the
+    image) and whether the point projects ``inside`` the image, in front."""
+    uv, z = camera.project(pts)
+    u, v, z = uv[0, :, 0], uv[0, :, 1], z[0]
+    W, H = camera.width, camera.height
     inside = (u >= 0) & (u < W) & (v >= 0) & (v < H) & (z > 0)
     return z, v.clamp(0, H - 1).long() * W + u.clamp(0, W - 1).long(), inside
 
@@ -208,11 +205,10 @@ def fused_values(obs: Observations, pts: torch.Tensor, voxel: float, cfg: FuseCo
     cos = obs.cos.clamp_min(0.1)
     scaled = torch.where(obs.surface, obs.depth * cos, torch.where(obs.empty, math.inf, math.nan)).flatten(1)
     cos = cos.flatten(1)
-    w2c, K, W, H = obs.cameras.viewmats(), obs.cameras.K, obs.cameras.width, obs.cameras.height
     # running k largest values per point (k = free_votes), largest first
     top = [torch.full((len(pts),), -math.inf) for _ in range(cfg.free_votes)]
     for i in range(len(obs.cameras)):
-        z, lin, inside = _project(pts, w2c[i], K[i], W, H)
+        z, lin, inside = _project(pts, obs.cameras[i])
         c = cos[i][lin]
         d = (scaled[i][lin] - z * c) / voxel
         val = torch.where(inside & (d > -T), d.clamp_max(T), -math.inf)   # NaN (ambiguous) compares False
